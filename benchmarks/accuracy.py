@@ -1,0 +1,79 @@
+"""Accuracy on Amazon Beauty (S3Rec preprocessing) against the published figures.
+
+Protocol: leave-one-out (last item test, second last validation), full ranking over all 12,101
+items, NDCG@10 / HR@10, early stopping on validation NDCG@10, each model with the defaults of
+``seqrec train``. Reported both with and without excluding the user's history items from the
+ranking (the S3Rec / FMLP-Rec evaluation code that produced the published figures excludes them;
+Beauty has no repeats, so excluding them only removes impossible answers).
+
+    python benchmarks/accuracy.py --model sasrec --max-minutes 45
+    python benchmarks/accuracy.py --model gru4rec --max-minutes 45
+
+Prints a table and writes benchmarks/out/accuracy_<model>.json. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from seqrec.cli import resolve_configs
+from seqrec.data import import_interactions
+from seqrec.training import evaluate, prepare_data, train_model
+
+ROOT = Path(__file__).resolve().parents[1]
+BEAUTY = ROOT.parent / "shared" / "data" / "amazon-beauty.txt"
+PUBLISHED = {"sasrec": (0.0632, 0.1012), "gru4rec": (0.0510, 0.0797)}  # PCRec paper, Table 2
+TARGET = {"sasrec": 0.060, "gru4rec": 0.048}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(PUBLISHED), default="sasrec")
+    parser.add_argument("--max-minutes", type=float, default=45.0, help="training time budget")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override a train option, e.g. --set dropout=0.3 lr=0.002")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
+    args = parser.parse_args()
+    if not BEAUTY.exists():
+        raise SystemExit(f"skipped: {BEAUTY} not found (the shared data sets are not beside this checkout)")
+    overrides = {key: _number(value) for key, value in (item.split("=", 1) for item in args.set)}
+    model_cfg, train_cfg = resolve_configs(args.model, "softmax", {"max_minutes": args.max_minutes, **overrides})
+    started = time.perf_counter()
+    data = prepare_data(import_interactions(BEAUTY, "s3rec"))
+    ckpt = train_model(data, model_cfg, train_cfg, out=args.out / f"beauty_{args.model}")
+    wall = time.perf_counter() - started
+    plain = ckpt.meta["metrics"]["test"]
+    excluded = evaluate(ckpt.model, data.seqs, data.split.test, exclude_history=True)
+    report = {"model": args.model, "model_config": model_cfg.to_dict(), "train_config": train_cfg.to_dict(),
+              "test": plain, "test_exclude_history": excluded, "training": ckpt.meta["training"],
+              "wall_seconds": round(wall, 1), "published": PUBLISHED[args.model], "target": TARGET[args.model]}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"accuracy_{args.model}.json").write_text(json.dumps(report, indent=2) + "\n")
+    _print_table(args.model, plain, excluded, wall, report["training"])
+
+
+def _print_table(model: str, plain: dict, excluded: dict, wall: float, training: dict) -> None:
+    ndcg_pub, hr_pub = PUBLISHED[model]
+    print(f"\nAmazon Beauty, {model}: {training['epochs']} epochs (best {training['best_epoch']}), "
+          f"wall {wall / 60:.1f} min")
+    print(f"{'':28s}{'ndcg@10':>10s}{'hr@10':>10s}")
+    print(f"{'published (PCRec Table 2)':28s}{ndcg_pub:10.4f}{hr_pub:10.4f}")
+    print(f"{'seqrec, history excluded':28s}{excluded['ndcg@10']:10.4f}{excluded['hr@10']:10.4f}")
+    print(f"{'seqrec, all items ranked':28s}{plain['ndcg@10']:10.4f}{plain['hr@10']:10.4f}")
+    print(f"target ndcg@10 >= {TARGET[model]}: ratio to target {excluded['ndcg@10'] / TARGET[model]:.3f}")
+
+
+def _number(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""The ``seqrec`` command line: a thin skin over the library.
+
+Each command builds a config dataclass and calls one library function. Errors the package raises
+on purpose (``SeqrecError``) are printed on one line and exit with status 1, without a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+import click
+
+from seqrec.config import HEADS, LOSSES, MODEL_DEFAULTS, MODELS, POSITIONS, ModelConfig, TrainConfig
+from seqrec.errors import SeqrecError
+
+
+class SeqrecGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SeqrecError as error:
+            click.echo(f"Error: {error}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=SeqrecGroup)
+@click.version_option(package_name="seqrec")
+def main() -> None:
+    """Sequential recommenders from training to nightly offline scoring."""
+
+
+@main.group()
+def data() -> None:
+    """Import, generate and inspect interaction data."""
+
+
+@data.command("import")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "recbole", "sasrec", "s3rec"]), required=True)
+@click.argument("src", type=click.Path(exists=True, dir_okay=True))
+@click.argument("dst", type=click.Path(dir_okay=False))
+def data_import(fmt: str, src: str, dst: str) -> None:
+    """Convert SRC into the canonical interactions Parquet DST."""
+    from seqrec.data import convert_interactions
+
+    click.echo(json.dumps(convert_interactions(src, fmt, dst)))
+
+
+@data.command("synth")
+@click.argument("dst", type=click.Path(dir_okay=False))
+@click.option("--users", type=int, default=2000, show_default=True)
+@click.option("--items", type=int, default=500, show_default=True)
+@click.option("--repeat-prob", type=float, default=0.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def data_synth(dst: str, users: int, items: int, repeat_prob: float, seed: int) -> None:
+    """Write a synthetic interactions Parquet with learnable sequential structure."""
+    from seqrec.data import SynthConfig, synthesize_to
+
+    cfg = SynthConfig(users=users, items=items, repeat_prob=repeat_prob, seed=seed)
+    click.echo(json.dumps(synthesize_to(cfg, dst)))
+
+
+@data.command("stats")
+@click.argument("path", type=click.Path(exists=True))
+def data_stats(path: str) -> None:
+    """Users, items, interactions, lengths and share of repeats of an interactions Parquet."""
+    from seqrec.data import interaction_stats, read_interactions
+
+    click.echo(json.dumps(interaction_stats(read_interactions(path)), indent=2))
+
+
+@main.command("train")
+@click.option("--data", "data_path", type=click.Path(exists=True), required=True, help="interactions Parquet")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="checkpoint directory")
+@click.option("--model", type=click.Choice(MODELS), default="sasrec", show_default=True)
+@click.option("--head", type=click.Choice(HEADS), default="softmax", show_default=True)
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--weight-decay", type=float)
+@click.option("--max-length", type=int)
+@click.option("--dim", type=int)
+@click.option("--layers", type=int)
+@click.option("--heads", "attention_heads", type=int)
+@click.option("--dropout", type=float)
+@click.option("--positions", type=click.Choice(POSITIONS))
+@click.option("--loss", type=click.Choice(LOSSES))
+@click.option("--negatives", type=int, help="shared negatives per batch for --loss sampled")
+@click.option("--temperature", type=float)
+@click.option("--patience", type=int, help="epochs without validation gain before stopping")
+@click.option("--max-minutes", type=float, help="stop after this much training time")
+@click.option("--eval-users", type=int, help="validate on a fixed random subset of users")
+@click.option("--seed", type=int)
+@click.option("--device", type=str)
+@click.option("--print-config", is_flag=True, help="print the resolved configs as JSON and exit")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def train_command(data_path: str, out: str, model: str, head: str, print_config: bool, quiet: bool,
+                  **options) -> None:
+    """Train a model and write a checkpoint directory."""
+    from seqrec.training import train
+
+    model_cfg, train_cfg = resolve_configs(model, head, options)
+    if print_config:
+        click.echo(json.dumps({"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}, indent=2))
+        return
+    ckpt = train(data_path, out, model_cfg, train_cfg, progress=not quiet)
+    click.echo(json.dumps({"checkpoint": out, **{k: _headline(v) for k, v in ckpt.meta["metrics"].items()}}))
+
+
+@main.command("eval")
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", "data_path", type=click.Path(exists=True), required=True)
+@click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True)
+@click.option("--exclude-history", is_flag=True, help="never rank an item the user already has")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def eval_command(checkpoint: str, data_path: str, split: str, exclude_history: bool, as_json: bool) -> None:
+    """Full-ranking NDCG / HR / MRR at 1, 5, 10, 20, 50 of a checkpoint on a data split."""
+    from seqrec.training import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(checkpoint, data_path, split, exclude_history)
+    if as_json:
+        click.echo(json.dumps(metrics))
+        return
+    for key, value in metrics.items():
+        click.echo(f"{key:22s} {value:.4f}" if isinstance(value, float) else f"{key:22s} {value}")
+
+
+@main.command("demo")
+@click.option("--out", type=click.Path(file_okay=False), default="demo", show_default=True)
+@click.option("--model", type=click.Choice(MODELS), default="sasrec", show_default=True)
+@click.option("--users", type=int, default=3000, show_default=True)
+@click.option("--epochs", type=int, default=15, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo_command(out: str, model: str, users: int, epochs: int, seed: int) -> None:
+    """Synthetic data -> train -> evaluate, on this machine, in a couple of minutes."""
+    from seqrec.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out=out, model=model, users=users, epochs=epochs, seed=seed), echo=click.echo)
+
+
+def resolve_configs(model: str, head: str, options: dict) -> tuple[ModelConfig, TrainConfig]:
+    """Explicit options win over the model's defaults, which win over the dataclass defaults."""
+    given = {key: value for key, value in options.items() if value is not None}
+    if "attention_heads" in given:
+        given["heads"] = given.pop("attention_heads")
+    defaults = MODEL_DEFAULTS[model]
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    model_cfg = ModelConfig(model=model, head=head, **{**defaults.model,
+                                                       **{k: v for k, v in given.items() if k in model_keys}})
+    train_cfg = TrainConfig(**{**defaults.train, **{k: v for k, v in given.items() if k not in model_keys}})
+    return model_cfg, train_cfg
+
+
+def _headline(metrics: dict) -> dict:
+    return {key: round(metrics[key], 4) for key in ("ndcg@10", "hr@10") if key in metrics}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Dataclass configs: the single source of truth for every setting, saved beside the weights.
+
+Click options fill these; checkpoints store them as JSON and loading rebuilds the model from the
+JSON alone (``ModelConfig.from_dict``), so no code is ever executed from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from seqrec.errors import ConfigError, received_expected
+
+SCHEMA_VERSION = 1
+MODELS = ("sasrec", "gru4rec")
+HEADS = ("softmax",)
+POSITIONS = ("relative", "absolute", "none")
+LOSSES = ("ce", "sampled")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(received_expected(name, repr(value), f"one of {', '.join(choices)}"))
+
+
+def _check_range(name: str, value: float, low: float, high: float | None = None) -> None:
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ConfigError(received_expected(name, value, bound))
+
+
+class _JsonConfig:
+    """Round trip through plain dicts, rejecting unknown keys so typos never pass silently."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(received_expected(f"{cls.__name__} keys", unknown, sorted(known)))
+        return cls(**data)
+
+
+@dataclass
+class ModelConfig(_JsonConfig):
+    """Encoder + head. ``num_items`` counts real items; index 0 is padding."""
+
+    model: str = "sasrec"
+    head: str = "softmax"
+    num_items: int = 1
+    dim: int = 64
+    layers: int = 2
+    heads: int = 1
+    dropout: float = 0.5
+    max_length: int = 50
+    positions: str = "relative"  # relative: bias by distance back from the prediction point
+
+    def __post_init__(self) -> None:
+        _check_choice("model", self.model, MODELS)
+        _check_choice("head", self.head, HEADS)
+        _check_choice("positions", self.positions, POSITIONS)
+        _check_range("num_items", self.num_items, 1)
+        _check_range("dim", self.dim, 1)
+        _check_range("layers", self.layers, 1)
+        _check_range("max_length", self.max_length, 1)
+        _check_range("dropout", self.dropout, 0.0, 0.95)
+        if self.dim % self.heads:
+            raise ConfigError(received_expected("dim / heads", f"dim={self.dim}, heads={self.heads}",
+                                                "dim divisible by heads"))
+
+
+@dataclass
+class TrainConfig(_JsonConfig):
+    """Optimisation settings. Defaults are the ones that reach the published Beauty figures."""
+
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    loss: str = "ce"
+    negatives: int = 256
+    temperature: float = 1.0
+    patience: int = 10
+    eval_every: int = 1
+    seed: int = 0
+    device: str = "cpu"
+    max_minutes: float | None = None
+    eval_users: int | None = None  # validate on a fixed random subset to save time; None = all
+
+    def __post_init__(self) -> None:
+        _check_choice("loss", self.loss, LOSSES)
+        _check_range("epochs", self.epochs, 1)
+        _check_range("batch_size", self.batch_size, 1)
+        _check_range("lr", self.lr, 0.0)
+        _check_range("negatives", self.negatives, 1)
+        _check_range("temperature", self.temperature, 1e-6)
+        _check_range("patience", self.patience, 1)
+
+
+@dataclass
+class ModelDefaults:
+    """Per-model defaults for options the user did not set."""
+
+    model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+MODEL_DEFAULTS: dict[str, ModelDefaults] = {
+    "sasrec": ModelDefaults(model={"dim": 64, "layers": 2, "heads": 1, "dropout": 0.5},
+                            train={"lr": 1e-3, "batch_size": 128}),
+    "gru4rec": ModelDefaults(model={"dim": 64, "layers": 1, "heads": 1, "dropout": 0.3},
+                             train={"lr": 1e-3, "batch_size": 128}),
+}

@@ -1,0 +1,188 @@
+"""Importers from the formats other tools publish interactions in, and the Parquet writer.
+
+Every importer returns the canonical table of :func:`seqrec.data.schema.validate_interactions`.
+Text formats are parsed with Arrow compute kernels over the whole file (no Python loop per line).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from seqrec.data.schema import read_interactions, validate_interactions
+from seqrec.errors import DataError, SchemaError, received_expected
+
+FORMATS = ("parquet", "recbole", "sasrec", "s3rec")
+
+_RECBOLE_FIELDS = ("user_id", "item_id", "timestamp")
+
+
+def import_interactions(src: str | Path, fmt: str) -> pa.Table:
+    """Read ``src`` written in format ``fmt`` (one of FORMATS) into the canonical table."""
+    readers = {"parquet": read_interactions, "recbole": read_recbole,
+               "sasrec": read_sasrec, "s3rec": read_s3rec}
+    if fmt not in readers:
+        raise DataError(received_expected("interaction format", repr(fmt), f"one of {FORMATS}"))
+    return readers[fmt](Path(src))
+
+
+def write_interactions(table: pa.Table, dst: str | Path) -> Path:
+    """Write ``table`` as zstd-compressed Parquet at ``dst``, creating parent directories."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, dst, compression="zstd")
+    return dst
+
+
+def read_recbole(path: Path) -> pa.Table:
+    """Read a RecBole atomic ``.inter`` file (tab-separated, header ``name:type``).
+
+    The user, item and timestamp fields are found by the name before the colon; ids are read as
+    strings (RecBole tokens), a float timestamp must hold whole numbers. Without a timestamp
+    field, the position of each row within its user's rows (file order) stands in for it.
+    """
+    source = f"recbole file '{path}'"
+    header = _recbole_header(path, source)
+    wanted = {name: header[name] for name in _RECBOLE_FIELDS if name in header}
+    for name in ("user_id", "item_id"):
+        if name not in wanted:
+            raise SchemaError(
+                received_expected(f"{source}: field '{name}'", f"fields {list(header)}",
+                                  f"a header field named '{name}:token'")
+            )
+    types = {wanted["user_id"]: pa.string(), wanted["item_id"]: pa.string()}
+    table = _read_csv(path, source, list(wanted.values()), types)
+    table = table.rename_columns([_field_name(column) for column in table.column_names])
+    return validate_interactions(table, source=source)
+
+
+def read_sasrec(path: Path) -> pa.Table:
+    """Read SASRec text: one ``user item`` line per interaction, in time order.
+
+    The timestamp is the position of the interaction within its user's lines (0-based). Blank
+    lines are skipped; any other line must hold exactly two integers.
+    """
+    source = f"sasrec file '{path}'"
+    lines = _read_lines(path, source)
+    tokens, line_of_token, counts = _split_tokens(lines)
+    bad = np.flatnonzero((counts != 0) & (counts != 2))
+    if bad.size:
+        line = int(bad[0])
+        raise DataError(
+            received_expected(f"{source}, line {line + 1}",
+                              f"{counts[line]} fields {lines[line].as_py()!r}",
+                              "2 whitespace-separated integers 'user item'")
+        )
+    values = _parse_ints(tokens, line_of_token, lines, source)
+    table = pa.table({"user_id": values[0::2], "item_id": values[1::2]})
+    return validate_interactions(table, source=source)
+
+
+def read_s3rec(path: Path) -> pa.Table:
+    """Read S3Rec text: one ``user item item ...`` line per user, items in time order.
+
+    The timestamp is the position of the item within its user (0, 1, 2, ...). A line with a
+    user and no items contributes nothing; blank lines are skipped.
+    """
+    source = f"s3rec file '{path}'"
+    lines = _read_lines(path, source)
+    tokens, line_of_token, counts = _split_tokens(lines)
+    values = _parse_ints(tokens, line_of_token, lines, source)
+    line_start = np.cumsum(counts) - counts
+    is_user = np.zeros(values.size, dtype=bool)
+    is_user[line_start[counts > 0]] = True
+    users = values[is_user]
+    owner = np.cumsum(is_user) - 1  # index into users of each token's line
+    table = pa.table({"user_id": users[owner[~is_user]], "item_id": values[~is_user]})
+    return validate_interactions(table, source=source)
+
+
+def _read_lines(path: Path, source: str) -> pa.Array:
+    """Return the file's lines as an Arrow string array (trailing newline gives no line)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(received_expected(source, f"an unreadable file ({err})",
+                                          "a readable UTF-8 text file")) from err
+    if text.endswith("\n"):
+        text = text[:-1]
+    if not text:
+        return pa.array([], pa.large_string())
+    whole = pa.array([text], pa.large_string())
+    return pc.list_flatten(pc.split_pattern(whole, "\n"))
+
+
+def _split_tokens(lines: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Split lines on ASCII whitespace; return tokens, line index per token, tokens per line."""
+    split = pc.ascii_split_whitespace(pc.ascii_trim_whitespace(lines))
+    tokens = pc.list_flatten(split)
+    line_of_token = pc.list_parent_indices(split).to_numpy().astype(np.int64)
+    keep = pc.not_equal(tokens, "")  # a blank line splits into one empty token
+    tokens = tokens.filter(keep)
+    line_of_token = line_of_token[keep.to_numpy(zero_copy_only=False)]
+    counts = np.bincount(line_of_token, minlength=len(lines)).astype(np.int64)
+    return tokens, line_of_token, counts
+
+
+def _parse_ints(tokens: pa.Array, line_of_token: np.ndarray, lines: pa.Array,
+                source: str) -> np.ndarray:
+    """Parse tokens as int64; DataError naming the first bad token and its line."""
+    try:
+        return pc.cast(tokens, pa.int64()).to_numpy()
+    except pa.ArrowInvalid:
+        pass
+    ok = pc.match_substring_regex(tokens, r"^[+-]?[0-9]+$").to_numpy(zero_copy_only=False)
+    first = int(np.flatnonzero(~ok)[0]) if (~ok).any() else 0
+    line = int(line_of_token[first])
+    raise DataError(
+        received_expected(f"{source}, line {line + 1}",
+                          f"token {tokens[first].as_py()!r} in {lines[line].as_py()!r}",
+                          "integer ids that fit int64")
+    )
+
+
+def _recbole_header(path: Path, source: str) -> dict[str, str]:
+    """Map field name (before the colon) to the full header column of a RecBole file."""
+    try:
+        with path.open("r", encoding="utf-8") as handle:
+            first = handle.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(received_expected(source, f"an unreadable file ({err})",
+                                          "a readable UTF-8 .inter file")) from err
+    if not first:
+        raise DataError(received_expected(source, "an empty file",
+                                          "a header such as 'user_id:token\\titem_id:token'"))
+    return {_field_name(column): column for column in first.split("\t")}
+
+
+def _field_name(column: str) -> str:
+    """Field name of a RecBole header column: ``'user_id:token'`` -> ``'user_id'``."""
+    return column.split(":", 1)[0]
+
+
+def _read_csv(path: Path, source: str, columns: list[str],
+              types: dict[str, pa.DataType]) -> pa.Table:
+    """Read selected columns of a tab-separated file with a header; DataError on failure."""
+    try:
+        return pacsv.read_csv(
+            path,
+            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
+            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=columns),
+        )
+    except (OSError, pa.ArrowException) as err:
+        raise DataError(received_expected(source, f"a malformed file ({err})",
+                                          "tab-separated rows matching the header")) from err
+
+
+def convert_interactions(src: str | Path, fmt: str, dst: str | Path) -> dict:
+    """``seqrec data import``: read ``src`` in format ``fmt``, write canonical Parquet, return stats."""
+    from seqrec.data.stats import interaction_stats
+
+    table = import_interactions(src, fmt)
+    write_interactions(table, dst)
+    return {"written": str(dst), **interaction_stats(table)}

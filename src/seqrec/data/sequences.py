@@ -1,0 +1,99 @@
+"""Per-user item sequences in CSR form, and left padding into model batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from seqrec.data.schema import validate_interactions
+from seqrec.data.vocab import Vocabulary
+from seqrec.errors import ConfigError, DataError, received_expected
+
+
+@dataclass
+class UserSequences:
+    """Every user's items in time order, concatenated (CSR layout).
+
+    User ``u`` (0-based row, raw id ``user_ids[u]``) owns ``items[offsets[u]:offsets[u + 1]]``
+    and the matching ``timestamps``. Items are dense vocabulary indices (never 0).
+    """
+
+    user_ids: pa.Array  # (U,) raw user ids, sorted
+    offsets: np.ndarray  # (U + 1,) int64
+    items: np.ndarray  # (T,) int64 dense indices
+    timestamps: np.ndarray  # (T,) int64
+
+    def __len__(self) -> int:
+        """Number of users U."""
+        return len(self.offsets) - 1
+
+    def lengths(self) -> np.ndarray:
+        """Number of interactions per user, int64 (U,)."""
+        return np.diff(self.offsets)
+
+    def sequence(self, u: int) -> np.ndarray:
+        """Items of user row ``u``, oldest first."""
+        return self.items[self.offsets[u]:self.offsets[u + 1]]
+
+
+def build_sequences(table: pa.Table, vocab: Vocabulary, *,
+                    drop_unknown: bool = False) -> UserSequences:
+    """Group ``table`` by user (users sorted) and order each user's items by timestamp.
+
+    The sort is stable: interactions with equal timestamps keep their file order. An item
+    missing from ``vocab`` raises DataError, or is dropped when ``drop_unknown`` is true.
+    """
+    table = validate_interactions(table, source="interactions")
+    users = table.column("user_id").combine_chunks()
+    unique = pc.unique(users)
+    user_ids = unique.take(pc.array_sort_indices(unique))
+    codes = pc.index_in(users, value_set=user_ids).to_numpy().astype(np.int64)
+    items = vocab.encode(table.column("item_id"))
+    timestamps = table.column("timestamp").to_numpy()
+    codes, items, timestamps = _keep_known(codes, items, timestamps, drop_unknown)
+    order = np.lexsort((np.arange(items.size), timestamps, codes))
+    counts = np.bincount(codes, minlength=len(user_ids))
+    keep = counts > 0  # users whose items were all dropped
+    offsets = np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64)
+    return UserSequences(user_ids.filter(pa.array(keep)), offsets, items[order],
+                         timestamps[order])
+
+
+def pad_left(flat_items: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+             max_length: int) -> np.ndarray:
+    """Right-align the last ``max_length`` items of each ``[start, end)`` slice, zeros left.
+
+    Returns int64 (B, L) with L = min(max_length, longest slice), at least 1; the most recent
+    item of each row sits in the last column.
+    """
+    if max_length < 1:
+        raise ConfigError(received_expected("max_length", max_length, "an integer >= 1"))
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    if starts.shape != ends.shape or np.any(ends < starts):
+        raise DataError(received_expected("slices", "starts/ends of different shapes or "
+                                          "end < start", "equal shapes with start <= end"))
+    first = np.maximum(starts, ends - max_length)  # (B,)
+    counts = ends - first  # (B,)
+    width = max(1, int(counts.max(initial=0)))
+    out = np.zeros((starts.size, width), dtype=np.int64)  # (B, L)
+    rows = np.repeat(np.arange(starts.size), counts)
+    within = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    out[rows, width - counts[rows] + within] = np.asarray(flat_items)[first[rows] + within]
+    return out
+
+
+def _keep_known(codes: np.ndarray, items: np.ndarray, timestamps: np.ndarray,
+                drop_unknown: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Drop interactions whose item encoded to 0, or raise DataError when not allowed."""
+    known = items != 0
+    if known.all():
+        return codes, items, timestamps
+    if not drop_unknown:
+        raise DataError(received_expected("item_id", f"{int((~known).sum())} ids missing from "
+                                          "the vocabulary", "every item in the vocabulary "
+                                          "(or drop_unknown=True)"))
+    return codes[known], items[known], timestamps[known]

@@ -1,0 +1,30 @@
+"""The package's exceptions: one base class, a few typed subclasses.
+
+Messages follow the form ``"<what> | received X, expected Y"`` so a user sees at once what was
+wrong with their input and what would have been accepted.
+"""
+
+
+class SeqrecError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class SchemaError(SeqrecError):
+    """An input table lacks a column, has the wrong type, or holds nulls where ids are required."""
+
+
+class DataError(SeqrecError):
+    """Input data is readable but unusable (empty, unknown format, too short to split)."""
+
+
+class ConfigError(SeqrecError):
+    """A configuration value is out of range or inconsistent with another."""
+
+
+class CheckpointError(SeqrecError):
+    """A checkpoint directory is missing a file or was written by an incompatible version."""
+
+
+def received_expected(what: str, received: object, expected: object) -> str:
+    """Format the standard boundary-error message."""
+    return f"{what} | received {received}, expected {expected}"

@@ -1,0 +1,60 @@
+"""A sequential recommender: item embedding -> encoder -> head.
+
+``encode`` gives one hidden state per slot (B, L, D), used by training on every prefix at once;
+``forward`` scores the catalog for the prediction point after the last slot (B, N + 1), which is
+what evaluation, export and batch scoring call.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from seqrec.config import ModelConfig
+from seqrec.errors import ConfigError, received_expected
+from seqrec.models.gru4rec import GRU4RecEncoder
+from seqrec.models.heads import SoftmaxHead
+from seqrec.models.sasrec import SASRecEncoder
+
+ENCODERS: dict[str, type[nn.Module]] = {"sasrec": SASRecEncoder, "gru4rec": GRU4RecEncoder}
+HEADS: dict[str, type[nn.Module]] = {"softmax": SoftmaxHead}
+
+
+class SequentialRecommender(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.item_embedding = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=0)
+        self.encoder = _lookup(ENCODERS, cfg.model, "model")(cfg)
+        self.head = _lookup(HEADS, cfg.head, "head")(self.item_embedding)
+        self.reset_item_embedding()
+
+    def reset_item_embedding(self) -> None:
+        """N(0, 1/D) so that sqrt(D)-scaled inputs have unit scale; the padding row stays zero."""
+        with torch.no_grad():
+            self.item_embedding.weight.normal_(0.0, self.cfg.dim**-0.5)
+            self.item_embedding.weight[0].zero_()
+
+    def encode(self, items: torch.Tensor) -> torch.Tensor:
+        """items (B, L) left padded with 0 -> hidden (B, L, D), zero at padding.
+
+        Histories longer than ``max_length`` keep their most recent ``max_length`` items.
+        """
+        items = items[:, -self.cfg.max_length :]  # (B, L)
+        mask = items > 0  # (B, L)
+        return self.encoder(self.item_embedding(items), mask)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """items (B, L) left padded -> logits (B, N + 1) for the next item; column 0 is -inf."""
+        hidden = self.encode(items)[:, -1]  # (B, D) state after the most recent item
+        return self.head(hidden)
+
+
+def build_model(cfg: ModelConfig) -> SequentialRecommender:
+    return SequentialRecommender(cfg)
+
+
+def _lookup(table: dict[str, type[nn.Module]], name: str, what: str) -> type[nn.Module]:
+    if name not in table:
+        raise ConfigError(received_expected(what, repr(name), f"one of {', '.join(table)}"))
+    return table[name]

@@ -1,0 +1,103 @@
+"""SASRec: causal self-attention over the item sequence (Kang & McAuley, 2018).
+
+Inputs are left padded: the most recent item sits in the last slot. Padding is exactly nothing:
+its embedding is zero, it receives no position, it is masked out of every attention row of a real
+item, and its hidden state is zeroed after every block, so no output depends on how much padding
+surrounds a history or on which users share the batch.
+
+Positions come in three flavours (``ModelConfig.positions``):
+
+- ``relative`` (default): a learned per-head attention bias indexed by the distance ``t - s``
+  between the query (the prediction point) and the key. Every prefix of a packed causal pass
+  sees the same distances it will see at inference, which absolute positions cannot give.
+- ``absolute``: a learned embedding of the index counted from the oldest item in the window.
+- ``none``: order comes from the causal mask only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqrec.config import ModelConfig
+
+
+class SASRecEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.input_scale = math.sqrt(cfg.dim)
+        self.position_embedding = (
+            nn.Embedding(cfg.max_length, cfg.dim) if cfg.positions == "absolute" else None
+        )
+        self.relative_bias = (
+            nn.Parameter(torch.zeros(cfg.heads, cfg.max_length)) if cfg.positions == "relative" else None
+        )
+        self.input_dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(SASRecBlock(cfg) for _ in range(cfg.layers))
+        self.final_norm = nn.LayerNorm(cfg.dim, eps=1e-8)
+
+    def forward(self, item_vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """item_vectors (B, L, D) with zeros at padding, mask (B, L) bool -> hidden (B, L, D)."""
+        keep = mask.unsqueeze(-1).to(item_vectors.dtype)  # (B, L, 1)
+        x = item_vectors * self.input_scale
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(_positions_from_oldest(mask)) * keep
+        x = self.input_dropout(x) * keep
+        attn_bias = self._attention_bias(mask, x.dtype)  # (B, H, L, L)
+        for block in self.blocks:
+            x = block(x, attn_bias) * keep
+        return self.final_norm(x) * keep
+
+    def _attention_bias(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Additive mask: -inf for future keys and padding keys; relative bias where allowed."""
+        length = mask.shape[1]
+        steps = torch.arange(length, device=mask.device)
+        distance = steps.view(-1, 1) - steps.view(1, -1)  # (L, L): query t minus key s
+        causal = distance >= 0
+        allowed = causal & mask.unsqueeze(1)  # (B, L, L)
+        allowed = allowed | torch.eye(length, dtype=torch.bool, device=mask.device)  # pad rows see self
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, float("-inf"))
+        bias = bias.unsqueeze(1)  # (B, 1, L, L)
+        if self.relative_bias is not None:
+            index = distance.clamp(0, self.cfg.max_length - 1)
+            bias = bias + self.relative_bias[:, index].unsqueeze(0)  # (B, H, L, L)
+        return bias
+
+
+class SASRecBlock(nn.Module):
+    """Pre-norm block: x + Attn(LN x), then x + FFN(LN x)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.attn_norm = nn.LayerNorm(cfg.dim, eps=1e-8)
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.out = nn.Linear(cfg.dim, cfg.dim)
+        self.attn_dropout = cfg.dropout
+        self.ffn_norm = nn.LayerNorm(cfg.dim, eps=1e-8)
+        self.ffn = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.dim), nn.ReLU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.dim, cfg.dim), nn.Dropout(cfg.dropout),
+        )
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
+        x = x + self._attention(self.attn_norm(x), attn_bias)
+        return x + self.ffn(self.ffn_norm(x))
+
+    def _attention(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, dim // self.heads).unbind(2)  # (B, L, H, Dh)
+        dropout = self.attn_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_bias, dropout_p=dropout
+        )  # (B, H, L, Dh)
+        return self.out(y.transpose(1, 2).reshape(batch, length, dim))
+
+
+def _positions_from_oldest(mask: torch.Tensor) -> torch.Tensor:
+    """Index of each real item counted from the oldest one in the window; 0 at padding."""
+    return (mask.long().cumsum(1) - 1).clamp(min=0)  # (B, L)

@@ -1,0 +1,180 @@
+"""The training loop: packed causal passes over length-bucketed batches, early stopping on
+validation NDCG@10, best weights restored and saved as a checkpoint directory."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+
+from seqrec.config import ModelConfig, TrainConfig
+from seqrec.data import (EvalExamples, Split, UserSequences, Vocabulary, build_sequences, leave_one_out, pad_left,
+                         read_interactions, table_fingerprint)
+from seqrec.errors import DataError, received_expected
+from seqrec.models import SequentialRecommender, build_model
+from seqrec.training.checkpoint import Checkpoint, save_checkpoint
+from seqrec.training.evaluation import evaluate
+from seqrec.training.losses import full_cross_entropy, sampled_softmax
+
+
+@dataclass
+class TrainingData:
+    """Everything derived from one interactions table."""
+
+    vocab: Vocabulary
+    seqs: UserSequences
+    split: Split
+    fingerprint: str
+    source: str
+
+
+def prepare_data(source: str | Path | pa.Table, vocab: Vocabulary | None = None) -> TrainingData:
+    """Read and validate interactions, build the vocabulary (unless given), sequences and split."""
+    table = source if isinstance(source, pa.Table) else read_interactions(source)
+    vocab = vocab or Vocabulary.from_items(table.column("item_id"))
+    seqs = build_sequences(table, vocab)
+    return TrainingData(vocab, seqs, leave_one_out(seqs), table_fingerprint(table),
+                        "<table>" if isinstance(source, pa.Table) else str(source))
+
+
+def train_model(data: TrainingData, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                out: str | Path | None = None, progress: bool = True) -> Checkpoint:
+    """Train, restore the best validation weights, evaluate valid and test, save to ``out``."""
+    _seed_everything(train_cfg.seed)
+    model_cfg = dataclasses.replace(model_cfg, num_items=len(data.vocab))
+    model = build_model(model_cfg).to(train_cfg.device)
+    history = fit(model, data, train_cfg, progress)
+    metrics = {name: evaluate(model, data.seqs, getattr(data.split, name), device=train_cfg.device)
+               for name in ("valid", "test")}
+    meta = {"data": {"source": data.source, "fingerprint": data.fingerprint, "users": len(data.seqs),
+                     "items": len(data.vocab)}, "metrics": metrics, "training": history}
+    ckpt = Checkpoint(model.eval(), model_cfg, train_cfg, data.vocab, meta)
+    if out is not None:
+        save_checkpoint(out, ckpt)
+    return ckpt
+
+
+def fit(model: SequentialRecommender, data: TrainingData, cfg: TrainConfig, progress: bool = True) -> dict:
+    """Epoch loop with early stopping; leaves the best weights in ``model``; returns a summary."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    valid = _validation_subset(data.split.valid, cfg.eval_users, rng)
+    windows = train_windows(data.seqs, data.split, model.cfg.max_length)
+    best = {"ndcg@10": -1.0, "epoch": 0, "state": None}
+    started, losses = time.perf_counter(), []
+    for epoch in range(1, cfg.epochs + 1):
+        losses.append(train_epoch(model, optimizer, data.seqs, windows, cfg, rng, progress, epoch))
+        if epoch % cfg.eval_every and epoch != cfg.epochs:
+            continue
+        score = evaluate(model, data.seqs, valid, device=cfg.device)["ndcg@10"]
+        improved = score > best["ndcg@10"]
+        if improved:
+            best = {"ndcg@10": score, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+        elapsed = time.perf_counter() - started
+        _report(progress, f"epoch {epoch:3d}  loss {losses[-1]:.4f}  valid ndcg@10 {score:.4f}"
+                          f"{'  *' if improved else ''}  [{elapsed:.0f}s]")
+        if epoch - best["epoch"] >= cfg.patience * cfg.eval_every or _out_of_time(cfg, started):
+            break
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    seconds = time.perf_counter() - started
+    _report(progress, f"trained {len(losses)} epochs in {seconds:.0f}s; best valid ndcg@10 "
+                      f"{best['ndcg@10']:.4f} at epoch {best['epoch']}")
+    return {"epochs": len(losses), "best_epoch": best["epoch"], "best_valid_ndcg@10": best["ndcg@10"],
+            "seconds": round(seconds, 1), "losses": [round(x, 5) for x in losses]}
+
+
+@dataclass
+class TrainWindows:
+    """Per trainable user, the slice [start, end) of ``seqs.items`` holding max_length + 1 items."""
+
+    starts: np.ndarray  # (U',)
+    ends: np.ndarray  # (U',)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.ends - self.starts
+
+
+def train_windows(seqs: UserSequences, split: Split, max_length: int) -> TrainWindows:
+    """The most recent max_length + 1 training items of each user with at least two."""
+    ends = split.train_end
+    starts = np.maximum(seqs.offsets[:-1], ends - (max_length + 1))
+    keep = ends - starts >= 2
+    if not keep.any():
+        raise DataError(received_expected("training sequences", "no user with 2 or more training items",
+                                          "users with at least 4 interactions (2 train + valid + test)"))
+    return TrainWindows(starts[keep], ends[keep])
+
+
+def length_bucketed_batches(windows: TrainWindows, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Users sorted by length (random among equals) cut into batches, batch order shuffled."""
+    order = np.lexsort((rng.random(len(windows.starts)), windows.lengths))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer, seqs: UserSequences,
+                windows: TrainWindows, cfg: TrainConfig, rng: np.random.Generator, progress: bool,
+                epoch: int) -> float:
+    model.train()
+    batches = length_bucketed_batches(windows, cfg.batch_size, rng)
+    bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False, unit="batch")
+    total, count = 0.0, 0
+    for inputs, targets in _padded_batches(seqs, windows, bar, model.cfg.max_length, cfg.device):
+        loss = _batch_loss(model, inputs, targets, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, count = total + loss.item(), count + 1
+        if count % 20 == 0:
+            bar.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(count, 1)
+
+
+def _padded_batches(seqs: UserSequences, windows: TrainWindows, batches, max_length: int,
+                    device: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for users in batches:
+        starts, ends = windows.starts[users], windows.ends[users]
+        inputs = pad_left(seqs.items, starts, ends - 1, max_length)  # (B, L)
+        targets = pad_left(seqs.items, starts + 1, ends, max_length)  # (B, L) next item per slot
+        yield torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
+
+
+def _batch_loss(model: SequentialRecommender, inputs: torch.Tensor, targets: torch.Tensor,
+                cfg: TrainConfig) -> torch.Tensor:
+    hidden = model.encode(inputs)  # (B, L, D)
+    real = targets > 0  # (B, L)
+    hidden, targets = hidden[real], targets[real]  # (M, D), (M,): the output layer skips padding
+    if cfg.loss == "sampled":
+        return sampled_softmax(model, hidden, targets, cfg.negatives, cfg.temperature)
+    return full_cross_entropy(model, hidden / cfg.temperature, targets)
+
+
+def _validation_subset(valid: EvalExamples, users: int | None, rng: np.random.Generator) -> EvalExamples:
+    if users is None or users >= len(valid.targets):
+        return valid
+    pick = np.sort(rng.choice(len(valid.targets), size=users, replace=False))
+    return EvalExamples(valid.users[pick], valid.history_start[pick], valid.history_end[pick], valid.targets[pick])
+
+
+def _out_of_time(cfg: TrainConfig, started: float) -> bool:
+    return cfg.max_minutes is not None and time.perf_counter() - started > 60 * cfg.max_minutes
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _report(progress: bool, line: str) -> None:
+    if progress:
+        tqdm.write(line)

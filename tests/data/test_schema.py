@@ -1,0 +1,129 @@
+"""Schema validation and Parquet reading."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from seqrec.data import read_interactions, validate_interactions
+from seqrec.errors import DataError, SchemaError
+
+
+def test_canonical_columns_types_and_extra_dropped() -> None:
+    table = pa.table({"extra": [1.0, 2.0], "item_id": pa.array([5, 6], pa.int32()),
+                      "user_id": ["a", "b"], "timestamp": pa.array([10, 20], pa.uint32())})
+    out = validate_interactions(table)
+    assert out.column_names == ["user_id", "item_id", "timestamp"]
+    assert out.schema.types == [pa.string(), pa.int64(), pa.int64()]
+    assert out.to_pydict() == {"user_id": ["a", "b"], "item_id": [5, 6], "timestamp": [10, 20]}
+
+
+def test_dictionary_and_large_string_ids_are_decoded() -> None:
+    table = pa.table({"user_id": pa.array(["u", "v", "u"]).dictionary_encode(),
+                      "item_id": pa.array(["x", "y", "x"], pa.large_string())})
+    out = validate_interactions(table)
+    assert out.schema.types[:2] == [pa.string(), pa.string()]
+    assert out.column("user_id").to_pylist() == ["u", "v", "u"]
+
+
+def test_missing_timestamp_is_position_within_user_in_file_order() -> None:
+    table = pa.table({"user_id": [1, 2, 1, 1, 2, 3], "item_id": [9, 8, 7, 6, 5, 4]})
+    out = validate_interactions(table)
+    assert out.column("timestamp").to_pylist() == [0, 0, 1, 2, 1, 0]
+
+
+def test_timestamp_type_becomes_int64_seconds() -> None:
+    moments = [datetime(2024, 1, 1, tzinfo=timezone.utc), datetime(1969, 12, 31, 23, 59, 58,
+                                                                  500000, tzinfo=timezone.utc)]
+    table = pa.table({"user_id": [1, 1], "item_id": [1, 2],
+                      "timestamp": pa.array(moments, pa.timestamp("ms", tz="UTC"))})
+    out = validate_interactions(table)
+    assert out.column("timestamp").to_pylist() == [1_704_067_200, -2]  # floor, not truncation
+
+
+def test_whole_float_timestamps_are_cast() -> None:
+    table = pa.table({"user_id": [1, 1], "item_id": [1, 2], "timestamp": [881250949.0, 3.0]})
+    out = validate_interactions(table)
+    assert out.column("timestamp").type == pa.int64()
+    assert out.column("timestamp").to_pylist() == [881250949, 3]
+
+
+def test_fractional_float_timestamps_are_rejected() -> None:
+    table = pa.table({"user_id": [1, 1], "item_id": [1, 2], "timestamp": [1.0, 1.5]})
+    with pytest.raises(SchemaError, match=r"column 'timestamp' \| received 1 values that are "
+                                          r"not whole numbers \(first: 1\.5\)"):
+        validate_interactions(table)
+
+
+def test_missing_column_names_it_and_the_columns_received() -> None:
+    table = pa.table({"user_id": [1], "item": [2]})
+    with pytest.raises(SchemaError, match=r"column 'item_id' \| received columns "
+                                          r"\['user_id', 'item'\], expected a column named"):
+        validate_interactions(table)
+
+
+def test_mistyped_column() -> None:
+    table = pa.table({"user_id": [1], "item_id": [2.0]})
+    with pytest.raises(SchemaError, match=r"column 'item_id' \| received double, "
+                                          r"expected an integer or string type"):
+        validate_interactions(table)
+
+
+def test_mistyped_timestamp() -> None:
+    table = pa.table({"user_id": [1], "item_id": [2], "timestamp": ["yesterday"]})
+    with pytest.raises(SchemaError, match=r"column 'timestamp' \| received string"):
+        validate_interactions(table)
+
+
+@pytest.mark.parametrize("column", ["user_id", "item_id", "timestamp"])
+def test_nulls_are_counted(column: str) -> None:
+    data = {"user_id": [1, 2, 3], "item_id": [4, 5, 6], "timestamp": [7, 8, 9]}
+    data[column] = [None, 5, None]
+    with pytest.raises(SchemaError, match=rf"column '{column}' \| received 2 nulls"):
+        validate_interactions(pa.table(data))
+
+
+def test_zero_rows() -> None:
+    table = pa.table({"user_id": pa.array([], pa.int64()), "item_id": pa.array([], pa.string())})
+    with pytest.raises(DataError, match=r"received 0 rows, expected at least one interaction"):
+        validate_interactions(table)
+
+
+def test_unsigned_ids_out_of_int64_range() -> None:
+    table = pa.table({"user_id": pa.array([2**63], pa.uint64()), "item_id": [1]})
+    with pytest.raises(SchemaError, match=r"column 'user_id' \| received uint64"):
+        validate_interactions(table)
+
+
+def test_read_parquet_file_and_directory(tmp_path) -> None:
+    table = pa.table({"user_id": [1, 1, 2], "item_id": ["a", "b", "c"], "timestamp": [3, 1, 2]})
+    pq.write_table(table, tmp_path / "one.parquet")
+    (tmp_path / "parts").mkdir()
+    pq.write_table(table.slice(0, 2), tmp_path / "parts" / "part-0.parquet")
+    pq.write_table(table.slice(2), tmp_path / "parts" / "part-1.parquet")
+    assert read_interactions(tmp_path / "one.parquet").equals(validate_interactions(table))
+    assert read_interactions(tmp_path / "parts").to_pydict() == table.to_pydict()
+
+
+def test_read_not_a_parquet_file(tmp_path) -> None:
+    path = tmp_path / "log.parquet"
+    path.write_text("user_id,item_id\n1,2\n")
+    with pytest.raises(DataError, match=r"parquet input '.*log\.parquet' \| received an "
+                                        r"unreadable path"):
+        read_interactions(path)
+
+
+def test_read_missing_file(tmp_path) -> None:
+    with pytest.raises(DataError, match=r"nothing\.parquet' \| received an unreadable path"):
+        read_interactions(tmp_path / "nothing.parquet")
+
+
+def test_read_empty_parquet_file(tmp_path) -> None:
+    path = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"user_id": pa.array([], pa.int64()),
+                             "item_id": pa.array([], pa.int64())}), path)
+    with pytest.raises(DataError, match=r"empty\.parquet' \| received 0 rows"):
+        read_interactions(path)
