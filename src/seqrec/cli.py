@@ -53,11 +53,13 @@ def data_import(fmt: str, src: str, dst: str) -> None:
 @click.option("--items", type=int, default=500, show_default=True)
 @click.option("--repeat-prob", type=float, default=0.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def data_synth(dst: str, users: int, items: int, repeat_prob: float, seed: int) -> None:
+@click.option("--min-length", type=int, default=5, show_default=True, help="shortest user history")
+@click.option("--max-length", type=int, default=50, show_default=True, help="longest user history")
+def data_synth(dst: str, **options) -> None:
     """Write a synthetic interactions Parquet with learnable sequential structure."""
     from seqrec.data import SynthConfig, synthesize_to
 
-    cfg = SynthConfig(users=users, items=items, repeat_prob=repeat_prob, seed=seed)
+    cfg = SynthConfig(**options)
     click.echo(json.dumps(synthesize_to(cfg, dst)))
 
 

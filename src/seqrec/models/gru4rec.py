@@ -9,6 +9,8 @@ packing, no data-dependent control flow, exportable as is.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -18,6 +20,7 @@ from seqrec.config import ModelConfig
 class GRU4RecEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.input_scale = math.sqrt(cfg.dim)  # unit-scale inputs, as in SASRec
         self.input_dropout = nn.Dropout(cfg.dropout)
         self.gru = nn.GRU(cfg.dim, cfg.dim, num_layers=cfg.layers, batch_first=True,
                           dropout=cfg.dropout if cfg.layers > 1 else 0.0)
@@ -28,7 +31,7 @@ class GRU4RecEncoder(nn.Module):
         keep = mask.unsqueeze(-1).to(item_vectors.dtype)  # (B, L, 1)
         shift = mask.shape[1] - mask.long().sum(1, keepdim=True)  # (B, 1) padding per row
         to_right = _rotation(shift, mask.shape[1])  # (B, L)
-        x = _gather_steps(self.input_dropout(item_vectors), to_right)  # right padded (B, L, D)
+        x = _gather_steps(self.input_dropout(item_vectors * self.input_scale), to_right)  # right padded (B, L, D)
         y, _ = self.gru(x)  # (B, L, D)
         y = _gather_steps(y, _rotation(-shift, mask.shape[1]))  # back to left padded
         return self.projection(y) * keep

@@ -1,0 +1,70 @@
+"""The command line through click's test runner, on real files."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from seqrec.cli import main
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_synth_stats_and_import(tmp_path):
+    dst = tmp_path / "synth.parquet"
+    result = run("data", "synth", dst, "--users", 50, "--items", 80, "--repeat-prob", 0.3, "--seed", 1)
+    assert result.exit_code == 0, result.output
+    stats = json.loads(run("data", "stats", dst).output)
+    assert stats["users"] == 50 and 0.15 < stats["repeat_share"] < 0.45
+    text = tmp_path / "s3rec.txt"
+    text.write_text("1 5 6 7\n2 6 8\n")
+    out = tmp_path / "imported.parquet"
+    result = run("data", "import", "--format", "s3rec", text, out)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["interactions"] == 5
+    assert pq.read_table(out).column_names == ["user_id", "item_id", "timestamp"]
+
+
+def test_schema_error_is_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"user_id": [1, 2], "item": [3, 4]}), bad)
+    result = CliRunner().invoke(main, ["data", "stats", str(bad)])
+    assert result.exit_code == 1
+    assert "column 'item_id'" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_train_then_eval_json(synth_parquet, tmp_path):
+    out = tmp_path / "ckpt"
+    result = run("train", "--data", synth_parquet, "--out", out, "--model", "gru4rec", "--epochs", 2,
+                 "--dim", 16, "--max-length", 20, "--batch-size", 64, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (out / "weights.safetensors").exists()
+    result = run("eval", out, "--data", synth_parquet, "--split", "valid", "--exclude-history", "--json")
+    metrics = json.loads(result.output)
+    assert {"ndcg@10", "hr@10", "mrr@10", "ndcg@50"} <= metrics.keys() and metrics["split"] == "valid"
+
+
+def test_print_config_resolves_model_defaults():
+    result = run("train", "--data", ".", "--out", "x", "--model", "gru4rec", "--lr", 0.01, "--print-config")
+    config = json.loads(result.output)
+    assert config["model"]["model"] == "gru4rec" and config["train"]["lr"] == 0.01
+    assert config["model"]["layers"] == 1  # gru4rec's own default, not the dataclass default
+
+
+def test_bad_option_value_is_a_typed_one_liner(synth_parquet, tmp_path):
+    result = CliRunner().invoke(main, ["train", "--data", str(synth_parquet), "--out", str(tmp_path / "c"),
+                                       "--dim", "10", "--heads", "3"])
+    assert result.exit_code == 1 and "dim / heads | received dim=10, heads=3" in result.output
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    result = run("demo", "--out", tmp_path / "demo", "--users", 400, "--epochs", 2)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
+    assert summary["model"]["users"] == 400 and "popularity" in summary

@@ -1,0 +1,98 @@
+"""Training: losses fall, early stopping, seeding, checkpoints round trip without pickle."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from seqrec.config import TrainConfig
+from seqrec.errors import CheckpointError
+from seqrec.models import ENCODERS
+from seqrec.training import evaluate, evaluate_checkpoint, load_checkpoint, prepare_data, train_model
+from seqrec.training.loop import length_bucketed_batches, train_windows
+from tests.conftest import tiny_configs
+
+
+@pytest.mark.parametrize("model", list(ENCODERS))
+@pytest.mark.parametrize("loss", ["ce", "sampled"])
+def test_loss_decreases_and_beats_untrained(synth_parquet, model, loss):
+    data = prepare_data(synth_parquet)
+    model_cfg, train_cfg = tiny_configs(model, epochs=6, loss=loss, negatives=20, patience=10)
+    ckpt = train_model(data, model_cfg, train_cfg, progress=False)
+    losses = ckpt.meta["training"]["losses"]
+    assert losses[-1] < losses[0] * 0.97
+    untrained = train_model(data, model_cfg, TrainConfig(epochs=1, lr=0.0, seed=0), progress=False)
+    assert ckpt.meta["metrics"]["valid"]["ndcg@10"] > untrained.meta["metrics"]["valid"]["ndcg@10"] + 0.02
+
+
+def test_same_seed_same_model(synth_parquet):
+    data = prepare_data(synth_parquet)
+    first = train_model(data, *tiny_configs(epochs=2), progress=False)
+    second = train_model(data, *tiny_configs(epochs=2), progress=False)
+    for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_early_stopping_keeps_best_epoch(synth_parquet):
+    data = prepare_data(synth_parquet)
+    model_cfg, train_cfg = tiny_configs(epochs=40, lr=0.05, patience=2)
+    ckpt = train_model(data, model_cfg, train_cfg, progress=False)
+    history = ckpt.meta["training"]
+    assert history["epochs"] < 40 and history["epochs"] == history["best_epoch"] + 2
+    restored = evaluate(ckpt.model, data.seqs, data.split.valid)["ndcg@10"]
+    assert restored == pytest.approx(history["best_valid_ndcg@10"])
+
+
+def test_windows_and_buckets_cover_every_trainable_user(synth_parquet):
+    data = prepare_data(synth_parquet)
+    windows = train_windows(data.seqs, data.split, max_length=5)
+    assert (windows.lengths <= 6).all() and (windows.lengths >= 2).all()
+    assert (windows.ends == data.split.train_end[data.split.train_end - data.seqs.offsets[:-1] >= 2]).all()
+    batches = length_bucketed_batches(windows, 32, np.random.default_rng(0))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(windows.starts)))
+    spread = [np.ptp(windows.lengths[b]) for b in batches]
+    assert np.median(spread) <= 1  # users of similar length share a batch
+
+
+def test_checkpoint_round_trip(tiny_checkpoint, synth_parquet):
+    files = sorted(p.name for p in tiny_checkpoint.iterdir())
+    assert files == ["config.json", "meta.json", "vocab.parquet", "weights.safetensors"]
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    assert config["schema_version"] == 1 and config["model"]["model"] == "sasrec"
+    meta = json.loads((tiny_checkpoint / "meta.json").read_text())
+    assert len(meta["data"]["fingerprint"]) == 64 and "torch" in meta["versions"]
+    ckpt = load_checkpoint(tiny_checkpoint)
+    again = evaluate_checkpoint(tiny_checkpoint, synth_parquet, "test")
+    assert again["ndcg@10"] == pytest.approx(meta["metrics"]["test"]["ndcg@10"])
+    assert ckpt.model.item_embedding.weight.data_ptr() == ckpt.model.head.item_embedding.weight.data_ptr()
+
+
+def test_exclude_history_never_counts_a_history_item(tiny_checkpoint, synth_parquet):
+    plain = evaluate_checkpoint(tiny_checkpoint, synth_parquet, "test")
+    excluded = evaluate_checkpoint(tiny_checkpoint, synth_parquet, "test", exclude_history=True)
+    data = prepare_data(synth_parquet)
+    repeats = np.mean([t in data.seqs.items[s:e] for s, e, t in
+                       zip(data.split.test.history_start, data.split.test.history_end, data.split.test.targets)])
+    assert excluded["hr@50"] <= 1 - repeats + 1e-9
+    assert plain["users"] == excluded["users"] == len(data.split.test)
+
+
+def test_missing_checkpoint_file_is_a_typed_error(tiny_checkpoint, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    with pytest.raises(CheckpointError, match=r"missing \['weights.safetensors', 'vocab.parquet', 'meta.json'\]"):
+        load_checkpoint(broken)
+
+
+def test_newer_schema_version_is_refused(tiny_checkpoint, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_checkpoint, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["schema_version"] = 99
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"schema_version \| received 99"):
+        load_checkpoint(copy)
