@@ -23,6 +23,12 @@ def tiny_configs(model: str = "sasrec", **train) -> tuple[ModelConfig, TrainConf
 
 
 @pytest.fixture(scope="session")
+def make_configs():
+    """The tiny (ModelConfig, TrainConfig) builder, as a fixture so test modules need no import."""
+    return tiny_configs
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoint(synth_parquet, tmp_path_factory) -> Path:
     from seqrec.training import train
 

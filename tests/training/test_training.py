@@ -11,14 +11,13 @@ from seqrec.errors import CheckpointError
 from seqrec.models import ENCODERS
 from seqrec.training import evaluate, evaluate_checkpoint, load_checkpoint, prepare_data, train_model
 from seqrec.training.loop import length_bucketed_batches, train_windows
-from tests.conftest import tiny_configs
 
 
 @pytest.mark.parametrize("model", list(ENCODERS))
 @pytest.mark.parametrize("loss", ["ce", "sampled"])
-def test_loss_decreases_and_beats_untrained(synth_parquet, model, loss):
+def test_loss_decreases_and_beats_untrained(synth_parquet, make_configs, model, loss):
     data = prepare_data(synth_parquet)
-    model_cfg, train_cfg = tiny_configs(model, epochs=6, loss=loss, negatives=20, patience=10)
+    model_cfg, train_cfg = make_configs(model, epochs=6, loss=loss, negatives=20, patience=10)
     ckpt = train_model(data, model_cfg, train_cfg, progress=False)
     losses = ckpt.meta["training"]["losses"]
     assert losses[-1] < losses[0] * 0.97
@@ -26,17 +25,17 @@ def test_loss_decreases_and_beats_untrained(synth_parquet, model, loss):
     assert ckpt.meta["metrics"]["valid"]["ndcg@10"] > untrained.meta["metrics"]["valid"]["ndcg@10"] + 0.02
 
 
-def test_same_seed_same_model(synth_parquet):
+def test_same_seed_same_model(synth_parquet, make_configs):
     data = prepare_data(synth_parquet)
-    first = train_model(data, *tiny_configs(epochs=2), progress=False)
-    second = train_model(data, *tiny_configs(epochs=2), progress=False)
+    first = train_model(data, *make_configs(epochs=2), progress=False)
+    second = train_model(data, *make_configs(epochs=2), progress=False)
     for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
         torch.testing.assert_close(a, b, msg=name)
 
 
-def test_early_stopping_keeps_best_epoch(synth_parquet):
+def test_early_stopping_keeps_best_epoch(synth_parquet, make_configs):
     data = prepare_data(synth_parquet)
-    model_cfg, train_cfg = tiny_configs(epochs=40, lr=0.05, patience=2)
+    model_cfg, train_cfg = make_configs(epochs=40, lr=0.05, patience=2)
     ckpt = train_model(data, model_cfg, train_cfg, progress=False)
     history = ckpt.meta["training"]
     assert history["epochs"] < 40 and history["epochs"] == history["best_epoch"] + 2
