@@ -19,6 +19,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from seqrec.cli import resolve_configs
 from seqrec.data import import_interactions
 from seqrec.training import evaluate, prepare_data, train_model
@@ -36,14 +38,18 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override a train option, e.g. --set dropout=0.3 lr=0.002")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
+    parser.add_argument("--tag", default="", help="suffix for the output files")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not BEAUTY.exists():
         raise SystemExit(f"skipped: {BEAUTY} not found (the shared data sets are not beside this checkout)")
     overrides = {key: _number(value) for key, value in (item.split("=", 1) for item in args.set)}
     model_cfg, train_cfg = resolve_configs(args.model, "softmax", {"max_minutes": args.max_minutes, **overrides})
     started = time.perf_counter()
     data = prepare_data(import_interactions(BEAUTY, "s3rec"))
-    ckpt = train_model(data, model_cfg, train_cfg, out=args.out / f"beauty_{args.model}")
+    ckpt = train_model(data, model_cfg, train_cfg, out=args.out / f"beauty_{args.model}{args.tag}")
     wall = time.perf_counter() - started
     plain = ckpt.meta["metrics"]["test"]
     excluded = evaluate(ckpt.model, data.seqs, data.split.test, exclude_history=True)
@@ -51,7 +57,7 @@ def main() -> None:
               "test": plain, "test_exclude_history": excluded, "training": ckpt.meta["training"],
               "wall_seconds": round(wall, 1), "published": PUBLISHED[args.model], "target": TARGET[args.model]}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"accuracy_{args.model}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"accuracy_{args.model}{args.tag}.json").write_text(json.dumps(report, indent=2) + "\n")
     _print_table(args.model, plain, excluded, wall, report["training"])
 
 

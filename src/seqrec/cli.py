@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from seqrec.config import HEADS, LOSSES, MODEL_DEFAULTS, MODELS, POSITIONS, ModelConfig, TrainConfig
+from seqrec.config import HEADS, LOSSES, MODEL_DEFAULTS, MODELS, POSITIONS, PRECISIONS, ModelConfig, TrainConfig
 from seqrec.errors import SeqrecError
 
 
@@ -85,6 +85,7 @@ def data_stats(path: str) -> None:
 @click.option("--dim", type=int)
 @click.option("--layers", type=int)
 @click.option("--heads", "attention_heads", type=int)
+@click.option("--ffn-multiplier", type=int, help="SASRec feed-forward width as a multiple of --dim")
 @click.option("--dropout", type=float)
 @click.option("--positions", type=click.Choice(POSITIONS))
 @click.option("--loss", type=click.Choice(LOSSES))
@@ -95,6 +96,7 @@ def data_stats(path: str) -> None:
 @click.option("--eval-users", type=int, help="validate on a fixed random subset of users")
 @click.option("--seed", type=int)
 @click.option("--device", type=str)
+@click.option("--precision", type=click.Choice(PRECISIONS), help="bf16 autocasts the matrix products")
 @click.option("--print-config", is_flag=True, help="print the resolved configs as JSON and exit")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def train_command(data_path: str, out: str, model: str, head: str, print_config: bool, quiet: bool,

@@ -17,6 +17,7 @@ MODELS = ("sasrec", "gru4rec")
 HEADS = ("softmax",)
 POSITIONS = ("relative", "absolute", "none")
 LOSSES = ("ce", "sampled")
+PRECISIONS = ("fp32", "bf16")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -55,6 +56,7 @@ class ModelConfig(_JsonConfig):
     dim: int = 64
     layers: int = 2
     heads: int = 1
+    ffn_multiplier: int = 1  # SASRec feed-forward width = ffn_multiplier * dim
     dropout: float = 0.5
     max_length: int = 50
     positions: str = "relative"  # relative: bias by distance back from the prediction point
@@ -66,6 +68,7 @@ class ModelConfig(_JsonConfig):
         _check_range("num_items", self.num_items, 1)
         _check_range("dim", self.dim, 1)
         _check_range("layers", self.layers, 1)
+        _check_range("ffn_multiplier", self.ffn_multiplier, 1)
         _check_range("max_length", self.max_length, 1)
         _check_range("dropout", self.dropout, 0.0, 0.95)
         if self.dim % self.heads:
@@ -88,11 +91,13 @@ class TrainConfig(_JsonConfig):
     eval_every: int = 1
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"  # bf16: autocast matrix products (weights, optimizer and loss stay fp32)
     max_minutes: float | None = None
     eval_users: int | None = None  # validate on a fixed random subset to save time; None = all
 
     def __post_init__(self) -> None:
         _check_choice("loss", self.loss, LOSSES)
+        _check_choice("precision", self.precision, PRECISIONS)
         _check_range("epochs", self.epochs, 1)
         _check_range("batch_size", self.batch_size, 1)
         _check_range("lr", self.lr, 0.0)

@@ -95,3 +95,13 @@ def test_newer_schema_version_is_refused(tiny_checkpoint, tmp_path):
     (copy / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"schema_version \| received 99"):
         load_checkpoint(copy)
+
+
+def test_bf16_autocast_trains_and_keeps_fp32_weights(synth_parquet, make_configs):
+    data = prepare_data(synth_parquet)
+    model_cfg, train_cfg = make_configs(epochs=4, precision="bf16", patience=10)
+    ckpt = train_model(data, model_cfg, train_cfg, progress=False)
+    losses = ckpt.meta["training"]["losses"]
+    assert losses[-1] < losses[0] * 0.97
+    assert all(p.dtype == torch.float32 for p in ckpt.model.parameters())
+    assert ckpt.meta["metrics"]["valid"]["ndcg@10"] > 0.05

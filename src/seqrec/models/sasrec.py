@@ -79,9 +79,10 @@ class SASRecBlock(nn.Module):
         self.out = nn.Linear(cfg.dim, cfg.dim)
         self.attn_dropout = cfg.dropout
         self.ffn_norm = nn.LayerNorm(cfg.dim, eps=1e-8)
+        width = cfg.ffn_multiplier * cfg.dim
         self.ffn = nn.Sequential(
-            nn.Linear(cfg.dim, cfg.dim), nn.ReLU(), nn.Dropout(cfg.dropout),
-            nn.Linear(cfg.dim, cfg.dim), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.dim, width), nn.ReLU(), nn.Dropout(cfg.dropout),
+            nn.Linear(width, cfg.dim), nn.Dropout(cfg.dropout),
         )
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:

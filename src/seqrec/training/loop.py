@@ -151,6 +151,13 @@ def _padded_batches(seqs: UserSequences, windows: TrainWindows, batches, max_len
 
 def _batch_loss(model: SequentialRecommender, inputs: torch.Tensor, targets: torch.Tensor,
                 cfg: TrainConfig) -> torch.Tensor:
+    device_type = torch.device(cfg.device).type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        return _packed_loss(model, inputs, targets, cfg)
+
+
+def _packed_loss(model: SequentialRecommender, inputs: torch.Tensor, targets: torch.Tensor,
+                 cfg: TrainConfig) -> torch.Tensor:
     hidden = model.encode(inputs)  # (B, L, D)
     real = targets > 0  # (B, L)
     hidden, targets = hidden[real], targets[real]  # (M, D), (M,): the output layer skips padding

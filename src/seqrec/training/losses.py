@@ -11,7 +11,7 @@ from seqrec.models import SequentialRecommender
 def full_cross_entropy(model: SequentialRecommender, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Softmax over the whole catalog. hidden (M, D), targets (M,) in 1..N."""
     logits = model.head(hidden)  # (M, N+1)
-    return F.cross_entropy(logits, targets)
+    return F.cross_entropy(logits.float(), targets)  # softmax in fp32 even under autocast
 
 
 def sampled_softmax(
@@ -35,4 +35,4 @@ def sampled_softmax(
     negative_logits = negative_logits.masked_fill(accidental, float("-inf"))
     logits = torch.cat([positive_logits, negative_logits], dim=1) / temperature  # (M, 1+S)
     labels = torch.zeros(len(targets), dtype=torch.long, device=hidden.device)
-    return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits.float(), labels)
