@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from seqrec.cli import resolve_configs
+from seqrec.config import resolve_configs
 from seqrec.data import import_interactions
 from seqrec.training import evaluate, prepare_data, train_model
 

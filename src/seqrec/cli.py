@@ -6,13 +6,12 @@ on purpose (``SeqrecError``) are printed on one line and exit with status 1, wit
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 
 import click
 
-from seqrec.config import HEADS, LOSSES, MODEL_DEFAULTS, MODELS, POSITIONS, PRECISIONS, ModelConfig, TrainConfig
+from seqrec.config import HEADS, LOSSES, MODELS, POSITIONS, PRECISIONS, resolve_configs
 from seqrec.errors import SeqrecError
 
 
@@ -84,12 +83,15 @@ def data_stats(path: str) -> None:
 @click.option("--max-length", type=int)
 @click.option("--dim", type=int)
 @click.option("--layers", type=int)
-@click.option("--heads", "attention_heads", type=int)
+@click.option("--heads", type=int, help="attention heads (SASRec)")
 @click.option("--ffn-multiplier", type=int, help="SASRec feed-forward width as a multiple of --dim")
 @click.option("--dropout", type=float)
 @click.option("--positions", type=click.Choice(POSITIONS))
 @click.option("--loss", type=click.Choice(LOSSES))
 @click.option("--negatives", type=int, help="shared negatives per batch for --loss sampled")
+@click.option("--exclude-history/--no-exclude-history", default=None,
+              help="leave each user's own history out of the training softmax and the validation ranking "
+                   "(for data without repeats, evaluated with eval --exclude-history)")
 @click.option("--temperature", type=float)
 @click.option("--patience", type=int, help="epochs without validation gain before stopping")
 @click.option("--max-minutes", type=float, help="stop after this much training time")
@@ -141,19 +143,6 @@ def demo_command(out: str, model: str, users: int, epochs: int, seed: int) -> No
     from seqrec.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(out=out, model=model, users=users, epochs=epochs, seed=seed), echo=click.echo)
-
-
-def resolve_configs(model: str, head: str, options: dict) -> tuple[ModelConfig, TrainConfig]:
-    """Explicit options win over the model's defaults, which win over the dataclass defaults."""
-    given = {key: value for key, value in options.items() if value is not None}
-    if "attention_heads" in given:
-        given["heads"] = given.pop("attention_heads")
-    defaults = MODEL_DEFAULTS[model]
-    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
-    model_cfg = ModelConfig(model=model, head=head, **{**defaults.model,
-                                                       **{k: v for k, v in given.items() if k in model_keys}})
-    train_cfg = TrainConfig(**{**defaults.train, **{k: v for k, v in given.items() if k not in model_keys}})
-    return model_cfg, train_cfg
 
 
 def _headline(metrics: dict) -> dict:

@@ -86,6 +86,7 @@ class TrainConfig(_JsonConfig):
     weight_decay: float = 0.0
     loss: str = "ce"
     negatives: int = 256
+    exclude_history: bool = False  # leave each prefix's own items out of its training softmax
     temperature: float = 1.0
     patience: int = 10
     eval_every: int = 1
@@ -115,8 +116,19 @@ class ModelDefaults:
 
 
 MODEL_DEFAULTS: dict[str, ModelDefaults] = {
-    "sasrec": ModelDefaults(model={"dim": 64, "layers": 2, "heads": 1, "dropout": 0.5},
+    "sasrec": ModelDefaults(model={"dim": 64, "layers": 2, "heads": 1, "ffn_multiplier": 4, "dropout": 0.5},
                             train={"lr": 1e-3, "batch_size": 128}),
-    "gru4rec": ModelDefaults(model={"dim": 64, "layers": 1, "heads": 1, "dropout": 0.3},
+    "gru4rec": ModelDefaults(model={"dim": 64, "layers": 1, "heads": 1, "dropout": 0.5},
                              train={"lr": 1e-3, "batch_size": 128}),
 }
+
+
+def resolve_configs(model: str, head: str, options: dict) -> tuple[ModelConfig, TrainConfig]:
+    """Explicit options (None = not given) win over the model's defaults, then the dataclass defaults."""
+    given = {key: value for key, value in options.items() if value is not None}
+    defaults = MODEL_DEFAULTS[model]
+    model_keys = {f.name for f in fields(ModelConfig)}
+    model_given = {key: value for key, value in given.items() if key in model_keys}
+    train_given = {key: value for key, value in given.items() if key not in model_keys}
+    model_cfg = ModelConfig.from_dict({**defaults.model, **model_given, "model": model, "head": head})
+    return model_cfg, TrainConfig.from_dict({**defaults.train, **train_given})

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from seqrec.config import ModelConfig, TrainConfig
+from seqrec.config import resolve_configs
 from seqrec.data import SynthConfig, generate_interactions, interaction_stats, write_interactions
 from seqrec.training import evaluate_checkpoint, train
 from seqrec.training.evaluation import ranges_to_indices
@@ -39,8 +39,9 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict[str, Any]:
     write_interactions(table, data_path)
     echo(f"[1/3] data     {data_path}: {json.dumps(interaction_stats(table))}")
     echo(f"[2/3] train    {cfg.model}, {cfg.epochs} epochs max -> {out / 'checkpoint'}")
-    train(data_path, out / "checkpoint", ModelConfig(model=cfg.model, max_length=50),
-          TrainConfig(epochs=cfg.epochs, seed=cfg.seed, patience=3))
+    model_cfg, train_cfg = resolve_configs(cfg.model, "softmax", {"epochs": cfg.epochs, "seed": cfg.seed,
+                                                                  "patience": 3})
+    train(data_path, out / "checkpoint", model_cfg, train_cfg)
     metrics = evaluate_checkpoint(out / "checkpoint", data_path, split="test")
     baseline = popularity_baseline(data_path)
     echo("[3/3] evaluate test split, full ranking over the catalog")

@@ -24,6 +24,7 @@ class GRU4RecEncoder(nn.Module):
         self.input_dropout = nn.Dropout(cfg.dropout)
         self.gru = nn.GRU(cfg.dim, cfg.dim, num_layers=cfg.layers, batch_first=True,
                           dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.output_dropout = nn.Dropout(cfg.dropout)
         self.projection = nn.Linear(cfg.dim, cfg.dim)
 
     def forward(self, item_vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -34,7 +35,7 @@ class GRU4RecEncoder(nn.Module):
         x = _gather_steps(self.input_dropout(item_vectors * self.input_scale), to_right)  # right padded (B, L, D)
         y, _ = self.gru(x)  # (B, L, D)
         y = _gather_steps(y, _rotation(-shift, mask.shape[1]))  # back to left padded
-        return self.projection(y) * keep
+        return self.projection(self.output_dropout(y)) * keep
 
 
 def _rotation(shift: torch.Tensor, length: int) -> torch.Tensor:

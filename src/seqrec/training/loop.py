@@ -74,7 +74,7 @@ def fit(model: SequentialRecommender, data: TrainingData, cfg: TrainConfig, prog
         losses.append(train_epoch(model, optimizer, data.seqs, windows, cfg, rng, progress, epoch))
         if epoch % cfg.eval_every and epoch != cfg.epochs:
             continue
-        score = evaluate(model, data.seqs, valid, device=cfg.device)["ndcg@10"]
+        score = evaluate(model, data.seqs, valid, exclude_history=cfg.exclude_history, device=cfg.device)["ndcg@10"]
         improved = score > best["ndcg@10"]
         if improved:
             best = {"ndcg@10": score, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
@@ -160,10 +160,18 @@ def _packed_loss(model: SequentialRecommender, inputs: torch.Tensor, targets: to
                  cfg: TrainConfig) -> torch.Tensor:
     hidden = model.encode(inputs)  # (B, L, D)
     real = targets > 0  # (B, L)
+    seen = prefix_histories(inputs)[real] if cfg.exclude_history else None  # (M, L)
     hidden, targets = hidden[real], targets[real]  # (M, D), (M,): the output layer skips padding
     if cfg.loss == "sampled":
-        return sampled_softmax(model, hidden, targets, cfg.negatives, cfg.temperature)
-    return full_cross_entropy(model, hidden / cfg.temperature, targets)
+        return sampled_softmax(model, hidden, targets, cfg.negatives, cfg.temperature, seen=seen)
+    return full_cross_entropy(model, hidden / cfg.temperature, targets, seen=seen)
+
+
+def prefix_histories(inputs: torch.Tensor) -> torch.Tensor:
+    """For every slot t, the items of slots <= t (later slots zeroed): (B, L) -> (B, L, L)."""
+    steps = torch.arange(inputs.shape[1], device=inputs.device)
+    upto = steps.view(1, -1) <= steps.view(-1, 1)  # (L, L): [t, s] = s <= t
+    return inputs.unsqueeze(1) * upto  # (B, L, L)
 
 
 def _validation_subset(valid: EvalExamples, users: int | None, rng: np.random.Generator) -> EvalExamples:
