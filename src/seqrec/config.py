@@ -118,7 +118,7 @@ class ModelDefaults:
 MODEL_DEFAULTS: dict[str, ModelDefaults] = {
     "sasrec": ModelDefaults(model={"dim": 64, "layers": 2, "heads": 1, "ffn_multiplier": 4, "dropout": 0.5},
                             train={"lr": 1e-3, "batch_size": 128}),
-    "gru4rec": ModelDefaults(model={"dim": 128, "layers": 1, "heads": 1, "dropout": 0.5},
+    "gru4rec": ModelDefaults(model={"dim": 256, "layers": 1, "heads": 1, "dropout": 0.5},
                              train={"lr": 1e-3, "batch_size": 128}),
 }
 
