@@ -127,7 +127,7 @@ def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer, 
                 epoch: int) -> float:
     model.train()
     batches = length_bucketed_batches(windows, cfg.batch_size, rng)
-    bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False, unit="batch")
+    bar = tqdm(batches, desc=f"epoch {epoch}", disable=None if progress else True, leave=False, unit="batch")
     total, count = 0.0, 0
     for inputs, targets in _padded_batches(seqs, windows, bar, model.cfg.max_length, cfg.device):
         loss = _batch_loss(model, inputs, targets, cfg)
