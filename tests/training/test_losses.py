@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from seqrec.config import ModelConfig
 from seqrec.models import build_model
 from seqrec.training.loop import prefix_histories
-from seqrec.training.losses import full_cross_entropy, sampled_softmax
+from seqrec.training.losses import draw_negatives, full_cross_entropy, sampled_softmax
 
 
 def tiny(num_items=23):
@@ -25,8 +25,9 @@ def test_full_cross_entropy_leaves_seen_items_out_but_never_the_target():
             if item and item != targets[row]:
                 logits[row, item] = float("-inf")
     expected = F.cross_entropy(logits, targets)
-    torch.testing.assert_close(full_cross_entropy(model, hidden, targets, seen=seen), expected)
-    assert full_cross_entropy(model, hidden, targets).item() > expected.item()
+    raw = model.head.logits([hidden.unsqueeze(1)], torch.ones(5, 1, dtype=torch.long))  # (5, N+1)
+    torch.testing.assert_close(full_cross_entropy(raw, targets, seen=seen), expected)
+    assert full_cross_entropy(raw, targets).item() > expected.item()
 
 
 def test_sampled_softmax_masks_accidental_hits_and_seen_negatives():
@@ -34,7 +35,9 @@ def test_sampled_softmax_masks_accidental_hits_and_seen_negatives():
     hidden, targets = torch.randn(3, 8), torch.tensor([1, 2, 3])
     seen = torch.tensor([[2, 3], [0, 0], [1, 0]])
     gen = torch.Generator().manual_seed(0)
-    loss = sampled_softmax(model, hidden, targets, 64, 1.0, generator=gen, seen=seen)
+    drawn = draw_negatives(5, 64, "cpu", generator=gen)
+    logits, columns = model.head.sampled_logits([hidden.unsqueeze(1)], None, None, targets, drawn)
+    loss = sampled_softmax(logits, columns, targets, seen=seen)
     negatives = torch.randint(1, 6, (64,), generator=torch.Generator().manual_seed(0))
     weights = model.item_embedding.weight
     rows = []

@@ -20,6 +20,7 @@ from seqrec.config import ModelConfig
 class GRU4RecEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.output_layers = 1  # hidden states returned per slot, bottom to top
         self.input_scale = math.sqrt(cfg.dim)  # unit-scale inputs, as in SASRec
         self.input_dropout = nn.Dropout(cfg.dropout)
         self.gru = nn.GRU(cfg.dim, cfg.dim, num_layers=cfg.layers, batch_first=True,
@@ -27,15 +28,20 @@ class GRU4RecEncoder(nn.Module):
         self.output_dropout = nn.Dropout(cfg.dropout)
         self.projection = nn.Linear(cfg.dim, cfg.dim)
 
-    def forward(self, item_vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """item_vectors (B, L, D) with zeros at padding, mask (B, L) bool -> hidden (B, L, D)."""
+    def forward(self, item_vectors: torch.Tensor, mask: torch.Tensor,
+                timestamps: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """item_vectors (B, L, D) with zeros at padding, mask (B, L) bool -> [hidden (B, L, D)].
+
+        ``nn.GRU`` exposes only its top layer's sequence, so one layer is returned whatever
+        ``layers`` is (as RecBole's GRU4RecCPR does). ``timestamps`` are not used.
+        """
         keep = mask.unsqueeze(-1).to(item_vectors.dtype)  # (B, L, 1)
         shift = mask.shape[1] - mask.long().sum(1, keepdim=True)  # (B, 1) padding per row
         to_right = _rotation(shift, mask.shape[1])  # (B, L)
         x = _gather_steps(self.input_dropout(item_vectors * self.input_scale), to_right)  # right padded (B, L, D)
         y, _ = self.gru(x)  # (B, L, D)
         y = _gather_steps(y, _rotation(-shift, mask.shape[1]))  # back to left padded
-        return self.projection(self.output_dropout(y)) * keep
+        return [self.projection(self.output_dropout(y)) * keep]
 
 
 def _rotation(shift: torch.Tensor, length: int) -> torch.Tensor:

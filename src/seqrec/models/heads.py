@@ -1,8 +1,16 @@
-"""Output heads: turn encoder hidden states into item logits.
+"""Output heads: turn the encoder's per-layer hidden states into item logits.
 
-The softmax head ties its output embedding to the input item embedding (one (N + 1, D) matrix),
-so index 0, the padding row, is exactly zero and its logit is forced to -inf: item 0 is never a
-result.
+Every head scores chosen *prediction points* of a batch of left-padded histories:
+
+- ``logits(layers, items, rows)`` gives full-catalog logits (M, N + 1), column 0 (padding) -inf.
+  ``rows`` (B, L) bool picks the slots to predict after (training: every real slot of a packed
+  causal pass); ``None`` means the last slot of every row (evaluation, export, scoring).
+- ``sampled_logits(layers, items, rows, targets, negatives)`` gives the logits of a small set of
+  columns per row for sampled softmax: column 0 is the target, then the shared negatives, then any
+  head-specific extra columns. It also returns the item id of every column, 0 where a column is
+  void (its logit is then -inf), so the loss can mask accidental hits and seen items generically.
+
+Heads are tied to the input item embedding (one (N + 1, D) matrix whose padding row is zero).
 """
 
 from __future__ import annotations
@@ -12,28 +20,32 @@ from torch import nn
 
 
 class SoftmaxHead(nn.Module):
-    """logits = h E^T over the whole catalog, item 0 masked out."""
+    """logits = h E^T over the whole catalog, h the top layer's state at the prediction point."""
 
-    def __init__(self, item_embedding: nn.Embedding) -> None:
+    def __init__(self, item_embedding: nn.Embedding, mixed_layers: int = 1, **_: object) -> None:
         super().__init__()
         self.item_embedding = item_embedding
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> (..., N + 1) logits; column 0 is -inf."""
-        logits = hidden @ self.item_embedding.weight.T  # [.., D] x [D, N+1] -> [.., N+1]
-        return logits.index_fill(-1, _zero_index(logits.device), float("-inf"))
+    def logits(self, layers: list[torch.Tensor], items: torch.Tensor,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = select_rows(layers[-1], rows)  # (M, D)
+        return mask_padding(hidden @ self.item_embedding.weight.T)  # [M, D] x [D, N+1] -> [M, N+1]
 
-    def score_items(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Logits of chosen items only: hidden (M, D), items (M,) or (M, S) -> (M,) or (M, S)."""
-        item_vectors = self.item_embedding(items)  # (M, D) or (M, S, D)
-        if items.dim() == 1:
-            return (hidden * item_vectors).sum(-1)  # (M,)
-        return torch.einsum("md,msd->ms", hidden, item_vectors)  # (M, S)
-
-    def score_shared(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Logits of one shared item set for every row: hidden (M, D), items (S,) -> (M, S)."""
-        return hidden @ self.item_embedding(items).T  # [M, D] x [D, S] -> [M, S]
+    def sampled_logits(self, layers: list[torch.Tensor], items: torch.Tensor, rows: torch.Tensor | None,
+                       targets: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = select_rows(layers[-1], rows)  # (M, D)
+        positive = (hidden * self.item_embedding(targets)).sum(-1, keepdim=True)  # (M, 1)
+        negative = hidden @ self.item_embedding(negatives).T  # [M, D] x [D, S] -> [M, S]
+        columns = torch.cat([targets.unsqueeze(1), negatives.expand(len(targets), -1)], dim=1)  # (M, 1+S)
+        return torch.cat([positive, negative], dim=1), columns
 
 
-def _zero_index(device: torch.device) -> torch.Tensor:
-    return torch.zeros(1, dtype=torch.long, device=device)
+def select_rows(per_slot: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """(B, L, ...) -> (M, ...): the chosen prediction points, or the last slot of every row."""
+    return per_slot[:, -1] if rows is None else per_slot[rows]
+
+
+def mask_padding(logits: torch.Tensor) -> torch.Tensor:
+    """Item 0 is padding and never a result: its column becomes -inf."""
+    zero = torch.zeros(1, dtype=torch.long, device=logits.device)
+    return logits.index_fill(-1, zero, float("-inf"))

@@ -1,8 +1,8 @@
 """A sequential recommender: item embedding -> encoder -> head.
 
-``encode`` gives one hidden state per slot (B, L, D), used by training on every prefix at once;
-``forward`` scores the catalog for the prediction point after the last slot (B, N + 1), which is
-what evaluation, export and batch scoring call.
+``encode_layers`` gives every encoder layer's hidden state per slot [(B, L, D)], which training
+hands to the head for every prefix at once; ``forward`` scores the catalog for the prediction
+point after the last slot (B, N + 1), which is what evaluation, export and batch scoring call.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ class SequentialRecommender(nn.Module):
         self.cfg = cfg
         self.item_embedding = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=0)
         self.encoder = _lookup(ENCODERS, cfg.model, "model")(cfg)
-        self.head = _lookup(HEADS, cfg.head, "head")(self.item_embedding)
+        self.head = _lookup(HEADS, cfg.head, "head")(self.item_embedding, cfg=cfg,
+                                                     mixed_layers=self.encoder.output_layers)
         self.reset_item_embedding()
 
     def reset_item_embedding(self) -> None:
@@ -35,19 +36,24 @@ class SequentialRecommender(nn.Module):
             self.item_embedding.weight.normal_(0.0, self.cfg.dim**-0.5)
             self.item_embedding.weight[0].zero_()
 
-    def encode(self, items: torch.Tensor) -> torch.Tensor:
-        """items (B, L) left padded with 0 -> hidden (B, L, D), zero at padding.
+    def encode_layers(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """items (B, L) left padded with 0 -> per-layer hidden [(B, L, D)], zero at padding.
 
         Histories longer than ``max_length`` keep their most recent ``max_length`` items.
         """
         items = items[:, -self.cfg.max_length :]  # (B, L)
-        mask = items > 0  # (B, L)
-        return self.encoder(self.item_embedding(items), mask)
+        if timestamps is not None:
+            timestamps = timestamps[:, -self.cfg.max_length :]  # (B, L)
+        return self.encoder(self.item_embedding(items), items > 0, timestamps)
 
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
+    def encode(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
+        """items (B, L) -> the top layer's hidden state (B, L, D)."""
+        return self.encode_layers(items, timestamps)[-1]
+
+    def forward(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
         """items (B, L) left padded -> logits (B, N + 1) for the next item; column 0 is -inf."""
-        hidden = self.encode(items)[:, -1]  # (B, D) state after the most recent item
-        return self.head(hidden)
+        layers = self.encode_layers(items, timestamps)
+        return self.head.logits(layers, items[:, -self.cfg.max_length :])
 
 
 def build_model(cfg: ModelConfig) -> SequentialRecommender:

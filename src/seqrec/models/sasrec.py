@@ -28,6 +28,7 @@ from seqrec.config import ModelConfig
 class SASRecEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.output_layers = cfg.layers  # hidden states returned per slot, bottom to top
         self.cfg = cfg
         self.input_scale = math.sqrt(cfg.dim)
         self.position_embedding = (
@@ -40,17 +41,25 @@ class SASRecEncoder(nn.Module):
         self.blocks = nn.ModuleList(SASRecBlock(cfg) for _ in range(cfg.layers))
         self.final_norm = nn.LayerNorm(cfg.dim, eps=1e-8)
 
-    def forward(self, item_vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """item_vectors (B, L, D) with zeros at padding, mask (B, L) bool -> hidden (B, L, D)."""
+    def forward(self, item_vectors: torch.Tensor, mask: torch.Tensor,
+                timestamps: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """item_vectors (B, L, D) with zeros at padding, mask (B, L) bool -> per-layer hidden [(B, L, D)].
+
+        Every block's output goes through the final LayerNorm, so all returned layers share one scale
+        (the last one is the encoder output; the CPR head's Mi input reads the top two).
+        ``timestamps`` are not used by SASRec.
+        """
         keep = mask.unsqueeze(-1).to(item_vectors.dtype)  # (B, L, 1)
         x = item_vectors * self.input_scale
         if self.position_embedding is not None:
             x = x + self.position_embedding(_positions_from_oldest(mask)) * keep
         x = self.input_dropout(x) * keep
         attn_bias = self._attention_bias(mask, x.dtype)  # (B, H, L, L)
+        layers = []
         for block in self.blocks:
             x = block(x, attn_bias) * keep
-        return self.final_norm(x) * keep
+            layers.append(self.final_norm(x) * keep)
+        return layers
 
     def _attention_bias(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Additive mask: -inf for future keys and padding keys; relative bias where allowed."""

@@ -47,7 +47,8 @@ def rank_targets(
         starts, ends = examples.history_start[batch], examples.history_end[batch]
         window_starts = np.maximum(starts, ends - model.cfg.max_length)
         histories = torch.from_numpy(pad_left(seqs.items, window_starts, ends, model.cfg.max_length)).to(device)
-        logits = model(histories)  # (B, N+1)
+        timestamps = torch.from_numpy(pad_left(seqs.timestamps, window_starts, ends, model.cfg.max_length)).to(device)
+        logits = model(histories, timestamps)  # (B, N+1)
         if exclude_history:
             logits = mask_history(logits, seqs.items, starts, ends)
         targets = torch.from_numpy(examples.targets[batch]).to(device)

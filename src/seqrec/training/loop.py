@@ -22,7 +22,7 @@ from seqrec.errors import DataError, received_expected
 from seqrec.models import SequentialRecommender, build_model
 from seqrec.training.checkpoint import Checkpoint, save_checkpoint
 from seqrec.training.evaluation import evaluate
-from seqrec.training.losses import full_cross_entropy, sampled_softmax
+from seqrec.training.losses import draw_negatives, full_cross_entropy, sampled_softmax
 
 
 @dataclass
@@ -129,8 +129,8 @@ def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer, 
     batches = length_bucketed_batches(windows, cfg.batch_size, rng)
     bar = tqdm(batches, desc=f"epoch {epoch}", disable=None if progress else True, leave=False, unit="batch")
     total, count = 0.0, 0
-    for inputs, targets in _padded_batches(seqs, windows, bar, model.cfg.max_length, cfg.device):
-        loss = _batch_loss(model, inputs, targets, cfg)
+    for inputs, timestamps, targets in _padded_batches(seqs, windows, bar, model.cfg.max_length, cfg.device):
+        loss = _batch_loss(model, inputs, timestamps, targets, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -141,30 +141,34 @@ def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer, 
 
 
 def _padded_batches(seqs: UserSequences, windows: TrainWindows, batches, max_length: int,
-                    device: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    device: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(inputs, their timestamps, next item per slot), each (B, L) left padded."""
     for users in batches:
         starts, ends = windows.starts[users], windows.ends[users]
-        inputs = pad_left(seqs.items, starts, ends - 1, max_length)  # (B, L)
-        targets = pad_left(seqs.items, starts + 1, ends, max_length)  # (B, L) next item per slot
-        yield torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
+        arrays = (pad_left(seqs.items, starts, ends - 1, max_length), pad_left(seqs.timestamps, starts, ends - 1,
+                  max_length), pad_left(seqs.items, starts + 1, ends, max_length))
+        yield tuple(torch.from_numpy(array).to(device) for array in arrays)
 
 
-def _batch_loss(model: SequentialRecommender, inputs: torch.Tensor, targets: torch.Tensor,
-                cfg: TrainConfig) -> torch.Tensor:
+def _batch_loss(model: SequentialRecommender, inputs: torch.Tensor, timestamps: torch.Tensor,
+                targets: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     device_type = torch.device(cfg.device).type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-        return _packed_loss(model, inputs, targets, cfg)
+        return packed_loss(model, inputs, timestamps, targets, cfg)
 
 
-def _packed_loss(model: SequentialRecommender, inputs: torch.Tensor, targets: torch.Tensor,
-                 cfg: TrainConfig) -> torch.Tensor:
-    hidden = model.encode(inputs)  # (B, L, D)
+def packed_loss(model: SequentialRecommender, inputs: torch.Tensor, timestamps: torch.Tensor | None,
+                targets: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Loss of every real slot's next-item prediction in one causal pass; the head skips padding."""
+    layers = model.encode_layers(inputs, timestamps)  # [(B, L, D)]
     real = targets > 0  # (B, L)
     seen = prefix_histories(inputs)[real] if cfg.exclude_history else None  # (M, L)
-    hidden, targets = hidden[real], targets[real]  # (M, D), (M,): the output layer skips padding
+    targets = targets[real]  # (M,)
     if cfg.loss == "sampled":
-        return sampled_softmax(model, hidden, targets, cfg.negatives, cfg.temperature, seen=seen)
-    return full_cross_entropy(model, hidden / cfg.temperature, targets, seen=seen)
+        negatives = draw_negatives(model.cfg.num_items, cfg.negatives, inputs.device)  # (S,)
+        logits, columns = model.head.sampled_logits(layers, inputs, real, targets, negatives)  # (M, C)
+        return sampled_softmax(logits / cfg.temperature, columns, targets, seen=seen)
+    return full_cross_entropy(model.head.logits(layers, inputs, real) / cfg.temperature, targets, seen=seen)
 
 
 def prefix_histories(inputs: torch.Tensor) -> torch.Tensor:
