@@ -68,3 +68,22 @@ def test_demo_runs_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
     assert summary["model"]["users"] == 400 and "popularity" in summary
+
+
+def test_train_cpr_head_then_eval_by_repeat(synth_parquet, tmp_path):
+    out = tmp_path / "cpr"
+    result = run("train", "--data", synth_parquet, "--out", out, "--head", "cpr", "--cpr-variant", "CPR:20,5+Mi",
+                 "--loss", "sampled", "--negatives", 16, "--epochs", 2, "--dim", 16, "--batch-size", 64, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["model"]["cpr_variant"] == "CPR:20,5+Mi"
+    result = run("eval", out, "--data", synth_parquet, "--by-repeat")
+    assert result.exit_code == 0, result.output
+    header, users = result.output.splitlines()[:2]
+    assert header.split() == ["all", "repeat", "new"] and users.split()[0] == "users"
+    assert "top10_repeat_share" in result.output
+
+
+def test_bad_cpr_variant_is_a_typed_one_liner(synth_parquet, tmp_path):
+    result = run("train", "--data", synth_parquet, "--out", tmp_path / "c", "--head", "cpr", "--cpr-variant", "CPR:5,50")
+    assert result.exit_code == 1 and "cpr_variant | received 'CPR:5,50'" in result.output
+    assert "Traceback" not in result.output

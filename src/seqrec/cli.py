@@ -76,6 +76,8 @@ def data_stats(path: str) -> None:
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="checkpoint directory")
 @click.option("--model", type=click.Choice(MODELS), default="sasrec", show_default=True)
 @click.option("--head", type=click.Choice(HEADS), default="softmax", show_default=True)
+@click.option("--cpr-variant", help="softmax-CPR partitions for --head cpr: softmax, C, CP or CPR:k1,k2,.. "
+                                    "(k descending), each optionally +Mi  [default: CPR:100+Mi]")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
@@ -119,17 +121,22 @@ def train_command(data_path: str, out: str, model: str, head: str, print_config:
 @click.option("--data", "data_path", type=click.Path(exists=True), required=True)
 @click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True)
 @click.option("--exclude-history", is_flag=True, help="never rank an item the user already has")
+@click.option("--by-repeat", is_flag=True, help="metrics separately for targets that repeat a history item and "
+                                               "for new items, with the share of history items in the top 10")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def eval_command(checkpoint: str, data_path: str, split: str, exclude_history: bool, as_json: bool) -> None:
+def eval_command(checkpoint: str, data_path: str, split: str, exclude_history: bool, by_repeat: bool,
+                 as_json: bool) -> None:
     """Full-ranking NDCG / HR / MRR at 1, 5, 10, 20, 50 of a checkpoint on a data split."""
     from seqrec.training import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(checkpoint, data_path, split, exclude_history)
+    metrics = evaluate_checkpoint(checkpoint, data_path, split, exclude_history, by_repeat=by_repeat)
     if as_json:
         click.echo(json.dumps(metrics))
-        return
-    for key, value in metrics.items():
-        click.echo(f"{key:22s} {value:.4f}" if isinstance(value, float) else f"{key:22s} {value}")
+    elif by_repeat:
+        click.echo(_repeat_table(metrics))
+    else:
+        for key, value in metrics.items():
+            click.echo(f"{key:22s} {value:.4f}" if isinstance(value, float) else f"{key:22s} {value}")
 
 
 @main.command("demo")
@@ -143,6 +150,15 @@ def demo_command(out: str, model: str, users: int, epochs: int, seed: int) -> No
     from seqrec.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(out=out, model=model, users=users, epochs=epochs, seed=seed), echo=click.echo)
+
+
+def _repeat_table(metrics: dict) -> str:
+    groups = ("all", "repeat", "new")
+    keys = [key for key in metrics["all"] if key.startswith(("ndcg@", "hr@")) or key.endswith("share")]
+    lines = [f"{'':22s}" + "".join(f"{g:>10s}" for g in groups), f"{'users':22s}" +
+             "".join(f"{metrics[g]['users']:>10d}" for g in groups)]
+    lines += [f"{key:22s}" + "".join(f"{metrics[g][key]:>10.4f}" for g in groups) for key in keys]
+    return "\n".join(lines)
 
 
 def _headline(metrics: dict) -> dict:

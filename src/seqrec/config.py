@@ -7,6 +7,7 @@ JSON alone (``ModelConfig.from_dict``), so no code is ever executed from a check
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -14,7 +15,7 @@ from seqrec.errors import ConfigError, received_expected
 
 SCHEMA_VERSION = 1
 MODELS = ("sasrec", "gru4rec")
-HEADS = ("softmax",)
+HEADS = ("softmax", "cpr")
 POSITIONS = ("relative", "absolute", "none")
 LOSSES = ("ce", "sampled")
 PRECISIONS = ("fp32", "bf16")
@@ -46,6 +47,30 @@ class _JsonConfig:
         return cls(**data)
 
 
+CPR_VARIANT = re.compile(r"(?P<parts>softmax|C|CP|CPR:(?P<ks>[1-9]\d*(?:,[1-9]\d*)*))(?P<mi>\+Mi)?")
+
+
+@dataclass(frozen=True)
+class CPRVariant:
+    """Which softmax-CPR partitions a head uses (arXiv 2310.14079, Table 2 names)."""
+
+    context: bool  # C: history items get their own logit c(v) = f_C . E[v]
+    pointer: bool  # P: ... plus the mean pointer score of their occurrences
+    rerank: tuple[int, ...]  # R:k1,k2,..: the top-k of the running logits get f_R . E[v], k descending
+    mixed_input: bool  # +Mi: projections read [h_t ; GELU(W [h_t, h_t-1, h_t-2 of the top two layers])]
+
+
+def parse_cpr_variant(text: str) -> CPRVariant:
+    """'softmax', 'softmax+Mi', 'C', 'CP', 'CPR:100', 'CPR:500,100,20+Mi', ..."""
+    match = CPR_VARIANT.fullmatch(text)
+    ks = tuple(int(k) for k in match["ks"].split(",")) if match and match["ks"] else ()
+    if match is None or list(ks) != sorted(set(ks), reverse=True):
+        raise ConfigError(received_expected("cpr_variant", repr(text), "softmax, C, CP or CPR:k1,k2,... with "
+                                            "k1 > k2 > ... > 0, optionally followed by +Mi (e.g. CPR:100+Mi)"))
+    parts = match["parts"]
+    return CPRVariant(parts.startswith("C"), parts.startswith("CP"), ks, match["mi"] is not None)
+
+
 @dataclass
 class ModelConfig(_JsonConfig):
     """Encoder + head. ``num_items`` counts real items; index 0 is padding."""
@@ -60,11 +85,14 @@ class ModelConfig(_JsonConfig):
     dropout: float = 0.5
     max_length: int = 50
     positions: str = "relative"  # relative: bias by distance back from the prediction point
+    cpr_variant: str = "CPR:100+Mi"  # softmax-CPR partitions (head cpr only), see models/cpr.py
 
     def __post_init__(self) -> None:
         _check_choice("model", self.model, MODELS)
         _check_choice("head", self.head, HEADS)
         _check_choice("positions", self.positions, POSITIONS)
+        if self.head == "cpr":
+            parse_cpr_variant(self.cpr_variant)
         _check_range("num_items", self.num_items, 1)
         _check_range("dim", self.dim, 1)
         _check_range("layers", self.layers, 1)

@@ -5,15 +5,15 @@ import torch
 
 from seqrec.config import ModelConfig
 from seqrec.errors import ConfigError
-from seqrec.models import ENCODERS, build_model
+from seqrec.models import ENCODERS, HEADS, build_model
 
 NUM_ITEMS = 37
 
 
-def tiny_model(model: str, positions: str = "relative", **overrides):
+def tiny_model(model: str, positions: str = "relative", head: str = "softmax", **overrides):
     torch.manual_seed(0)
     cfg = ModelConfig(model=model, num_items=NUM_ITEMS, dim=16, heads=2, layers=2, max_length=12,
-                      positions=positions, dropout=0.2, **overrides)
+                      positions=positions, dropout=0.2, head=head, cpr_variant="CPR:9+Mi", **overrides)
     return build_model(cfg).eval()
 
 
@@ -26,20 +26,20 @@ def random_histories(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     return items.masked_fill(slots < (length - lengths).unsqueeze(1), 0)
 
 
-ALL_MODELS = [(m, p) for m in ENCODERS for p in ("relative", "absolute", "none")]
+ALL_MODELS = [(m, p, h) for m in ENCODERS for p in ("relative", "absolute", "none") for h in HEADS]
 
 
-@pytest.mark.parametrize("model,positions", ALL_MODELS)
-def test_left_padding_changes_nothing(model, positions):
-    net = tiny_model(model, positions)
+@pytest.mark.parametrize("model,positions,head", ALL_MODELS)
+def test_left_padding_changes_nothing(model, positions, head):
+    net = tiny_model(model, positions, head)
     histories = random_histories(7, 9)
     wider = torch.cat([torch.zeros(7, 3, dtype=torch.long), histories], dim=1)  # (7, 12)
     torch.testing.assert_close(net(histories)[:, 1:], net(wider)[:, 1:], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("model,positions", ALL_MODELS)
-def test_batch_mates_change_nothing(model, positions):
-    net = tiny_model(model, positions)
+@pytest.mark.parametrize("model,positions,head", ALL_MODELS)
+def test_batch_mates_change_nothing(model, positions, head):
+    net = tiny_model(model, positions, head)
     histories = random_histories(5, 10, seed=1)
     together = net(histories)
     for row in range(5):
@@ -48,9 +48,9 @@ def test_batch_mates_change_nothing(model, positions):
         torch.testing.assert_close(together[row : row + 1, 1:], net(alone)[:, 1:], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("model,positions", ALL_MODELS)
-def test_future_items_never_reach_past_positions(model, positions):
-    net = tiny_model(model, positions).train()  # dropout on: leakage must be absent in training too
+@pytest.mark.parametrize("model,positions,head", ALL_MODELS)
+def test_future_items_never_reach_past_positions(model, positions, head):
+    net = tiny_model(model, positions, head).train()  # dropout on: leakage must be absent in training too
     histories = random_histories(4, 10, seed=2)
     changed = histories.clone()
     changed[:, -1] = (changed[:, -1] % NUM_ITEMS) + 1
@@ -61,9 +61,9 @@ def test_future_items_never_reach_past_positions(model, positions):
     torch.testing.assert_close(before, after)
 
 
-@pytest.mark.parametrize("model", list(ENCODERS))
-def test_padding_hidden_state_and_item_zero(model):
-    net = tiny_model(model)
+@pytest.mark.parametrize("model,head", [(m, h) for m in ENCODERS for h in HEADS])
+def test_padding_hidden_state_and_item_zero(model, head):
+    net = tiny_model(model, head=head)
     histories = random_histories(6, 8, seed=3)
     hidden = net.encode(histories)
     assert torch.equal(hidden[histories == 0], torch.zeros_like(hidden[histories == 0]))

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from seqrec.config import ModelConfig
 from seqrec.models import build_model
-from seqrec.training.loop import prefix_histories
+from seqrec.models.heads import causal_histories
 from seqrec.training.losses import draw_negatives, full_cross_entropy, sampled_softmax
 
 
@@ -50,4 +50,4 @@ def test_sampled_softmax_masks_accidental_hits_and_seen_negatives():
 
 def test_prefix_histories_are_causal():
     inputs = torch.tensor([[0, 4, 5, 6]])
-    assert prefix_histories(inputs)[0].tolist() == [[0, 0, 0, 0], [0, 4, 0, 0], [0, 4, 5, 0], [0, 4, 5, 6]]
+    assert causal_histories(inputs)[0].tolist() == [[0, 0, 0, 0], [0, 4, 0, 0], [0, 4, 5, 0], [0, 4, 5, 6]]

@@ -1,5 +1,6 @@
 """Training: losses fall, early stopping, seeding, checkpoints round trip without pickle."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -8,16 +9,18 @@ import torch
 
 from seqrec.config import TrainConfig
 from seqrec.errors import CheckpointError
-from seqrec.models import ENCODERS
+from seqrec.models import ENCODERS, HEADS
 from seqrec.training import evaluate, evaluate_checkpoint, load_checkpoint, prepare_data, train_model
 from seqrec.training.loop import length_bucketed_batches, train_windows
 
 
 @pytest.mark.parametrize("model", list(ENCODERS))
 @pytest.mark.parametrize("loss", ["ce", "sampled"])
-def test_loss_decreases_and_beats_untrained(synth_parquet, make_configs, model, loss):
+@pytest.mark.parametrize("head", list(HEADS))
+def test_loss_decreases_and_beats_untrained(synth_parquet, make_configs, model, loss, head):
     data = prepare_data(synth_parquet)
     model_cfg, train_cfg = make_configs(model, epochs=6, loss=loss, negatives=20, patience=10)
+    model_cfg = dataclasses.replace(model_cfg, head=head, cpr_variant="CPR:10+Mi")
     ckpt = train_model(data, model_cfg, train_cfg, progress=False)
     losses = ckpt.meta["training"]["losses"]
     assert losses[-1] < losses[0] * 0.97
@@ -97,11 +100,35 @@ def test_newer_schema_version_is_refused(tiny_checkpoint, tmp_path):
         load_checkpoint(copy)
 
 
-def test_bf16_autocast_trains_and_keeps_fp32_weights(synth_parquet, make_configs):
+@pytest.mark.parametrize("head", list(HEADS))
+def test_bf16_autocast_trains_and_keeps_fp32_weights(synth_parquet, make_configs, head):
     data = prepare_data(synth_parquet)
     model_cfg, train_cfg = make_configs(epochs=4, precision="bf16", patience=10)
+    model_cfg = dataclasses.replace(model_cfg, head=head)
     ckpt = train_model(data, model_cfg, train_cfg, progress=False)
     losses = ckpt.meta["training"]["losses"]
     assert losses[-1] < losses[0] * 0.97
     assert all(p.dtype == torch.float32 for p in ckpt.model.parameters())
     assert ckpt.meta["metrics"]["valid"]["ndcg@10"] > 0.05
+
+
+def test_target_in_history_by_hand():
+    from seqrec.data import EvalExamples
+    from seqrec.training.evaluation import target_in_history
+
+    items = np.array([1, 2, 3, 4, 5, 5, 7])
+    examples = EvalExamples(users=np.arange(4), history_start=np.array([0, 0, 4, 6]),
+                            history_end=np.array([3, 3, 6, 6]), targets=np.array([2, 4, 5, 7]))
+    assert target_in_history(items, examples).tolist() == [True, False, True, False]
+
+
+def test_by_repeat_groups_partition_the_users(tiny_checkpoint, synth_parquet):
+    grouped = evaluate_checkpoint(tiny_checkpoint, synth_parquet, "test", by_repeat=True)
+    plain = evaluate_checkpoint(tiny_checkpoint, synth_parquet, "test")
+    assert grouped["repeat"]["users"] > 0 and grouped["new"]["users"] > 0
+    assert grouped["repeat"]["users"] + grouped["new"]["users"] == grouped["all"]["users"] == plain["users"]
+    weighted = sum(grouped[g]["ndcg@10"] * grouped[g]["users"] for g in ("repeat", "new")) / plain["users"]
+    assert weighted == pytest.approx(plain["ndcg@10"]) and grouped["all"]["ndcg@10"] == pytest.approx(plain["ndcg@10"])
+    excluded = evaluate_checkpoint(tiny_checkpoint, synth_parquet, "test", exclude_history=True, by_repeat=True)
+    assert excluded["repeat"]["hr@50"] == 0.0 and excluded["all"]["top10_repeat_share"] == 0.0
+    assert 0.0 < grouped["all"]["top10_repeat_share"] <= 1.0

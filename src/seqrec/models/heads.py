@@ -45,6 +45,13 @@ def select_rows(per_slot: torch.Tensor, rows: torch.Tensor | None) -> torch.Tens
     return per_slot[:, -1] if rows is None else per_slot[rows]
 
 
+def causal_histories(items: torch.Tensor) -> torch.Tensor:
+    """For every slot t, the items of slots <= t (later slots zeroed): (B, L) -> (B, L, L)."""
+    steps = torch.arange(items.shape[1], device=items.device)
+    upto = steps.view(1, -1) <= steps.view(-1, 1)  # (L, L): [t, s] = s <= t
+    return items.unsqueeze(1) * upto  # (B, L, L)
+
+
 def mask_padding(logits: torch.Tensor) -> torch.Tensor:
     """Item 0 is padding and never a result: its column becomes -inf."""
     zero = torch.zeros(1, dtype=torch.long, device=logits.device)

@@ -12,12 +12,13 @@ from torch import nn
 
 from seqrec.config import ModelConfig
 from seqrec.errors import ConfigError, received_expected
+from seqrec.models.cpr import CPRHead
 from seqrec.models.gru4rec import GRU4RecEncoder
 from seqrec.models.heads import SoftmaxHead
 from seqrec.models.sasrec import SASRecEncoder
 
 ENCODERS: dict[str, type[nn.Module]] = {"sasrec": SASRecEncoder, "gru4rec": GRU4RecEncoder}
-HEADS: dict[str, type[nn.Module]] = {"softmax": SoftmaxHead}
+HEADS: dict[str, type[nn.Module]] = {"softmax": SoftmaxHead, "cpr": CPRHead}
 
 
 class SequentialRecommender(nn.Module):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 import torch
 
@@ -39,9 +41,53 @@ def rank_targets(
     device: str = "cpu",
 ) -> np.ndarray:
     """0-based rank of each example's target among all items (E,)."""
+    ranks = [target_ranks(logits, targets).cpu().numpy()
+             for logits, targets, _ in scored_batches(model, seqs, examples, batch_size, exclude_history, device)]
+    return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+
+
+@torch.no_grad()
+def evaluate_by_repeat(
+    model: SequentialRecommender,
+    seqs: UserSequences,
+    examples: EvalExamples,
+    batch_size: int = 512,
+    exclude_history: bool = False,
+    device: str = "cpu",
+    top: int = 10,
+) -> dict[str, dict[str, float]]:
+    """Metrics for targets that repeat an item of the user's history and for new items, and the
+    share of repeated and new items among each user's top ``top`` (the copy / exclude behaviour)."""
+    ranks, top_repeats = [], []
+    for logits, targets, batch in scored_batches(model, seqs, examples, batch_size, exclude_history, device):
+        ranks.append(target_ranks(logits, targets).cpu().numpy())
+        in_history = mask_history(torch.zeros_like(logits), seqs.items, examples.history_start[batch],
+                                  examples.history_end[batch]).isneginf()  # (B, N+1)
+        top_items = logits.topk(min(top, logits.shape[1] - 1), dim=1).indices  # (B, K)
+        top_repeats.append(in_history.gather(1, top_items).float().mean(1).cpu().numpy())
+    ranks_all, repeat_share = np.concatenate(ranks), np.concatenate(top_repeats)
+    repeated = target_in_history(seqs.items, examples)
+    groups = {"repeat": repeated, "new": ~repeated}
+    result = {name: {**ranking_metrics(ranks_all[pick]), "users": int(pick.sum()),
+                     f"top{top}_repeat_share": float(repeat_share[pick].mean()) if pick.any() else 0.0}
+              for name, pick in groups.items()}
+    result["all"] = {**ranking_metrics(ranks_all), "users": int(len(ranks_all)),
+                     f"top{top}_repeat_share": float(repeat_share.mean()) if len(repeat_share) else 0.0}
+    return result
+
+
+def target_in_history(items: np.ndarray, examples: EvalExamples) -> np.ndarray:
+    """Whether each example's target already occurs in its full history (E,) bool."""
+    rows, positions = ranges_to_indices(examples.history_start, examples.history_end)
+    hits = items[positions] == examples.targets[rows]
+    return np.bincount(rows[hits], minlength=len(examples.targets)) > 0
+
+
+def scored_batches(model: SequentialRecommender, seqs: UserSequences, examples: EvalExamples, batch_size: int,
+                   exclude_history: bool, device: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, slice]]:
+    """Full-catalog logits (B, N+1) and targets (B,) per batch of examples, in eval mode."""
     was_training = model.training
     model.eval()
-    ranks = []
     for lo in range(0, len(examples.targets), batch_size):
         batch = slice(lo, lo + batch_size)
         starts, ends = examples.history_start[batch], examples.history_end[batch]
@@ -51,10 +97,8 @@ def rank_targets(
         logits = model(histories, timestamps)  # (B, N+1)
         if exclude_history:
             logits = mask_history(logits, seqs.items, starts, ends)
-        targets = torch.from_numpy(examples.targets[batch]).to(device)
-        ranks.append(target_ranks(logits, targets).cpu().numpy())
+        yield logits, torch.from_numpy(examples.targets[batch]).to(device), batch
     model.train(was_training)
-    return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
 
 
 def mask_history(logits: torch.Tensor, items: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> torch.Tensor:

@@ -20,6 +20,7 @@ from seqrec.data import (EvalExamples, Split, UserSequences, Vocabulary, build_s
                          read_interactions, table_fingerprint)
 from seqrec.errors import DataError, received_expected
 from seqrec.models import SequentialRecommender, build_model
+from seqrec.models.heads import causal_histories
 from seqrec.training.checkpoint import Checkpoint, save_checkpoint
 from seqrec.training.evaluation import evaluate
 from seqrec.training.losses import draw_negatives, full_cross_entropy, sampled_softmax
@@ -162,20 +163,13 @@ def packed_loss(model: SequentialRecommender, inputs: torch.Tensor, timestamps: 
     """Loss of every real slot's next-item prediction in one causal pass; the head skips padding."""
     layers = model.encode_layers(inputs, timestamps)  # [(B, L, D)]
     real = targets > 0  # (B, L)
-    seen = prefix_histories(inputs)[real] if cfg.exclude_history else None  # (M, L)
+    seen = causal_histories(inputs)[real] if cfg.exclude_history else None  # (M, L)
     targets = targets[real]  # (M,)
     if cfg.loss == "sampled":
         negatives = draw_negatives(model.cfg.num_items, cfg.negatives, inputs.device)  # (S,)
         logits, columns = model.head.sampled_logits(layers, inputs, real, targets, negatives)  # (M, C)
         return sampled_softmax(logits / cfg.temperature, columns, targets, seen=seen)
     return full_cross_entropy(model.head.logits(layers, inputs, real) / cfg.temperature, targets, seen=seen)
-
-
-def prefix_histories(inputs: torch.Tensor) -> torch.Tensor:
-    """For every slot t, the items of slots <= t (later slots zeroed): (B, L) -> (B, L, L)."""
-    steps = torch.arange(inputs.shape[1], device=inputs.device)
-    upto = steps.view(1, -1) <= steps.view(-1, 1)  # (L, L): [t, s] = s <= t
-    return inputs.unsqueeze(1) * upto  # (B, L, L)
 
 
 def _validation_subset(valid: EvalExamples, users: int | None, rng: np.random.Generator) -> EvalExamples:

@@ -1,0 +1,183 @@
+"""The softmax-CPR output layer (Chang, Agarwal & McCallum, "To Copy, or not to Copy", WSDM 2024).
+
+One hidden state cannot both point at the items a user is about to repeat and stay close to the
+new items that suit them; softmax-CPR gives each partition of the catalog its own query:
+
+- base: s = f_S(q) . E over the whole catalog (column 0, padding, is -inf);
+- R (reranker partitions, k1 > k2 > ...): the top-k of the running logits get f_R(q) . E[v]
+  instead, each stage ranking the logits the previous stage left;
+- C (context partition): every item v of the history gets c(v) = f_C(q) . E[v] ...
+- P (pointer network): ... plus the mean over v's occurrences j of p_j = f_P(q) . g_P(q_j),
+  where q_j is the head input at history slot j;
+- history logits replace whatever the earlier partitions gave (merging by replacement);
+- Mi (multiple input hidden states): q = [h_t ; GELU(W [h_t, h_t-1, h_t-2 of the top two layers])]
+  instead of q = h_t.
+
+The reference (RecBole 1.2 SASRecCPR / GRU4RecCPR) reads the last slot of a right-padded batch;
+our batches are left padded, so the last slot is always the most recent item, as intended. Every
+projection except the pointer's starts as the identity on h_t (zero on the Mi part), so a fresh
+CPR head scores exactly like the softmax head and the partitions only have to learn corrections.
+The history scatter (mean over duplicates, replace) is the ``cpr_scatter`` kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqrec.config import ModelConfig, parse_cpr_variant
+from seqrec.kernels import cpr_scatter
+from seqrec.models.heads import causal_histories, mask_padding, select_rows
+
+WINDOW = 3  # Mi reads h_t, h_t-1, h_t-2
+MIXED_LAYERS = 2  # ... of the top two layers (fewer if the encoder returns fewer)
+
+
+class CPRHead(nn.Module):
+    def __init__(self, item_embedding: nn.Embedding, cfg: ModelConfig, mixed_layers: int = 1) -> None:
+        super().__init__()
+        self.item_embedding = item_embedding
+        self.variant = parse_cpr_variant(cfg.cpr_variant)
+        dim = cfg.dim
+        self.mixed_layers = min(MIXED_LAYERS, mixed_layers)
+        self.mix = nn.Linear(dim * self.mixed_layers * WINDOW, dim) if self.variant.mixed_input else None
+        width = 2 * dim if self.variant.mixed_input else dim
+        self.softmax_facet = _identity_on_hidden(width, dim)
+        self.rerank_facets = nn.ModuleList(_identity_on_hidden(width, dim) for _ in self.variant.rerank)
+        self.context_facet = _identity_on_hidden(width, dim) if self.variant.context else None
+        self.pointer_query = _small_linear(width, dim) if self.variant.pointer else None
+        self.pointer_key = _small_linear(width, dim) if self.variant.pointer else None
+
+    def logits(self, layers: list[torch.Tensor], items: torch.Tensor,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Full-catalog logits (M, N + 1) at the chosen prediction points (see ``heads``)."""
+        queries = self.head_input(layers)  # (B, L, W)
+        query = select_rows(queries, rows)  # (M, W)
+        logits = mask_padding(self.softmax_facet(query) @ self.item_embedding.weight.T)  # (M, N+1)
+        for k, facet in zip(self.variant.rerank, self.rerank_facets):
+            top = logits.topk(min(k, logits.shape[1] - 1), dim=1).indices  # (M, k)
+            logits = logits.scatter(1, top, _score(facet(query), self.item_embedding(top)).to(logits.dtype))
+        if self.context_facet is None:
+            return logits
+        ids, values = self.history_scores(queries, items, rows)  # (M, L) each
+        return cpr_scatter(logits, ids, values)
+
+    def sampled_logits(self, layers: list[torch.Tensor], items: torch.Tensor, rows: torch.Tensor | None,
+                       targets: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CPR logits of the target, the shared negatives and the history items: (M, 1 + S + L).
+
+        A negative that is a history item is void (its history column scores it); a history column
+        is void if it repeats an earlier slot or the target. Reranker membership needs the base
+        logits of the whole catalog, computed without gradient when the variant has an R part.
+        """
+        queries = self.head_input(layers)  # (B, L, W)
+        query = select_rows(queries, rows)  # (M, W)
+        facets = torch.stack([self.softmax_facet(query)] + [f(query) for f in self.rerank_facets], 1)  # (M, 1+R, D)
+        stage = self._rerank_stages(facets)  # (M, N+1) or None
+        positive = _staged(_score(facets, self.item_embedding(targets).unsqueeze(1)), stage, targets.unsqueeze(1))
+        negative = _staged(facets @ self.item_embedding(negatives).T, stage, negatives.expand(len(targets), -1))
+        columns = torch.cat([targets.unsqueeze(1), negatives.expand(len(targets), -1)], dim=1)  # (M, 1+S)
+        logits = torch.cat([positive, negative], dim=1)  # (M, 1+S)
+        if self.context_facet is None:
+            return logits, columns
+        ids, values = self.history_scores(queries, items, rows)  # (M, L)
+        return _with_history_columns(logits, columns, ids, values)
+
+    def head_input(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        """q at every slot: h (B, L, D), or with Mi [h ; GELU(W window)] (B, L, 2D)."""
+        hidden = layers[-1]  # (B, L, D)
+        if self.mix is None:
+            return hidden
+        window = [_shift(layer, back) for layer in reversed(layers[-self.mixed_layers:]) for back in range(WINDOW)]
+        return torch.cat([hidden, F.gelu(self.mix(torch.cat(window, dim=-1)))], dim=-1)  # (B, L, 2D)
+
+    def history_scores(self, queries: torch.Tensor, items: torch.Tensor,
+                       rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per prediction point, its history ids (M, L) (0 = none) and their scores c_j + p_j (M, L)."""
+        asking = queries[:, -1:] if rows is None else queries  # (B, R, W): R = 1 or L prediction points
+        values = self.context_facet(asking) @ self.item_embedding(items).transpose(1, 2)  # (B, R, L)
+        if self.pointer_query is not None:
+            values = values + self.pointer_query(asking) @ self.pointer_key(queries).transpose(1, 2)  # (B, R, L)
+        if rows is None:
+            return items, values[:, 0]
+        return causal_histories(items)[rows], values[rows]  # later slots of each prefix are id 0
+
+    @torch.no_grad()
+    def _rerank_stages(self, facets: torch.Tensor) -> torch.Tensor | None:
+        """Which facet scores each (row, item): 0 = base, j = the last reranker stage holding it."""
+        if not self.variant.rerank:
+            return None
+        weight = self.item_embedding.weight
+        running = mask_padding(facets[:, 0] @ weight.T)  # (M, N+1)
+        stage = torch.zeros(running.shape, dtype=torch.long, device=running.device)
+        for j, k in enumerate(self.variant.rerank, start=1):
+            top = running.topk(min(k, running.shape[1] - 1), dim=1).indices  # (M, k)
+            running.scatter_(1, top, _score(facets[:, j], weight[top]).to(running.dtype))
+            stage.scatter_(1, top, j)
+        return stage
+
+
+def _with_history_columns(logits: torch.Tensor, columns: torch.Tensor, ids: torch.Tensor,
+                          values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply the history replacement to sampled columns and append one column per history slot."""
+    means, first = slot_means(ids, values)  # (M, L)
+    targets = columns[:, :1]  # (M, 1)
+    is_target = ids == targets  # (M, L)
+    matches = is_target.sum(1, keepdim=True)  # (M, 1)
+    target_value = (means * is_target).sum(1, keepdim=True) / matches.clamp_min(1)  # (M, 1): one mean per id
+    logits = torch.cat([torch.where(matches > 0, target_value.to(logits.dtype), logits[:, :1]),
+                        logits[:, 1:]], dim=1)
+    in_history = (columns[:, 1:].unsqueeze(-1) == ids.unsqueeze(1)).any(-1)  # (M, S)
+    logits[:, 1:] = logits[:, 1:].masked_fill(in_history, float("-inf"))
+    keep = first & ~is_target  # (M, L)
+    history = means.to(logits.dtype).masked_fill(~keep, float("-inf"))  # (M, L)
+    void = torch.cat([torch.zeros_like(targets, dtype=torch.bool), in_history], dim=1)  # (M, 1+S)
+    return torch.cat([logits, history], dim=1), torch.cat([columns.masked_fill(void, 0), ids * keep], dim=1)
+
+
+def slot_means(ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of each slot's id over its row (M, L), and whether the slot is the id's first occurrence."""
+    same = (ids.unsqueeze(2) == ids.unsqueeze(1)) & (ids > 0).unsqueeze(1)  # (M, L, L)
+    means = (same.to(values.dtype) @ values.unsqueeze(2)).squeeze(2) / same.sum(2).clamp_min(1)  # (M, L)
+    earlier = torch.ones_like(same[0]).tril(-1)  # (L, L): [j, k] = k < j
+    return means, (ids > 0) & ~(same & earlier).any(2)
+
+
+def _staged(scores: torch.Tensor, stage: torch.Tensor | None, columns: torch.Tensor) -> torch.Tensor:
+    """scores (M, 1+R, C) of every facet -> (M, C) of the facet each column's item falls in."""
+    if stage is None:
+        return scores[:, 0]
+    return scores.gather(1, stage.gather(1, columns).unsqueeze(1)).squeeze(1)  # (M, C)
+
+
+def _score(query: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """query (M, [F,] D) . vectors (M, C, D) -> (M, [F,] C)."""
+    if query.dim() == 2:
+        return (query.unsqueeze(1) * vectors).sum(-1)  # (M, C)
+    return query @ vectors.transpose(1, 2)  # (M, F, C)
+
+
+def _shift(hidden: torch.Tensor, back: int) -> torch.Tensor:
+    """The state ``back`` slots earlier at every slot, zeros before the first slot: (B, L, D)."""
+    if back == 0:
+        return hidden
+    return F.pad(hidden, (0, 0, back, 0))[:, : hidden.shape[1]]
+
+
+def _identity_on_hidden(width: int, dim: int) -> nn.Linear:
+    """A projection (width -> dim) that starts as the identity on the first dim inputs, h_t."""
+    linear = nn.Linear(width, dim)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.weight[:, :dim].copy_(torch.eye(dim))
+        linear.bias.zero_()
+    return linear
+
+
+def _small_linear(width: int, dim: int) -> nn.Linear:
+    linear = nn.Linear(width, dim)
+    with torch.no_grad():
+        linear.weight.normal_(0.0, 0.02)
+        linear.bias.zero_()
+    return linear

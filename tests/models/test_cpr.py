@@ -1,0 +1,147 @@
+"""softmax-CPR head against a literal restatement of the published algorithm, and its sampled form."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from seqrec.config import ModelConfig, parse_cpr_variant
+from seqrec.errors import ConfigError
+from seqrec.models import build_model
+from seqrec.models.heads import causal_histories
+
+NUM_ITEMS = 29
+VARIANTS = ["softmax", "softmax+Mi", "C", "CP", "CP+Mi", "CPR:7", "CPR:7+Mi", "CPR:20,9,4+Mi", "CPR:100+Mi"]
+
+
+def cpr_model(variant: str, model: str = "sasrec", layers: int = 2, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(model=model, head="cpr", cpr_variant=variant, num_items=NUM_ITEMS, dim=12, heads=2,
+                      layers=layers, max_length=10, dropout=0.1)
+    net = build_model(cfg).eval()
+    with torch.no_grad():  # random weights everywhere, not the identity start
+        for module in net.head.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(0, 0.3)
+                module.bias.normal_(0, 0.3)
+    return net
+
+
+def histories_with_repeats(batch: int, length: int, seed: int) -> torch.Tensor:
+    """Left padded, lengths 1..length, drawn from few items so duplicates abound; one all-repeat row."""
+    gen = torch.Generator().manual_seed(seed)
+    items = torch.randint(1, 7, (batch, length), generator=gen)
+    items[0] = 5
+    lengths = torch.randint(1, length + 1, (batch,), generator=gen)
+    lengths[0] = length
+    slots = torch.arange(length).unsqueeze(0)
+    return items.masked_fill(slots < (length - lengths).unsqueeze(1), 0)
+
+
+def literal_cpr(head, all_hidden_states: list[torch.Tensor], item_seq: torch.Tensor) -> torch.Tensor:
+    """RecBole 1.2 SASRecCPR.calculate_loss_prob restated line by line (logits at the last slot).
+
+    scatter_add of context + pointer scores and of counts over the whole catalog, divide, replace.
+    """
+    variant, weight = head.variant, head.item_embedding.weight
+    hidden_emb_arr = []
+    for i in range(head.mixed_layers):
+        hidden_states = all_hidden_states[-(i + 1)]  # i-th layer from the top
+        hidden_emb_arr.append(hidden_states)
+        for j in range(2):  # n_facet_window = 2
+            bsz, seq_len, hidden_size = hidden_states.size()
+            shifted = torch.cat((torch.zeros((bsz, j + 1, hidden_size)), hidden_states[:, : -(j + 1), :]), dim=1)
+            hidden_emb_arr.append(shifted)
+    if variant.mixed_input:
+        mlp = head.mix(torch.cat(hidden_emb_arr, dim=-1))
+        raw = torch.cat([hidden_emb_arr[0], nn.functional.gelu(mlp)], dim=-1)
+    else:
+        raw = hidden_emb_arr[0]
+    last = raw[:, -1, :].unsqueeze(1)  # (bsz, 1, W)
+    lm_logits = nn.functional.linear(head.softmax_facet(last), weight, None)  # (bsz, 1, N+1)
+    lm_logits[:, :, 0] = -math.inf
+    for k, facet in zip(variant.rerank, head.rerank_facets):
+        k = min(k, NUM_ITEMS)  # RecBole fails when k > N; we cap it
+        _, candidates = torch.topk(lm_logits, k)
+        reranked = (facet(last).unsqueeze(2).expand(-1, -1, k, -1) * weight[candidates, :]).sum(-1)
+        lm_logits = lm_logits.scatter(2, candidates, reranked)
+    if variant.context:
+        bsz, seq_len_2 = item_seq.size()
+        context = (head.context_facet(last).unsqueeze(2).expand(-1, -1, seq_len_2, -1)
+                   * weight[item_seq, :].unsqueeze(1)).sum(-1)  # (bsz, 1, L)
+        pointer = 0
+        if variant.pointer:
+            pointer = (head.pointer_query(last).unsqueeze(2) * head.pointer_key(raw).unsqueeze(1)).sum(-1)
+        index = item_seq.unsqueeze(1)  # (bsz, 1, L)
+        only_new = torch.zeros_like(lm_logits).scatter_add(2, index, context + pointer)
+        count = torch.zeros_like(only_new) + 1e-15
+        count = count.scatter_add(2, index, torch.ones_like(index, dtype=count.dtype))
+        only_new = only_new / count
+        lm_logits = lm_logits.scatter(2, index, torch.zeros_like(index, dtype=lm_logits.dtype)) + only_new
+        lm_logits[:, :, 0] = -math.inf  # item 0 is never a result (RecBole leaves it to the softmax)
+    return lm_logits.squeeze(1)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("model", ["sasrec", "gru4rec"])
+def test_head_matches_the_literal_algorithm(variant, model):
+    net = cpr_model(variant, model)
+    items = histories_with_repeats(9, 10, seed=len(variant))
+    layers = net.encode_layers(items)
+    with torch.no_grad():
+        torch.testing.assert_close(net(items), literal_cpr(net.head, layers, items), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["CP+Mi", "CPR:7+Mi", "CPR:20,9,4"])
+def test_every_prefix_row_matches_scoring_that_prefix_alone(variant):
+    net = cpr_model(variant, layers=3)
+    items = histories_with_repeats(5, 10, seed=3)
+    rows = items > 0
+    with torch.no_grad():
+        packed = net.head.logits(net.encode_layers(items), items, rows)  # (M, N+1)
+        prefixes = causal_histories(items)[rows]  # (M, L): prefix t, later slots zeroed, then left padded
+        prefixes = torch.stack([p.roll(len(p) - 1 - int((p > 0).nonzero()[-1])) for p in prefixes])
+        torch.testing.assert_close(packed, net(prefixes), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["softmax+Mi", "C", "CP", "CPR:7+Mi", "CPR:20,9,4+Mi"])
+def test_sampled_columns_equal_the_full_logits(variant):
+    net = cpr_model(variant)
+    items = histories_with_repeats(6, 10, seed=4)
+    rows = items > 0
+    targets = torch.randint(1, 7, (int(rows.sum()),), generator=torch.Generator().manual_seed(1))
+    negatives = torch.tensor([1, 2, 3, 9, 9, 17, 28])  # history items among them on purpose
+    with torch.no_grad():
+        layers = net.encode_layers(items)
+        full = net.head.logits(layers, items, rows)  # (M, N+1)
+        sampled, columns = net.head.sampled_logits(layers, items, rows, targets, negatives)  # (M, C)
+    real = columns > 0
+    real[:, 0] = True
+    torch.testing.assert_close(sampled[real], full.gather(1, columns)[real], rtol=1e-5, atol=1e-5)
+    assert torch.isneginf(sampled[~real]).all()
+    if net.head.variant.context:  # each history item is scored in exactly one column of its row
+        histories = causal_histories(items)[rows]  # (M, L)
+        for row, cols in enumerate(columns.tolist()):
+            for item in set(histories[row].tolist()) - {0}:
+                assert cols.count(item) == 1, (row, item, cols)
+
+
+def test_fresh_head_scores_like_the_softmax_head():
+    torch.manual_seed(0)
+    softmax = build_model(ModelConfig(num_items=NUM_ITEMS, dim=12, heads=2, max_length=10)).eval()
+    torch.manual_seed(0)
+    cpr = build_model(ModelConfig(num_items=NUM_ITEMS, dim=12, heads=2, max_length=10, head="cpr",
+                                  cpr_variant="CPR:7+Mi")).eval()
+    cpr.load_state_dict(softmax.state_dict(), strict=False)
+    items = histories_with_repeats(4, 10, seed=5)
+    ours, theirs = cpr(items), softmax(items)
+    history = torch.zeros_like(ours, dtype=torch.bool).scatter(1, items, True)
+    history[:, 0] = False  # history items get context + (small) pointer scores; the rest must agree
+    torch.testing.assert_close(ours[~history], theirs[~history], rtol=1e-5, atol=1e-5)
+
+
+def test_variants_parse_and_bad_ones_are_rejected():
+    assert parse_cpr_variant("CPR:100+Mi").rerank == (100,)
+    with pytest.raises(ConfigError, match=r"cpr_variant \| received 'CPR:20,100'"):
+        ModelConfig(head="cpr", cpr_variant="CPR:20,100")
