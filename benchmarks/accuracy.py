@@ -8,6 +8,7 @@ Beauty has no repeats, so excluding them only removes impossible answers).
 
     python benchmarks/accuracy.py --model sasrec --max-minutes 45
     python benchmarks/accuracy.py --model gru4rec --max-minutes 45
+    python benchmarks/accuracy.py --model sasrec --head cpr --set cpr_variant=CPR:100+Mi
 
 Prints a table and writes benchmarks/out/accuracy_<model>.json. Not a test.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from seqrec.config import resolve_configs
+from seqrec.config import HEADS, resolve_configs
 from seqrec.data import import_interactions
 from seqrec.training import evaluate, prepare_data, train_model
 
@@ -34,6 +35,7 @@ TARGET = {"sasrec": 0.060, "gru4rec": 0.048}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(PUBLISHED), default="sasrec")
+    parser.add_argument("--head", choices=HEADS, default="softmax")
     parser.add_argument("--max-minutes", type=float, default=45.0, help="training time budget")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override a train option, e.g. --set dropout=0.3 lr=0.002")
@@ -46,24 +48,24 @@ def main() -> None:
     if not BEAUTY.exists():
         raise SystemExit(f"skipped: {BEAUTY} not found (the shared data sets are not beside this checkout)")
     overrides = {key: _number(value) for key, value in (item.split("=", 1) for item in args.set)}
-    model_cfg, train_cfg = resolve_configs(args.model, "softmax", {"max_minutes": args.max_minutes, **overrides})
+    model_cfg, train_cfg = resolve_configs(args.model, args.head, {"max_minutes": args.max_minutes, **overrides})
     started = time.perf_counter()
     data = prepare_data(import_interactions(BEAUTY, "s3rec"))
     ckpt = train_model(data, model_cfg, train_cfg, out=args.out / f"beauty_{args.model}{args.tag}")
     wall = time.perf_counter() - started
     plain = ckpt.meta["metrics"]["test"]
     excluded = evaluate(ckpt.model, data.seqs, data.split.test, exclude_history=True)
-    report = {"model": args.model, "model_config": model_cfg.to_dict(), "train_config": train_cfg.to_dict(),
+    report = {"model": args.model, "head": args.head, "model_config": model_cfg.to_dict(), "train_config": train_cfg.to_dict(),
               "test": plain, "test_exclude_history": excluded, "training": ckpt.meta["training"],
               "wall_seconds": round(wall, 1), "published": PUBLISHED[args.model], "target": TARGET[args.model]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"accuracy_{args.model}{args.tag}.json").write_text(json.dumps(report, indent=2) + "\n")
-    _print_table(args.model, plain, excluded, wall, report["training"])
+    _print_table(args.model, args.head, plain, excluded, wall, report["training"])
 
 
-def _print_table(model: str, plain: dict, excluded: dict, wall: float, training: dict) -> None:
+def _print_table(model: str, head: str, plain: dict, excluded: dict, wall: float, training: dict) -> None:
     ndcg_pub, hr_pub = PUBLISHED[model]
-    print(f"\nAmazon Beauty, {model}: {training['epochs']} epochs (best {training['best_epoch']}), "
+    print(f"\nAmazon Beauty, {model} with the {head} head: {training['epochs']} epochs (best {training['best_epoch']}), "
           f"wall {wall / 60:.1f} min")
     print(f"{'':28s}{'ndcg@10':>10s}{'hr@10':>10s}")
     print(f"{'published (PCRec Table 2)':28s}{ndcg_pub:10.4f}{hr_pub:10.4f}")

@@ -57,7 +57,7 @@ class CPRHead(nn.Module):
         logits = mask_padding(self.softmax_facet(query) @ self.item_embedding.weight.T)  # (M, N+1)
         for k, facet in zip(self.variant.rerank, self.rerank_facets):
             top = logits.topk(min(k, logits.shape[1] - 1), dim=1).indices  # (M, k)
-            logits = logits.scatter(1, top, _score(facet(query), self.item_embedding(top)).to(logits.dtype))
+            logits = _replace(logits, top, _score(facet(query), self.item_embedding(top)).to(logits.dtype))
         if self.context_facet is None:
             return logits
         ids, values = self.history_scores(queries, items, rows)  # (M, L) each
@@ -142,6 +142,13 @@ def slot_means(ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, t
     means = (same.to(values.dtype) @ values.unsqueeze(2)).squeeze(2) / same.sum(2).clamp_min(1)  # (M, L)
     earlier = torch.ones_like(same[0]).tril(-1)  # (L, L): [j, k] = k < j
     return means, (ids > 0) & ~(same & earlier).any(2)
+
+
+def _replace(logits: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """logits.scatter(1, index, values), in place when no gradient needs the old values."""
+    if logits.requires_grad or values.requires_grad:
+        return logits.scatter(1, index, values)
+    return logits.scatter_(1, index, values)
 
 
 def _staged(scores: torch.Tensor, stage: torch.Tensor | None, columns: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,7 @@ def causal_histories(items: torch.Tensor) -> torch.Tensor:
 
 
 def mask_padding(logits: torch.Tensor) -> torch.Tensor:
-    """Item 0 is padding and never a result: its column becomes -inf."""
+    """Item 0 is padding and never a result: its column becomes -inf (in place: callers pass
+    fresh products, and no backward needs the value it overwrites)."""
     zero = torch.zeros(1, dtype=torch.long, device=logits.device)
-    return logits.index_fill(-1, zero, float("-inf"))
+    return logits.index_fill_(-1, zero, float("-inf"))

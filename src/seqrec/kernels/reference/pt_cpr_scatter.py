@@ -21,4 +21,5 @@ def pt_cpr_scatter(logits: torch.Tensor, ids: torch.Tensor, values: torch.Tensor
     first = (ids > 0) & ~(same & earlier).any(2)  # (M, S) first occurrence of each real id
     targets = ids.masked_fill(~first, 0)  # duplicates and padding write into column 0 ...
     out = logits.scatter(1, targets, means.to(logits.dtype))  # (M, N+1)
-    return torch.cat([logits[:, :1], out[:, 1:]], dim=1)  # ... which keeps its original value
+    out[:, 0] = logits[:, 0]  # ... which keeps its original value
+    return out

@@ -1,0 +1,80 @@
+"""Inference cost of the softmax-CPR head against the softmax head, per user, on this CPU (issue 3).
+
+Same SASRec encoder (d 64, 2 layers, L 50), same random left-padded histories with repeats; the
+full-catalog forward pass (encoder + head, B x (N + 1) logits) of each head is timed in the same
+run at each catalog size, interleaved, best of ``--repeats``; the ratio CPR / softmax is printed.
+
+    python benchmarks/cpr_cost.py --catalogs 10000 100000 1000000
+
+Writes benchmarks/out/cpr_cost.json. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from seqrec.config import ModelConfig
+from seqrec.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def histories(batch: int, length: int, num_items: int, seed: int = 0) -> torch.Tensor:
+    """Left padded, lengths 1..L, a third of the slots repeating an earlier item of the row."""
+    gen = torch.Generator().manual_seed(seed)
+    items = torch.randint(1, num_items + 1, (batch, length), generator=gen)
+    repeat = torch.rand(batch, length, generator=gen) < 0.33
+    items = torch.where(repeat, items.roll(3, dims=1), items)
+    lengths = torch.randint(1, length + 1, (batch,), generator=gen)
+    return items.masked_fill(torch.arange(length) < (length - lengths).unsqueeze(1), 0)
+
+
+def best_seconds(models: dict, items: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Best wall time per model, the models taking turns so load changes hit both alike."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for model in models.values():
+            model(items)  # warm-up
+        for _ in range(repeats):
+            for name, model in models.items():
+                started = time.perf_counter()
+                model(items)
+                times[name].append(time.perf_counter() - started)
+    return {name: min(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--catalogs", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--length", type=int, default=50)
+    parser.add_argument("--variant", default="CPR:100+Mi")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "cpr_cost.json")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    print(f"{'items':>10s}{'softmax ms/user':>18s}{'cpr ms/user':>14s}{'cpr / softmax':>15s}")
+    for num_items in args.catalogs:
+        models = {head: build_model(ModelConfig(num_items=num_items, head=head, cpr_variant=args.variant,
+                                                max_length=args.length)).eval() for head in ("softmax", "cpr")}
+        items = histories(args.batch, args.length, num_items)
+        seconds = best_seconds(models, items, args.repeats)
+        per_user = {head: 1000 * s / args.batch for head, s in seconds.items()}
+        rows.append({"items": num_items, "batch": args.batch, "ms_per_user": per_user,
+                     "ratio": per_user["cpr"] / per_user["softmax"]})
+        print(f"{num_items:10d}{per_user['softmax']:18.4f}{per_user['cpr']:14.4f}{rows[-1]['ratio']:15.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"variant": args.variant, "threads": torch.get_num_threads(), "rows": rows},
+                                   indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
