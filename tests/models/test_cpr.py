@@ -145,3 +145,34 @@ def test_variants_parse_and_bad_ones_are_rejected():
     assert parse_cpr_variant("CPR:100+Mi").rerank == (100,)
     with pytest.raises(ConfigError, match=r"cpr_variant \| received 'CPR:20,100'"):
         ModelConfig(head="cpr", cpr_variant="CPR:20,100")
+
+
+def big_cpr_model(variant: str, model: str = "sasrec"):
+    torch.manual_seed(1)
+    cfg = ModelConfig(model=model, head="cpr", cpr_variant=variant, num_items=503, dim=12, heads=2,
+                      max_length=10, dropout=0.0)
+    net = build_model(cfg).eval()
+    with torch.no_grad():
+        for module in net.head.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(0, 0.3)
+    return net
+
+
+@pytest.mark.parametrize("variant", ["softmax", "C+Mi", "CP", "CPR:40+Mi", "CPR:60,20,7"])
+@pytest.mark.parametrize("exclude_seen", [False, True])
+@pytest.mark.parametrize("model", ["sasrec", "gru4rec"])
+def test_candidate_top_k_equals_full_logits_top_k(variant, exclude_seen, model):
+    net = big_cpr_model(variant, model)
+    gen = torch.Generator().manual_seed(7)
+    items = torch.randint(1, 504, (11, 14), generator=gen)  # longer than max_length 10
+    items[:, 6:] = torch.where(torch.rand(11, 8, generator=gen) < 0.5, items[:, 5:13], items[:, 6:])  # repeats
+    items[3, :12] = 0  # a short history
+    with torch.no_grad():
+        scores, ids = net.top_k(items, 15, exclude_seen)
+        ref_scores, ref_ids = net.top_k_reference(items, 15, exclude_seen)
+    torch.testing.assert_close(scores, ref_scores, rtol=1e-5, atol=1e-5)
+    assert torch.equal(ids, ref_ids)
+    if exclude_seen:
+        window = items[:, -10:]
+        assert not (ids.unsqueeze(-1) == window.unsqueeze(1)).any()

@@ -41,6 +41,7 @@ class CPRHead(nn.Module):
         self.variant = parse_cpr_variant(cfg.cpr_variant)
         dim = cfg.dim
         self.mixed_layers = min(MIXED_LAYERS, mixed_layers)
+        self.max_length = cfg.max_length
         self.mix = nn.Linear(dim * self.mixed_layers * WINDOW, dim) if self.variant.mixed_input else None
         width = 2 * dim if self.variant.mixed_input else dim
         self.softmax_facet = _identity_on_hidden(width, dim)
@@ -62,6 +63,36 @@ class CPRHead(nn.Module):
             return logits
         ids, values = self.history_scores(queries, items, rows)  # (M, L) each
         return cpr_scatter(logits, ids, values)
+
+    def top_k(self, layers: list[torch.Tensor], items: torch.Tensor, k: int,
+              exclude_seen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The exact top-k of ``logits`` (+ seen-item exclusion) from few candidates (DESIGN.md).
+
+        History items get their CPR logits; reranked items lie in the top-(k1 + k2 + ..) of the base
+        logits; every other item keeps its base logit. So the top-k lies in the top-(sum k_R + k + L)
+        base candidates plus the history items, and only those are scored: no (B, N) scatter.
+        L is the model's max_length, so the candidate count is a constant of the graph.
+        """
+        queries = self.head_input(layers)  # (B, L, W)
+        query = queries[:, -1]  # (B, W)
+        base = mask_padding(self.softmax_facet(query) @ self.item_embedding.weight.T)  # (B, N+1)
+        spare = self.max_length if (self.context_facet is not None or exclude_seen) else 0
+        count = min(sum(self.variant.rerank) + k + spare, base.shape[1])
+        scores, candidates = base.topk(count, dim=1)  # (B, C)
+        for j, (k_r, facet) in enumerate(zip(self.variant.rerank, self.rerank_facets)):
+            slots = scores.topk(min(k_r, count), dim=1).indices  # (B, k_R) positions among the candidates
+            rescored = _score(facet(query), self.item_embedding(candidates.gather(1, slots)))  # (B, k_R)
+            scores = scores.scatter(1, slots, rescored.to(scores.dtype))
+        seen = items if (self.context_facet is not None or exclude_seen) else None
+        if seen is not None:  # a history item is scored by its history column (or not at all)
+            scores = scores.masked_fill((candidates.unsqueeze(-1) == seen.unsqueeze(1)).any(-1), float("-inf"))
+        if self.context_facet is not None:
+            ids, values = self.history_scores(queries, items, None)  # (B, L)
+            means, first = slot_means(ids, values)
+            history = means.to(scores.dtype).masked_fill(~first | exclude_seen, float("-inf"))  # (B, L)
+            scores, candidates = torch.cat([scores, history], dim=1), torch.cat([candidates, ids], dim=1)
+        best = scores.topk(k, dim=1)  # (B, K)
+        return best.values, candidates.gather(1, best.indices)
 
     def sampled_logits(self, layers: list[torch.Tensor], items: torch.Tensor, rows: torch.Tensor | None,
                        targets: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,6 +5,9 @@ Every head scores chosen *prediction points* of a batch of left-padded histories
 - ``logits(layers, items, rows)`` gives full-catalog logits (M, N + 1), column 0 (padding) -inf.
   ``rows`` (B, L) bool picks the slots to predict after (training: every real slot of a packed
   causal pass); ``None`` means the last slot of every row (evaluation, export, scoring).
+- ``top_k(layers, items, k, exclude_seen)`` gives the k best items (B, k) and their logits at the
+  last slot, exactly as ``logits`` + ``topk`` would, without any (B, N) scatter: what the exported
+  scoring graph and batch scoring run.
 - ``sampled_logits(layers, items, rows, targets, negatives)`` gives the logits of a small set of
   columns per row for sampled softmax: column 0 is the target, then the shared negatives, then any
   head-specific extra columns. It also returns the item id of every column, 0 where a column is
@@ -30,6 +33,13 @@ class SoftmaxHead(nn.Module):
                rows: torch.Tensor | None = None) -> torch.Tensor:
         hidden = select_rows(layers[-1], rows)  # (M, D)
         return mask_padding(hidden @ self.item_embedding.weight.T)  # [M, D] x [D, N+1] -> [M, N+1]
+
+    def top_k(self, layers: list[torch.Tensor], items: torch.Tensor, k: int,
+              exclude_seen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.logits(layers, items)  # (B, N+1)
+        if exclude_seen:
+            logits = logits.scatter(1, items, float("-inf"))
+        return logits.topk(k, dim=1)  # (B, K) scores, (B, K) items
 
     def sampled_logits(self, layers: list[torch.Tensor], items: torch.Tensor, rows: torch.Tensor | None,
                        targets: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

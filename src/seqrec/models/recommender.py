@@ -57,6 +57,25 @@ class SequentialRecommender(nn.Module):
         return self.head.logits(layers, items[:, -self.cfg.max_length :])
 
 
+    def top_k(self, items: torch.Tensor, k: int, exclude_seen: bool = False,
+              timestamps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """items (B, L) left padded -> the k best next items (B, K) and their logits (B, K), best first.
+
+        Equal to ``forward`` + ``topk`` (ties aside); ``exclude_seen`` drops the items of the model's
+        window (the last ``max_length`` of ``items``).
+        """
+        layers = self.encode_layers(items, timestamps)
+        return self.head.top_k(layers, items[:, -self.cfg.max_length :], k, exclude_seen)
+
+    def top_k_reference(self, items: torch.Tensor, k: int, exclude_seen: bool = False,
+                        timestamps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The slow path: full (B, N+1) logits, seen items (of the model's window) -inf, ``torch.topk``."""
+        logits = self.forward(items, timestamps)
+        if exclude_seen:
+            logits = logits.scatter(1, items[:, -self.cfg.max_length :], float("-inf"))
+        return logits.topk(k, dim=1)
+
+
 def build_model(cfg: ModelConfig) -> SequentialRecommender:
     return SequentialRecommender(cfg)
 
