@@ -45,9 +45,15 @@ class GRU4RecEncoder(nn.Module):
 
 
 def _rotation(shift: torch.Tensor, length: int) -> torch.Tensor:
-    """Index so that out[:, i] = in[:, (i + shift) mod L]."""
+    """Index so that out[:, i] = in[:, (i + shift) mod L], for -L <= shift <= L.
+
+    Written with comparisons rather than ``remainder``: the ONNX exporter cannot take a remainder
+    by a symbolic length.
+    """
     steps = torch.arange(length, device=shift.device).unsqueeze(0)  # (1, L)
-    return (steps + shift).remainder(length)  # (B, L)
+    index = steps + shift  # (B, L) in [-L, 2L)
+    index = torch.where(index >= length, index - length, index)
+    return torch.where(index < 0, index + length, index)
 
 
 def _gather_steps(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
