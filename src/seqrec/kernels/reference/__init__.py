@@ -1,5 +1,5 @@
 """Plain-PyTorch references of the public ops: the ground truth every fast path is tested against."""
 
-from seqrec.kernels.reference.pt_cpr_scatter import pt_cpr_scatter
+from seqrec.kernels.reference.pt_cpr_scatter import pt_cpr_scatter, pt_cpr_scatter_backward
 
-__all__ = ["pt_cpr_scatter"]
+__all__ = ["pt_cpr_scatter", "pt_cpr_scatter_backward"]
