@@ -42,6 +42,7 @@ class CPRHead(nn.Module):
         dim = cfg.dim
         self.mixed_layers = min(MIXED_LAYERS, mixed_layers)
         self.max_length = cfg.max_length
+        self.scatter_kernel = "auto"  # cpr_scatter kernel: Triton on CUDA, the reference elsewhere
         self.mix = nn.Linear(dim * self.mixed_layers * WINDOW, dim) if self.variant.mixed_input else None
         width = 2 * dim if self.variant.mixed_input else dim
         self.softmax_facet = _identity_on_hidden(width, dim)
@@ -62,7 +63,7 @@ class CPRHead(nn.Module):
         if self.context_facet is None:
             return logits
         ids, values = self.history_scores(queries, items, rows)  # (M, L) each
-        return cpr_scatter(logits, ids, values)
+        return cpr_scatter(logits, ids, values, kernel=self.scatter_kernel)
 
     def top_k(self, layers: list[torch.Tensor], items: torch.Tensor, k: int,
               exclude_seen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
