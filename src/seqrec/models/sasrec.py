@@ -105,7 +105,13 @@ class SASRecBlock(nn.Module):
         y = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_bias, dropout_p=dropout
         )  # (B, H, L, Dh)
-        return self.out(y.transpose(1, 2).reshape(batch, length, dim))
+        return self._merge_heads(y)  # (B, L, D)
+
+    def _merge_heads(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, H, L, Dh) -> out-projected (B, L, D) without reshaping y: the ONNX exporter cannot
+        prove a reshape of the attention output's strides valid for a symbolic batch size."""
+        weight = self.out.weight.view(self.out.out_features, self.heads, -1)  # (D, H, Dh)
+        return torch.einsum("bhld,ehd->ble", y, weight) + self.out.bias
 
 
 def _positions_from_oldest(mask: torch.Tensor) -> torch.Tensor:
