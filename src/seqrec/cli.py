@@ -11,7 +11,8 @@ import sys
 
 import click
 
-from seqrec.config import HEADS, LOSSES, MODELS, POSITIONS, PRECISIONS, resolve_configs
+from seqrec.config import (EXPORT_FORMATS, EXPORT_PRECISIONS, HEADS, LOSSES, MODELS, POINTER_OPS, POSITIONS, PRECISIONS,
+                           resolve_configs)
 from seqrec.errors import SeqrecError
 
 
@@ -137,6 +138,27 @@ def eval_command(checkpoint: str, data_path: str, split: str, exclude_history: b
     else:
         for key, value in metrics.items():
             click.echo(f"{key:22s} {value:.4f}" if isinstance(value, float) else f"{key:22s} {value}")
+
+
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="bundle directory to write")
+@click.option("--format", "format_", type=click.Choice(EXPORT_FORMATS), default="onnx", show_default=True)
+@click.option("--top-k", type=int, default=10, show_default=True)
+@click.option("--exclude-seen", is_flag=True, help="never return an item of the input history")
+@click.option("--precision", type=click.Choice(EXPORT_PRECISIONS), default="fp32", show_default=True)
+@click.option("--pointer-op", type=click.Choice(POINTER_OPS), default="standard", show_default=True,
+              help="CPR history scatter as standard ONNX ops, or as one seqrec-domain node")
+@click.option("--max-length", type=int, help="history window of the graph (default: the model's)")
+@click.option("--validation-users", type=int, default=200, show_default=True)
+def export_command(checkpoint: str, out: str, format_: str, **options) -> None:
+    """Export a checkpoint to a scoring bundle (items -> top-K), validated against PyTorch."""
+    from seqrec.config import ExportConfig
+    from seqrec.exporter import export_checkpoint
+
+    bundle = export_checkpoint(checkpoint, out, ExportConfig(format=format_, **options), echo=click.echo)
+    click.echo(json.dumps({"bundle": out, "valid": bundle.manifest["valid"],
+                           "export_seconds": bundle.manifest["export_seconds"]}))
 
 
 @main.command("demo")

@@ -19,6 +19,9 @@ HEADS = ("softmax", "cpr")
 POSITIONS = ("relative", "absolute", "none")
 LOSSES = ("ce", "sampled")
 PRECISIONS = ("fp32", "bf16")
+EXPORT_FORMATS = ("onnx", "tensorrt")
+EXPORT_PRECISIONS = ("fp32", "fp16", "bf16")
+POINTER_OPS = ("standard", "custom")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -133,6 +136,31 @@ class TrainConfig(_JsonConfig):
         _check_range("negatives", self.negatives, 1)
         _check_range("temperature", self.temperature, 1e-6)
         _check_range("patience", self.patience, 1)
+
+
+@dataclass
+class ExportConfig(_JsonConfig):
+    """What ``seqrec export`` builds: a scoring graph (items -> top-K) and how it is checked."""
+
+    format: str = "onnx"  # tensorrt: the ONNX file plus an engine built from it (needs a GPU)
+    top_k: int = 10
+    exclude_seen: bool = False  # never return an item of the input history (baked into the graph)
+    precision: str = "fp32"  # fp16 / bf16: the model's matrix products in that type, scores in fp32
+    pointer_op: str = "standard"  # custom: the CPR history scatter as one seqrec-domain node
+    max_length: int | None = None  # window of the graph; None = the model's max_length
+    opset: int = 18
+    validation_users: int = 200  # random users checked against PyTorch, beside the edge cases
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("format", self.format, EXPORT_FORMATS)
+        _check_choice("precision", self.precision, EXPORT_PRECISIONS)
+        _check_choice("pointer_op", self.pointer_op, POINTER_OPS)
+        _check_range("top_k", self.top_k, 1, 3840)  # TensorRT's TopK limit
+        _check_range("opset", self.opset, 18)
+        _check_range("validation_users", self.validation_users, 1)
+        if self.max_length is not None:
+            _check_range("max_length", self.max_length, 1)
 
 
 @dataclass

@@ -25,6 +25,18 @@ class CheckpointError(SeqrecError):
     """A checkpoint directory is missing a file or was written by an incompatible version."""
 
 
+class ExportError(SeqrecError):
+    """A model could not be exported, or an exported bundle is missing, invalid or incompatible."""
+
+
+class ExportMismatchError(ExportError):
+    """An exported graph disagrees with PyTorch beyond the stated tolerance."""
+
+
+class MissingDependencyError(SeqrecError, ImportError):
+    """An optional dependency (onnxruntime, tensorrt, triton, ray) is not installed or has no device."""
+
+
 def received_expected(what: str, received: object, expected: object) -> str:
     """Format the standard boundary-error message."""
     return f"{what} | received {received}, expected {expected}"

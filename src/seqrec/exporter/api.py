@@ -1,0 +1,123 @@
+"""``seqrec export``: checkpoint -> validated scoring bundle."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from seqrec.config import ExportConfig
+from seqrec.errors import ConfigError, received_expected
+from seqrec.exporter.bundle import ONNX_FILE, PLAN_FILE, VOCAB_FILE, Bundle, graph_signature, write_manifest
+from seqrec.exporter.graph import ScoringGraph
+from seqrec.exporter.onnx_export import export_onnx
+from seqrec.exporter.runners import OnnxRuntimeRunner
+from seqrec.exporter.specs import ExportSpec, spec_for
+from seqrec.exporter.validate import check_parity, edge_cases, require_parity
+from seqrec.training.checkpoint import Checkpoint, library_versions, load_checkpoint
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TOLERANCE_SCALE = {"fp32": 1.0, "fp16": 300.0, "bf16": 2000.0}  # scores of low-precision graphs vs fp32
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig,
+                      echo: Callable[[str], None] = print) -> Bundle:
+    """Export, validate against PyTorch, and write the bundle ``out`` (valid only if parity held).
+
+    Raises ExportMismatchError after writing a bundle marked invalid when parity fails.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    window = _window(ckpt, cfg)
+    if cfg.format == "tensorrt":
+        from seqrec.exporter.tensorrt import require_tensorrt
+
+        require_tensorrt()  # fail in one line before any work when there is no GPU
+    spec = _scaled(spec_for(ckpt.model_config.model, ckpt.model_config.head), cfg.precision)
+    graph = ScoringGraph(_in_precision(ckpt.model, cfg.precision), cfg.top_k, cfg.exclude_seen, window)
+    reference = ScoringGraph(ckpt.model, cfg.top_k, cfg.exclude_seen, window)
+    out = Path(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    started = time.perf_counter()
+    export_onnx(graph, spec, spec.sample_inputs(ckpt.model_config.num_items, 3, window, cfg.seed),
+                staging / ONNX_FILE, cfg.opset)
+    export_seconds = time.perf_counter() - started
+    cases = edge_cases(spec, ckpt.model_config.num_items, window, cfg.validation_users, cfg.seed)
+    with OnnxRuntimeRunner(staging / ONNX_FILE, spec.inputs, custom_ops=cfg.pointer_op == "custom") as runner:
+        reports = [check_parity(runner, reference, spec, cases)]
+    if cfg.format == "tensorrt":
+        from seqrec.exporter.tensorrt import build_and_check_engine
+
+        reports.append(build_and_check_engine(staging / ONNX_FILE, staging / PLAN_FILE, spec, cfg, window, cases,
+                                              reference))
+    for report in reports:
+        for line in report.lines():
+            echo(line)
+    ckpt.vocab.save(staging / VOCAB_FILE)
+    manifest = _manifest(ckpt, cfg, spec, window, reports, export_seconds)
+    write_manifest(staging, manifest)
+    _move_into_place(staging, out)
+    for report in reports:
+        require_parity(report)
+    return Bundle(out, manifest, ckpt.vocab)
+
+
+def _window(ckpt: Checkpoint, cfg: ExportConfig) -> int:
+    trained = ckpt.model_config.max_length
+    window = cfg.max_length or trained
+    if window > trained:
+        raise ConfigError(received_expected("export max_length", window, f"<= the model's max_length {trained}"))
+    if cfg.top_k > ckpt.model_config.num_items:
+        raise ConfigError(received_expected("top_k", cfg.top_k, f"<= the catalog size {ckpt.model_config.num_items}"))
+    return window
+
+
+def _in_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    return model if precision == "fp32" else copy.deepcopy(model).to(DTYPES[precision])
+
+
+def _scaled(spec: ExportSpec, precision: str) -> ExportSpec:
+    scale = TOLERANCE_SCALE[precision]
+    return dataclasses.replace(spec, score_atol=spec.score_atol * scale, score_rtol=spec.score_rtol * scale)
+
+
+def _manifest(ckpt: Checkpoint, cfg: ExportConfig, spec: ExportSpec, window: int, reports: list,
+              export_seconds: float) -> dict:
+    return {
+        "valid": all(report.ok for report in reports),
+        **graph_signature(spec.inputs, spec.outputs, cfg.top_k),
+        "dynamic_axes": spec.dynamic_axes(),
+        "opset": cfg.opset,
+        "window": window,
+        "export": cfg.to_dict(),
+        "model": ckpt.model_config.to_dict(),
+        "source": {"fingerprint": ckpt.meta.get("data", {}).get("fingerprint"), "metrics": ckpt.meta.get("metrics")},
+        "parity": [report.to_dict() for report in reports],
+        "export_seconds": round(export_seconds, 2),
+        "versions": {**library_versions(), **_onnx_versions()},
+    }
+
+
+def _onnx_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Replace ``out`` with the staged bundle: readers see the old bundle or the new one, never half."""
+    if out.exists():
+        retired = out.with_name(f".{out.name}.old")
+        shutil.rmtree(retired, ignore_errors=True)
+        out.rename(retired)
+        staging.rename(out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(out)

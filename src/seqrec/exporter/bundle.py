@@ -1,0 +1,79 @@
+"""The export bundle on disk: model.onnx (+ model.plan), vocab.parquet, manifest.json.
+
+The manifest describes the graph (inputs and outputs with dtypes and dynamic axes, opset), where it
+came from (the checkpoint's data fingerprint, model config, library versions), how it was made
+(the export config) and the parity report. ``valid`` is true only when every parity case passed;
+loaders refuse a bundle that is not valid.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from seqrec.config import ExportConfig, ModelConfig
+from seqrec.data import Vocabulary
+from seqrec.errors import ExportError, received_expected
+
+MANIFEST_FILE = "manifest.json"
+ONNX_FILE = "model.onnx"
+PLAN_FILE = "model.plan"
+VOCAB_FILE = "vocab.parquet"
+BUNDLE_VERSION = 1
+
+
+@dataclass
+class Bundle:
+    directory: Path
+    manifest: dict[str, Any]
+    vocab: Vocabulary
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.directory / ONNX_FILE
+
+    @property
+    def plan_path(self) -> Path:
+        return self.directory / PLAN_FILE
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(entry["name"] for entry in self.manifest["inputs"])
+
+    @property
+    def export_config(self) -> ExportConfig:
+        return ExportConfig.from_dict(self.manifest["export"])
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.manifest["model"])
+
+
+def graph_signature(inputs: tuple[str, ...], outputs: tuple[str, ...], top_k: int) -> dict[str, list[dict]]:
+    return {"inputs": [{"name": name, "dtype": "int64", "shape": ["batch", "length"]} for name in inputs],
+            "outputs": [{"name": "top_items", "dtype": "int64", "shape": ["batch", top_k]},
+                        {"name": "top_scores", "dtype": "float32", "shape": ["batch", top_k]}][: len(outputs)]}
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
+    path = directory / MANIFEST_FILE
+    path.write_text(json.dumps({"bundle_version": BUNDLE_VERSION, **manifest}, indent=2, default=str) + "\n")
+    return path
+
+
+def load_bundle(directory: str | Path, require_valid: bool = True) -> Bundle:
+    directory = Path(directory)
+    missing = [name for name in (MANIFEST_FILE, ONNX_FILE, VOCAB_FILE) if not (directory / name).is_file()]
+    if missing:
+        raise ExportError(received_expected(f"export bundle {directory}", f"missing {missing}",
+                                            f"{MANIFEST_FILE}, {ONNX_FILE} and {VOCAB_FILE} (from seqrec export)"))
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    if manifest.get("bundle_version", 0) > BUNDLE_VERSION:
+        raise ExportError(received_expected(f"{directory / MANIFEST_FILE} bundle_version",
+                                            manifest.get("bundle_version"), f"<= {BUNDLE_VERSION}"))
+    if require_valid and not manifest.get("valid"):
+        raise ExportError(received_expected(f"export bundle {directory}", "a bundle whose parity check failed",
+                                            "a bundle with manifest valid: true (re-run seqrec export)"))
+    return Bundle(directory, manifest, Vocabulary.load(directory / VOCAB_FILE))

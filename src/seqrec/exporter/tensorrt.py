@@ -1,0 +1,108 @@
+"""TensorRT: an engine built from the bundle's ONNX file, and a runner for it. Needs an NVIDIA GPU.
+
+TensorRT 10+ networks are created strongly typed, so the precision is the one the ONNX graph
+carries (``seqrec export --precision`` casts inside the graph). One optimisation profile covers
+batch 1..``max_batch`` and history length 1..4 x window (the graph fits any length to its window).
+A timing cache beside the plan makes rebuilds fast. Imported lazily: without tensorrt or a GPU
+every entry point raises one line saying so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seqrec.config import ExportConfig
+from seqrec.errors import ExportError, MissingDependencyError, received_expected
+from seqrec.exporter.graph import ScoringGraph
+from seqrec.exporter.onnx_export import require_module
+from seqrec.exporter.runners import Runner
+from seqrec.exporter.specs import ExportSpec
+from seqrec.exporter.validate import ParityReport, check_parity
+
+TOPK_LIMIT = 3840  # TensorRT's largest TopK
+OPT_BATCH, MAX_BATCH = 1024, 8192
+
+
+def require_tensorrt():
+    trt = require_module("tensorrt", "the TensorRT backend", "pip install 'seqrec[gpu]' on a machine with an NVIDIA GPU")
+    if not torch.cuda.is_available():
+        raise MissingDependencyError(received_expected("the TensorRT backend", "no CUDA device on this machine",
+                                                       "an NVIDIA GPU with a CUDA driver"))
+    return trt
+
+
+def build_engine(onnx_path: Path, plan_path: Path, inputs: tuple[str, ...], window: int) -> Path:
+    """Parse ``onnx_path``, build a strongly typed engine with one dynamic profile, write ``plan_path``."""
+    trt = require_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(received_expected("TensorRT ONNX parser", errors, "a graph TensorRT supports"))
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    for name in inputs:
+        profile.set_shape(name, (1, 1), (OPT_BATCH, window), (MAX_BATCH, 4 * window))
+    config.add_optimization_profile(profile)
+    cache_path = plan_path.with_suffix(".timing-cache")
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError(received_expected("TensorRT engine build", "no engine (see the TensorRT log above)", "an engine"))
+    plan_path.write_bytes(bytes(serialized))
+    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return plan_path
+
+
+class TensorRTRunner(Runner):
+    """Runs a plan on the current CUDA device with torch-allocated buffers."""
+
+    name = "tensorrt"
+
+    def __init__(self, plan_path: str | Path, inputs: tuple[str, ...]) -> None:
+        super().__init__(inputs)
+        self.plan_path = Path(plan_path)
+
+    def activate_impl(self) -> None:
+        trt = require_tensorrt()
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+
+    def deactivate_impl(self) -> None:
+        self.context = self.engine = self.runtime = None
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tensors = {name: torch.from_numpy(feed[name]).cuda() for name in self.inputs}
+        for name, tensor in tensors.items():
+            self.context.set_input_shape(name, tuple(tensor.shape))
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        batch = next(iter(tensors.values())).shape[0]
+        outputs = {}
+        for name, dtype in (("top_items", torch.int64), ("top_scores", torch.float32)):
+            shape = tuple(self.context.get_tensor_shape(name))
+            outputs[name] = torch.empty((batch,) + shape[1:], dtype=dtype, device="cuda")
+            self.context.set_tensor_address(name, outputs[name].data_ptr())
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise ExportError("TensorRT execution failed (see the TensorRT log)")
+        self.stream.synchronize()
+        return {name: tensor.cpu().numpy() for name, tensor in outputs.items()}
+
+
+def build_and_check_engine(onnx_path: Path, plan_path: Path, spec: ExportSpec, cfg: ExportConfig, window: int,
+                           cases: dict, reference: ScoringGraph) -> ParityReport:
+    """Build the engine and check it against PyTorch on the same cases as ONNX Runtime."""
+    variant = getattr(reference.model.head, "variant", None)
+    candidates = cfg.top_k + window + (sum(variant.rerank) if variant is not None else 0)
+    if candidates > TOPK_LIMIT:
+        raise ExportError(received_expected("TopK size in the graph", candidates, f"<= {TOPK_LIMIT} for TensorRT"))
+    build_engine(onnx_path, plan_path, spec.inputs, window)
+    with TensorRTRunner(plan_path, spec.inputs) as runner:
+        return check_parity(runner, reference, spec, cases)

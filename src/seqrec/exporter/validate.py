@@ -1,0 +1,120 @@
+"""Parity of an exported graph with PyTorch, on random users and on edge cases.
+
+For every case the exported runner's top-K is compared with the slow PyTorch path (full logits in
+float32, ``torch.topk``). Scores must agree within the spec's tolerance; an item id may differ
+from PyTorch's at a rank only if PyTorch scores the returned item as high as its own choice there
+(a tie), so a genuinely wrong item always fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from seqrec.errors import ExportMismatchError, received_expected
+from seqrec.exporter.graph import ScoringGraph, fit_window
+from seqrec.exporter.runners import Runner
+from seqrec.exporter.specs import ExportSpec
+
+
+@dataclass
+class CaseResult:
+    name: str
+    users: int
+    length: int
+    max_abs_diff: float
+    top_k_agreement: float  # share of (user, rank) with the same id as PyTorch
+    wrong_items: int  # ids that differ and are not ties
+    ok: bool
+
+
+@dataclass
+class ParityReport:
+    backend: str
+    reference: str
+    atol: float
+    rtol: float
+    cases: list[CaseResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(case.ok for case in self.cases)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+    def lines(self) -> list[str]:
+        head = f"parity {self.backend} vs {self.reference} (atol {self.atol:g}, rtol {self.rtol:g})"
+        return [head] + [f"  {'ok ' if c.ok else 'BAD'} {c.name:20s} users {c.users:4d}  length {c.length:3d}  "
+                         f"max|diff| {c.max_abs_diff:.2e}  top-K agreement {c.top_k_agreement:.4f}" for c in self.cases]
+
+
+def edge_cases(spec: ExportSpec, num_items: int, window: int, users: int, seed: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Named feeds: random users, length 1, full length, longer than the window, all repeats, no known item."""
+    cases = {"random users": spec.sample_inputs(num_items, users, window, seed)}
+    shapes = {"length 1": (8, 1), "full length": (8, window), "longer than window": (8, window + 7)}
+    for offset, (name, shape) in enumerate(shapes.items(), start=1):
+        gen = torch.Generator().manual_seed(seed + offset)
+        cases[name] = _with_timestamps(spec, {"items": torch.randint(1, num_items + 1, shape, generator=gen)})
+    repeated = torch.randint(1, num_items + 1, (8, 1), generator=torch.Generator().manual_seed(seed + 9))
+    cases["all repeats"] = _with_timestamps(spec, {"items": repeated.expand(8, window).clone()})
+    cases["no known item"] = _with_timestamps(spec, {"items": torch.zeros(4, window, dtype=torch.long)})
+    return cases
+
+
+def check_parity(runner: Runner, graph: ScoringGraph, spec: ExportSpec, cases: dict[str, dict[str, torch.Tensor]],
+                 reference: str = "pytorch fp32") -> ParityReport:
+    report = ParityReport(runner.name, reference, spec.score_atol, spec.score_rtol)
+    for name, feed in cases.items():
+        outputs = runner.infer({key: value.numpy() for key, value in feed.items()})
+        report.cases.append(compare_case(name, graph, spec, feed, outputs))
+    return report
+
+
+def require_parity(report: ParityReport) -> None:
+    """Raise ExportMismatchError naming the worst case when any case disagrees."""
+    bad = [case for case in report.cases if not case.ok]
+    if bad:
+        worst = max(bad, key=lambda case: (case.wrong_items, case.max_abs_diff))
+        raise ExportMismatchError(received_expected(
+            f"{report.backend} against {report.reference} on '{worst.name}'",
+            f"max |score diff| {worst.max_abs_diff:.3g}, {worst.wrong_items} wrong top-K items",
+            f"scores within atol {report.atol:g} + rtol {report.rtol:g} and the same items up to ties"))
+
+
+@torch.no_grad()
+def compare_case(name: str, graph: ScoringGraph, spec: ExportSpec, feed: dict[str, torch.Tensor],
+                 outputs: dict[str, np.ndarray]) -> CaseResult:
+    tensors = [feed[key] for key in spec.inputs]
+    ref_items, ref_scores = graph.reference(*tensors)  # (B, K)
+    got_items = torch.from_numpy(outputs["top_items"])
+    got_scores = torch.from_numpy(outputs["top_scores"]).float()
+    tolerance = spec.score_atol + spec.score_rtol * ref_scores.abs().nan_to_num(posinf=0.0, neginf=0.0)
+    both_inf = ref_scores.isneginf() & got_scores.isneginf()
+    diff = (ref_scores - got_scores).abs().masked_fill(both_inf, 0.0)  # (B, K)
+    same = got_items == ref_items
+    wrong = (~same & ~_ties(graph, tensors, got_items, ref_scores, tolerance)).sum().item()
+    return CaseResult(name, int(ref_items.shape[0]), int(tensors[0].shape[1]), float(diff.max()),
+                      float(same.float().mean()), int(wrong), bool((diff <= tolerance).all()) and wrong == 0)
+
+
+def _ties(graph: ScoringGraph, tensors: list[torch.Tensor], got_items: torch.Tensor, ref_scores: torch.Tensor,
+          tolerance: torch.Tensor) -> torch.Tensor:
+    """Whether PyTorch scores each returned item as high as its own item at that rank (B, K)."""
+    items = fit_window(tensors[0], graph.length)
+    timestamps = fit_window(tensors[1], graph.length) if len(tensors) > 1 else None
+    logits = graph.model(items, timestamps).float()  # (B, N+1)
+    if graph.exclude_seen:
+        logits = logits.scatter(1, items, float("-inf"))
+    got_scores = logits.gather(1, got_items.clamp(0, logits.shape[1] - 1))  # (B, K)
+    return ((got_scores - ref_scores).abs() <= tolerance) | (got_scores.isneginf() & ref_scores.isneginf())
+
+
+def _with_timestamps(spec: ExportSpec, sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if "timestamps" in spec.inputs:
+        batch, length = sample["items"].shape
+        steps = torch.arange(1, length + 1).expand(batch, length) * 3600
+        sample["timestamps"] = (1_600_000_000 + steps) * (sample["items"] > 0)
+    return {key: sample[key] for key in spec.inputs}

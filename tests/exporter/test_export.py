@@ -1,0 +1,77 @@
+"""Every registered model x head exports to ONNX and matches PyTorch through ONNX Runtime on CPU."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from seqrec.config import ExportConfig
+from seqrec.errors import ConfigError, ExportError, ExportMismatchError
+from seqrec.exporter import EXPORT_SPECS, OnnxRuntimeRunner, export_checkpoint, load_bundle
+from seqrec.models import ENCODERS, HEADS
+
+PAIRS = [(model, head) for model in ENCODERS for head in HEADS]
+
+
+def test_every_registered_model_and_head_has_an_export_spec():
+    assert sorted(PAIRS) == sorted(EXPORT_SPECS)
+
+
+EXCLUDING = [("sasrec", "cpr"), ("gru4rec", "softmax")]  # seen-item exclusion, once per head
+
+
+@pytest.mark.parametrize("model,head,exclude_seen", [(m, h, False) for m, h in PAIRS] + [(m, h, True) for m, h in EXCLUDING])
+def test_export_validates_and_writes_a_valid_bundle(exported, model, head, exclude_seen):
+    out, lines = exported(model, head, exclude_seen=exclude_seen)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["valid"] and manifest["export"]["exclude_seen"] == exclude_seen
+    assert [c["name"] for c in manifest["parity"][0]["cases"]] == [
+        "random users", "length 1", "full length", "longer than window", "all repeats", "no known item"]
+    assert manifest["inputs"][0] == {"name": "items", "dtype": "int64", "shape": ["batch", "length"]}
+    assert manifest["source"]["fingerprint"] == "tiny" and "onnxruntime" in manifest["versions"]
+    assert lines[0].startswith("parity onnxruntime vs pytorch fp32") and len(lines) == 7
+    assert load_bundle(out).vocab.decode(np.array([1])).to_pylist() == [1000]
+
+
+@pytest.mark.parametrize("model", list(ENCODERS))
+def test_dynamic_batch_and_length_really_vary(exported, model):
+    out, _ = exported(model, "cpr")
+    with OnnxRuntimeRunner(out / "model.onnx", ("items",)) as runner:
+        for batch, length in [(1, 1), (2, 3), (33, 12), (5, 40)]:
+            result = runner.infer({"items": np.random.default_rng(batch).integers(1, 301, (batch, length))})
+            assert result["top_items"].shape == (batch, 7) and result["top_scores"].dtype == np.float32
+
+
+@pytest.mark.parametrize("model,head", EXCLUDING)
+def test_exclude_seen_never_returns_a_history_item(exported, model, head):
+    out, _ = exported(model, head, exclude_seen=True)
+    items = np.random.default_rng(0).integers(1, 301, (64, 12))
+    with OnnxRuntimeRunner(out / "model.onnx", ("items",)) as runner:
+        top = runner.infer({"items": items})["top_items"]
+    assert not (top[:, :, None] == items[:, None, :]).any() and (top > 0).all()
+
+
+def test_broken_graph_is_refused_and_marked_invalid(tiny_checkpoints, tmp_path, monkeypatch):
+    from seqrec.exporter import validate
+
+    original = validate.compare_case
+
+    def corrupt(name, graph, spec, feed, outputs):  # a backend that returns the wrong ranking
+        outputs = {**outputs, "top_items": outputs["top_items"][:, ::-1].copy()}
+        return original(name, graph, spec, feed, outputs)
+
+    monkeypatch.setattr(validate, "compare_case", corrupt)
+    out = tmp_path / "bundle"
+    with pytest.raises(ExportMismatchError, match=r"wrong top-K items"):
+        export_checkpoint(tiny_checkpoints("sasrec", "softmax"), out, ExportConfig(validation_users=8), echo=lambda s: None)
+    assert json.loads((out / "manifest.json").read_text())["valid"] is False
+    with pytest.raises(ExportError, match="parity check failed"):
+        load_bundle(out)
+
+
+def test_bad_export_options_are_typed_errors(tiny_checkpoints, tmp_path):
+    with pytest.raises(ConfigError, match=r"export max_length \| received 99"):
+        export_checkpoint(tiny_checkpoints("sasrec", "softmax"), tmp_path / "b", ExportConfig(max_length=99))
+    with pytest.raises(ConfigError, match=r"top_k \| received 5000"):
+        ExportConfig(top_k=5000)
