@@ -89,6 +89,7 @@ class ModelConfig(_JsonConfig):
     max_length: int = 50
     positions: str = "relative"  # relative: bias by distance back from the prediction point
     cpr_variant: str = "CPR:100+Mi"  # softmax-CPR partitions (head cpr only), see models/cpr.py
+    cpr_recency: bool = True  # CPR pointer scores get a learned bias by distance back (models/cpr.py)
 
     def __post_init__(self) -> None:
         _check_choice("model", self.model, MODELS)

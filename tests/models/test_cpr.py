@@ -15,16 +15,18 @@ NUM_ITEMS = 29
 VARIANTS = ["softmax", "softmax+Mi", "C", "CP", "CP+Mi", "CPR:7", "CPR:7+Mi", "CPR:20,9,4+Mi", "CPR:100+Mi"]
 
 
-def cpr_model(variant: str, model: str = "sasrec", layers: int = 2, seed: int = 0):
+def cpr_model(variant: str, model: str = "sasrec", layers: int = 2, seed: int = 0, **overrides):
     torch.manual_seed(seed)
     cfg = ModelConfig(model=model, head="cpr", cpr_variant=variant, num_items=NUM_ITEMS, dim=12, heads=2,
-                      layers=layers, max_length=10, dropout=0.1)
+                      layers=layers, max_length=10, dropout=0.1, **overrides)
     net = build_model(cfg).eval()
     with torch.no_grad():  # random weights everywhere, not the identity start
         for module in net.head.modules():
             if isinstance(module, nn.Linear):
                 module.weight.normal_(0, 0.3)
                 module.bias.normal_(0, 0.3)
+        if net.head.pointer_recency is not None:
+            net.head.pointer_recency.normal_(0, 0.5)
     return net
 
 
@@ -73,6 +75,8 @@ def literal_cpr(head, all_hidden_states: list[torch.Tensor], item_seq: torch.Ten
         pointer = 0
         if variant.pointer:
             pointer = (head.pointer_query(last).unsqueeze(2) * head.pointer_key(raw).unsqueeze(1)).sum(-1)
+            if head.pointer_recency is not None:  # our extension: a learned bias by distance back from the end
+                pointer = pointer + head.pointer_recency[torch.arange(seq_len_2 - 1, -1, -1)]
         index = item_seq.unsqueeze(1)  # (bsz, 1, L)
         only_new = torch.zeros_like(lm_logits).scatter_add(2, index, context + pointer)
         count = torch.zeros_like(only_new) + 1e-15
@@ -91,6 +95,15 @@ def test_head_matches_the_literal_algorithm(variant, model):
     layers = net.encode_layers(items)
     with torch.no_grad():
         torch.testing.assert_close(net(items), literal_cpr(net.head, layers, items), rtol=1e-5, atol=1e-5)
+
+
+def test_head_without_recency_is_the_published_algorithm():
+    net = cpr_model("CPR:7+Mi", cpr_recency=False)
+    assert net.head.pointer_recency is None
+    items = histories_with_repeats(9, 10, seed=8)
+    with torch.no_grad():
+        torch.testing.assert_close(net(items), literal_cpr(net.head, net.encode_layers(items), items),
+                                   rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("variant", ["CP+Mi", "CPR:7+Mi", "CPR:20,9,4"])

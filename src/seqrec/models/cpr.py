@@ -9,6 +9,10 @@ new items that suit them; softmax-CPR gives each partition of the catalog its ow
 - C (context partition): every item v of the history gets c(v) = f_C(q) . E[v] ...
 - P (pointer network): ... plus the mean over v's occurrences j of p_j = f_P(q) . g_P(q_j),
   where q_j is the head input at history slot j;
+- recency (ours, on by default): p_j also gets a learned bias by the distance t - j between the
+  prediction point and the slot. RecBole's right-padded SASRec gives every state an absolute
+  position, so q_t . g_P(q_j) can tell how far back slot j is; our states carry positions relative
+  to the prediction point only, so the pointer gets that distance explicitly (``cpr_recency``);
 - history logits replace whatever the earlier partitions gave (merging by replacement);
 - Mi (multiple input hidden states): q = [h_t ; GELU(W [h_t, h_t-1, h_t-2 of the top two layers])]
   instead of q = h_t.
@@ -50,6 +54,8 @@ class CPRHead(nn.Module):
         self.context_facet = _identity_on_hidden(width, dim) if self.variant.context else None
         self.pointer_query = _small_linear(width, dim) if self.variant.pointer else None
         self.pointer_key = _small_linear(width, dim) if self.variant.pointer else None
+        self.pointer_recency = (nn.Parameter(torch.zeros(cfg.max_length))
+                                if self.variant.pointer and cfg.cpr_recency else None)  # by distance t - j
 
     def logits(self, layers: list[torch.Tensor], items: torch.Tensor,
                rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -131,6 +137,8 @@ class CPRHead(nn.Module):
         values = self.context_facet(asking) @ self.item_embedding(items).transpose(1, 2)  # (B, R, L)
         if self.pointer_query is not None:
             values = values + self.pointer_query(asking) @ self.pointer_key(queries).transpose(1, 2)  # (B, R, L)
+        if self.pointer_recency is not None:
+            values = values + self.pointer_recency[_distances(asking.shape[1], items.shape[1], items.device)]
         if rows is None:
             return items, values[:, 0]
         return causal_histories(items)[rows], values[rows]  # later slots of each prefix are id 0
@@ -195,6 +203,12 @@ def _score(query: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     if query.dim() == 2:
         return (query.unsqueeze(1) * vectors).sum(-1)  # (M, C)
     return query @ vectors.transpose(1, 2)  # (M, F, C)
+
+
+def _distances(queries: int, length: int, device: torch.device) -> torch.Tensor:
+    """(R, L) distance t - j from each prediction point (the last R slots) back to slot j, clamped to [0, L)."""
+    steps = torch.arange(length, device=device)
+    return (steps[length - queries :].unsqueeze(1) - steps.unsqueeze(0)).clamp(0, length - 1)
 
 
 def _shift(hidden: torch.Tensor, back: int) -> torch.Tensor:
