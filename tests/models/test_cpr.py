@@ -189,3 +189,16 @@ def test_candidate_top_k_equals_full_logits_top_k(variant, exclude_seen, model):
     if exclude_seen:
         window = items[:, -10:]
         assert not (ids.unsqueeze(-1) == window.unsqueeze(1)).any()
+
+
+@pytest.mark.parametrize("variant", ["C", "CP+Mi", "CPR:60,20,7"])
+def test_custom_pointer_op_top_k_equals_standard(variant):
+    net = big_cpr_model(variant)
+    gen = torch.Generator().manual_seed(3)
+    items = torch.randint(1, 40, (9, 10), generator=gen)  # small id range: duplicates and candidate overlap
+    items[2, :7] = 0
+    with torch.no_grad():
+        standard = net.top_k(items, 12)
+        custom = net.top_k(items, 12, pointer_op="custom")
+    torch.testing.assert_close(custom[0], standard[0])
+    assert torch.equal(custom[1], standard[1])

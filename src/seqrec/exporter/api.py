@@ -39,7 +39,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
 
         require_tensorrt()  # fail in one line before any work when there is no GPU
     spec = _scaled(spec_for(ckpt.model_config.model, ckpt.model_config.head), cfg.precision)
-    graph = ScoringGraph(_in_precision(ckpt.model, cfg.precision), cfg.top_k, cfg.exclude_seen, window)
+    graph = ScoringGraph(_in_precision(ckpt.model, cfg.precision), cfg.top_k, cfg.exclude_seen, window, cfg.pointer_op)
     reference = ScoringGraph(ckpt.model, cfg.top_k, cfg.exclude_seen, window)
     out = Path(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))

@@ -20,8 +20,10 @@ OUTPUT_NAMES = ("top_items", "top_scores")
 
 
 class ScoringGraph(nn.Module):
-    def __init__(self, model: SequentialRecommender, top_k: int, exclude_seen: bool, length: int) -> None:
+    def __init__(self, model: SequentialRecommender, top_k: int, exclude_seen: bool, length: int,
+                 pointer_op: str = "standard") -> None:
         super().__init__()
+        self.pointer_op = pointer_op
         self.model = model.eval()
         self.top_k = top_k
         self.exclude_seen = exclude_seen
@@ -33,7 +35,7 @@ class ScoringGraph(nn.Module):
         items = fit_window(items, self.length)  # (B, W)
         if timestamps is not None:
             timestamps = fit_window(timestamps, self.length)  # (B, W)
-        scores, top_items = self.model.top_k(items, self.top_k, self.exclude_seen, timestamps)  # (B, K) each
+        scores, top_items = self.model.top_k(items, self.top_k, self.exclude_seen, timestamps, self.pointer_op)
         return top_items, scores.float()
 
     @torch.no_grad()

@@ -103,15 +103,17 @@ class OnnxRuntimeRunner(Runner):
         options = ort.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = self.threads
+        model = str(self.path)
         if self.custom_ops:
-            from seqrec.exporter.custom_ops import register_onnxruntime_custom_ops
+            from seqrec.exporter.custom_ops import model_for_onnxruntime, register_onnxruntime_custom_ops
 
             register_onnxruntime_custom_ops(options)
+            model = model_for_onnxruntime(self.path)
         missing = [p for p in self.providers if p not in ort.get_available_providers()]
         if missing:
             raise MissingDependencyError(received_expected("onnxruntime execution providers", f"{missing} unavailable",
                                                            f"one of {ort.get_available_providers()}"))
-        self.session = ort.InferenceSession(str(self.path), options, providers=self.providers)
+        self.session = ort.InferenceSession(model, options, providers=self.providers)
 
     def deactivate_impl(self) -> None:
         self.session = None

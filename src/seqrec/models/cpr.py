@@ -71,14 +71,16 @@ class CPRHead(nn.Module):
         ids, values = self.history_scores(queries, items, rows)  # (M, L) each
         return cpr_scatter(logits, ids, values, kernel=self.scatter_kernel)
 
-    def top_k(self, layers: list[torch.Tensor], items: torch.Tensor, k: int,
-              exclude_seen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def top_k(self, layers: list[torch.Tensor], items: torch.Tensor, k: int, exclude_seen: bool = False,
+              pointer_op: str = "standard") -> tuple[torch.Tensor, torch.Tensor]:
         """The exact top-k of ``logits`` (+ seen-item exclusion) from few candidates (DESIGN.md).
 
         History items get their CPR logits; reranked items lie in the top-(k1 + k2 + ..) of the base
         logits; every other item keeps its base logit. So the top-k lies in the top-(sum k_R + k + L)
         base candidates plus the history items, and only those are scored: no (B, N) scatter.
         L is the model's max_length, so the candidate count is a constant of the graph.
+        ``pointer_op="custom"`` computes the history means with the ``cpr_scatter`` op (one custom
+        node in an ONNX export) instead of standard ops; the result is the same.
         """
         queries = self.head_input(layers)  # (B, L, W)
         query = queries[:, -1]  # (B, W)
@@ -95,9 +97,13 @@ class CPRHead(nn.Module):
             scores = scores.masked_fill((candidates.unsqueeze(-1) == seen.unsqueeze(1)).any(-1), float("-inf"))
         if self.context_facet is not None:
             ids, values = self.history_scores(queries, items, None)  # (B, L)
-            means, first = slot_means(ids, values)
-            history = means.to(scores.dtype).masked_fill(~first | exclude_seen, float("-inf"))  # (B, L)
-            scores, candidates = torch.cat([scores, history], dim=1), torch.cat([candidates, ids], dim=1)
+            if pointer_op == "custom" and not exclude_seen:
+                scores = _scatter_history(scores, candidates, ids, values)  # (B, C + L)
+            else:
+                means, first = slot_means(ids, values)
+                history = means.to(scores.dtype).masked_fill(~first | exclude_seen, float("-inf"))  # (B, L)
+                scores = torch.cat([scores, history], dim=1)  # (B, C + L)
+            candidates = torch.cat([candidates, ids], dim=1)  # (B, C + L)
         best = scores.topk(k, dim=1)  # (B, K)
         return best.values, candidates.gather(1, best.indices)
 
@@ -156,6 +162,25 @@ class CPRHead(nn.Module):
             running.scatter_(1, top, _score(facets[:, j], weight[top]).to(running.dtype))
             stage.scatter_(1, top, j)
         return stage
+
+
+def _scatter_history(scores: torch.Tensor, candidates: torch.Tensor, ids: torch.Tensor,
+                     values: torch.Tensor) -> torch.Tensor:
+    """History means written by ``cpr_scatter`` onto local columns [pad, C candidates, L slots].
+
+    A history item among the candidates goes to its candidate column, any other to the column of
+    its first slot; column 0 stands for padding. Returns (B, C + L) scores: candidates, then slots.
+    """
+    from seqrec.exporter.custom_ops import cpr_scatter_node
+
+    batch, count = scores.shape
+    in_candidates = ids.unsqueeze(-1) == candidates.unsqueeze(1)  # (B, L, C)
+    first_slot = (ids.unsqueeze(2) == ids.unsqueeze(1)).int().argmax(-1)  # (B, L) first occurrence
+    local = torch.where(in_candidates.any(-1), 1 + in_candidates.int().argmax(-1), 1 + count + first_slot)
+    local = local.masked_fill(ids == 0, 0)  # (B, L) column per slot, 0 = padding
+    empty = scores.new_full((batch, 1 + ids.shape[1]), float("-inf"))
+    columns = torch.cat([empty[:, :1], scores, empty[:, 1:]], dim=1)  # (B, 1 + C + L)
+    return cpr_scatter_node(columns, local, values.to(columns.dtype))[:, 1:]
 
 
 def _with_history_columns(logits: torch.Tensor, columns: torch.Tensor, ids: torch.Tensor,

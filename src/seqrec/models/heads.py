@@ -34,8 +34,8 @@ class SoftmaxHead(nn.Module):
         hidden = select_rows(layers[-1], rows)  # (M, D)
         return mask_padding(hidden @ self.item_embedding.weight.T)  # [M, D] x [D, N+1] -> [M, N+1]
 
-    def top_k(self, layers: list[torch.Tensor], items: torch.Tensor, k: int,
-              exclude_seen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def top_k(self, layers: list[torch.Tensor], items: torch.Tensor, k: int, exclude_seen: bool = False,
+              pointer_op: str = "standard") -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.logits(layers, items)  # (B, N+1)
         if exclude_seen:
             logits = logits.scatter(1, items, float("-inf"))

@@ -58,14 +58,14 @@ class SequentialRecommender(nn.Module):
 
 
     def top_k(self, items: torch.Tensor, k: int, exclude_seen: bool = False,
-              timestamps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              timestamps: torch.Tensor | None = None, pointer_op: str = "standard") -> tuple[torch.Tensor, torch.Tensor]:
         """items (B, L) left padded -> the k best next items (B, K) and their logits (B, K), best first.
 
         Equal to ``forward`` + ``topk`` (ties aside); ``exclude_seen`` drops the items of the model's
         window (the last ``max_length`` of ``items``).
         """
         layers = self.encode_layers(items, timestamps)
-        return self.head.top_k(layers, items[:, -self.cfg.max_length :], k, exclude_seen)
+        return self.head.top_k(layers, items[:, -self.cfg.max_length :], k, exclude_seen, pointer_op)
 
     def top_k_reference(self, items: torch.Tensor, k: int, exclude_seen: bool = False,
                         timestamps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,73 @@
+"""The CPR history scatter as one custom ONNX node, ``seqrec::CprScatter``.
+
+Semantics are those of ``seqrec.kernels.cpr_scatter(logits, ids, values)``: in each row, the
+column of every distinct non-zero id gets the mean of that id's values. In PyTorch the node is the
+op itself; during ``torch.onnx.export`` it is emitted as a single node of the ``seqrec`` domain.
+
+Who runs the node:
+- ONNX Runtime (CPU here): a Python kernel through onnxruntime-extensions, which serves custom ops
+  only in its own domain ``ai.onnx.contrib``; the runner renames the domain in memory when it
+  loads the model, so the bundle's file keeps ``seqrec``.
+- TensorRT: a plugin of the same name (see ``exporter/tensorrt.py``), GPU only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from seqrec.exporter.onnx_export import require_module
+from seqrec.kernels import cpr_scatter
+from seqrec.kernels.reference import pt_cpr_scatter
+
+DOMAIN = "seqrec"
+OP_TYPE = "CprScatter"
+ORT_DOMAIN = "ai.onnx.contrib"
+_registered = False
+
+
+def cpr_scatter_node(logits: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``cpr_scatter`` eagerly; one ``seqrec::CprScatter`` node (float32) inside an ONNX export."""
+    if not torch.onnx.is_in_onnx_export():
+        return cpr_scatter(logits, ids, values)
+    return torch.onnx.ops.symbolic(f"{DOMAIN}::{OP_TYPE}", (logits.float(), ids, values.float()), {},
+                                   dtype=torch.float32, shape=logits.shape, version=1).to(logits.dtype)
+
+
+def register_onnxruntime_custom_ops(options) -> None:
+    """Make ``options`` (an onnxruntime.SessionOptions) able to run CprScatter on the CPU."""
+    extensions = require_module("onnxruntime_extensions", "the CprScatter custom op in ONNX Runtime",
+                                "pip install onnxruntime-extensions")
+    _define_python_kernel(extensions)
+    options.register_custom_ops_library(extensions.get_library_path())
+
+
+def model_for_onnxruntime(path) -> bytes:
+    """The ONNX file with seqrec-domain nodes moved to onnxruntime-extensions' domain, serialized."""
+    onnx = require_module("onnx", "loading an ONNX model", "pip install 'seqrec[onnx]'")
+    model = onnx.load(str(path))
+    graphs = [model.graph] + [function for function in model.functions]
+    for graph in graphs:
+        for node in graph.node:
+            if node.domain == DOMAIN:
+                node.domain = ORT_DOMAIN
+    imports = {entry.domain for entry in model.opset_import}
+    if ORT_DOMAIN not in imports:
+        model.opset_import.append(onnx.helper.make_opsetid(ORT_DOMAIN, 1))
+    return model.SerializeToString()
+
+
+def _define_python_kernel(extensions) -> None:
+    global _registered
+    if _registered:
+        return
+    types = extensions.PyCustomOpDef
+
+    @extensions.onnx_op(op_type=OP_TYPE, inputs=[types.dt_float, types.dt_int64, types.dt_float],
+                        outputs=[types.dt_float])
+    def cpr_scatter_kernel(logits: np.ndarray, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+        out = pt_cpr_scatter(torch.from_numpy(np.array(logits)), torch.from_numpy(np.array(ids)),
+                             torch.from_numpy(np.array(values)))
+        return out.numpy()
+
+    _registered = True
