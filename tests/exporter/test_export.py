@@ -93,3 +93,48 @@ def test_custom_pointer_op_is_one_seqrec_node_served_by_onnxruntime(exported, mo
         mine, theirs = fast.infer({"items": items}), plain.infer({"items": items})
     np.testing.assert_array_equal(mine["top_items"], theirs["top_items"])
     np.testing.assert_allclose(mine["top_scores"], theirs["top_scores"], rtol=1e-5, atol=1e-5)
+
+
+def test_fp16_export_keeps_the_top_k(exported):
+    out, lines = exported("sasrec", "cpr", precision="fp16")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["valid"] and manifest["export"]["precision"] == "fp16"
+    random_users = manifest["parity"][0]["cases"][0]
+    assert random_users["wrong_items"] == 0 and random_users["top_k_agreement"] > 0.95
+
+
+def test_bf16_needs_tensorrt(tiny_checkpoints, tmp_path):
+    with pytest.raises(ConfigError, match="bf16 with --format onnx"):
+        export_checkpoint(tiny_checkpoints("sasrec", "softmax"), tmp_path / "b", ExportConfig(precision="bf16"))
+
+
+def test_tensorrt_without_a_gpu_is_one_clear_line(tiny_checkpoints, tmp_path):
+    import torch
+    from seqrec.errors import MissingDependencyError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: benchmarks/gpu_check.py covers TensorRT")
+    with pytest.raises(MissingDependencyError, match="the TensorRT backend"):
+        export_checkpoint(tiny_checkpoints("sasrec", "cpr"), tmp_path / "b", ExportConfig(format="tensorrt"))
+
+
+def _tensorrt_missing() -> str | None:
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return "needs an NVIDIA GPU (TensorRT)"
+    if importlib.util.find_spec("tensorrt") is None:
+        return "needs tensorrt: pip install 'seqrec[gpu]'"
+    return None
+
+
+@pytest.mark.skipif(_tensorrt_missing() is not None, reason=str(_tensorrt_missing()))
+@pytest.mark.parametrize("model,head", PAIRS)
+def test_tensorrt_engine_matches_pytorch(tiny_checkpoints, tmp_path, model, head):
+    out = tmp_path / "bundle"
+    bundle = export_checkpoint(tiny_checkpoints(model, head), out, ExportConfig(format="tensorrt", validation_users=40),
+                               echo=lambda s: None)
+    assert (out / "model.plan").is_file() and [r["backend"] for r in bundle.manifest["parity"]] == [
+        "onnxruntime", "tensorrt"]

@@ -23,7 +23,7 @@ from seqrec.exporter.validate import check_parity, edge_cases, require_parity
 from seqrec.training.checkpoint import Checkpoint, library_versions, load_checkpoint
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-TOLERANCE_SCALE = {"fp32": 1.0, "fp16": 300.0, "bf16": 2000.0}  # scores of low-precision graphs vs fp32
+TOLERANCE_SCALE = {"fp32": 1.0, "fp16": 50.0, "bf16": 400.0}  # scores of low-precision graphs vs fp32
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig,
@@ -48,8 +48,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
                 staging / ONNX_FILE, cfg.opset)
     export_seconds = time.perf_counter() - started
     cases = edge_cases(spec, ckpt.model_config.num_items, window, cfg.validation_users, cfg.seed)
-    with OnnxRuntimeRunner(staging / ONNX_FILE, spec.inputs, custom_ops=cfg.pointer_op == "custom") as runner:
-        reports = [check_parity(runner, reference, spec, cases)]
+    reports = []
+    if cfg.precision != "bf16":  # ONNX Runtime has no bf16 kernels for these graphs; TensorRT checks them
+        with OnnxRuntimeRunner(staging / ONNX_FILE, spec.inputs, custom_ops=cfg.pointer_op == "custom") as runner:
+            reports.append(check_parity(runner, reference, spec, cases))
     if cfg.format == "tensorrt":
         from seqrec.exporter.tensorrt import build_and_check_engine
 
@@ -72,6 +74,10 @@ def _window(ckpt: Checkpoint, cfg: ExportConfig) -> int:
     window = cfg.max_length or trained
     if window > trained:
         raise ConfigError(received_expected("export max_length", window, f"<= the model's max_length {trained}"))
+    if cfg.precision == "bf16" and cfg.format != "tensorrt":
+        raise ConfigError(received_expected("export precision", "bf16 with --format onnx",
+                                            "fp32 or fp16 (ONNX Runtime has no bf16 kernels for this graph), "
+                                            "or bf16 with --format tensorrt on a GPU"))
     if cfg.top_k > ckpt.model_config.num_items:
         raise ConfigError(received_expected("top_k", cfg.top_k, f"<= the catalog size {ckpt.model_config.num_items}"))
     return window
