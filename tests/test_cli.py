@@ -68,6 +68,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
     assert summary["model"]["users"] == 400 and "popularity" in summary
+    assert summary["export"]["valid"] and (tmp_path / "demo" / "bundle" / "model.onnx").is_file()
+    assert "parity onnxruntime vs pytorch fp32" in result.output
 
 
 def test_train_cpr_head_then_eval_by_repeat(synth_parquet, tmp_path):

@@ -164,14 +164,15 @@ def export_command(checkpoint: str, out: str, format_: str, **options) -> None:
 @main.command("demo")
 @click.option("--out", type=click.Path(file_okay=False), default="demo", show_default=True)
 @click.option("--model", type=click.Choice(MODELS), default="sasrec", show_default=True)
+@click.option("--head", type=click.Choice(HEADS), default="cpr", show_default=True)
 @click.option("--users", type=int, default=3000, show_default=True)
 @click.option("--epochs", type=int, default=15, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo_command(out: str, model: str, users: int, epochs: int, seed: int) -> None:
-    """Synthetic data -> train -> evaluate, on this machine, in a couple of minutes."""
+def demo_command(out: str, **options) -> None:
+    """Synthetic data -> train -> evaluate -> export, on this machine, in about a minute."""
     from seqrec.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(out=out, model=model, users=users, epochs=epochs, seed=seed), echo=click.echo)
+    run_demo(DemoConfig(out=out, **options), echo=click.echo)
 
 
 def _repeat_table(metrics: dict) -> str:

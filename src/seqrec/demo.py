@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from seqrec.config import resolve_configs
+from seqrec.config import ExportConfig, resolve_configs
+from seqrec.exporter import export_checkpoint
 from seqrec.data import SynthConfig, generate_interactions, interaction_stats, write_interactions
 from seqrec.training import evaluate_checkpoint, train
 from seqrec.training.evaluation import ranges_to_indices
@@ -25,30 +26,35 @@ class DemoConfig:
     items: int = 500
     repeat_prob: float = 0.2
     model: str = "sasrec"
+    head: str = "cpr"
     epochs: int = 15
     seed: int = 0
 
 
 def run_demo(cfg: DemoConfig, echo=print) -> dict[str, Any]:
-    """Generate data, train, evaluate against a popularity baseline; write everything to ``cfg.out``."""
+    """Generate data, train, evaluate against a popularity baseline, export to ONNX with a parity
+    check; write everything to ``cfg.out``."""
     started = time.perf_counter()
     out = Path(cfg.out)
     data_path = out / "interactions.parquet"
     table = generate_interactions(SynthConfig(users=cfg.users, items=cfg.items, repeat_prob=cfg.repeat_prob,
                                               seed=cfg.seed))
     write_interactions(table, data_path)
-    echo(f"[1/3] data     {data_path}: {json.dumps(interaction_stats(table))}")
-    echo(f"[2/3] train    {cfg.model}, {cfg.epochs} epochs max -> {out / 'checkpoint'}")
-    model_cfg, train_cfg = resolve_configs(cfg.model, "softmax", {"epochs": cfg.epochs, "seed": cfg.seed,
+    echo(f"[1/4] data     {data_path}: {json.dumps(interaction_stats(table))}")
+    echo(f"[2/4] train    {cfg.model} with the {cfg.head} head, {cfg.epochs} epochs max -> {out / 'checkpoint'}")
+    model_cfg, train_cfg = resolve_configs(cfg.model, cfg.head, {"epochs": cfg.epochs, "seed": cfg.seed,
                                                                   "patience": 3})
     train(data_path, out / "checkpoint", model_cfg, train_cfg)
     metrics = evaluate_checkpoint(out / "checkpoint", data_path, split="test")
     baseline = popularity_baseline(data_path)
-    echo("[3/3] evaluate test split, full ranking over the catalog")
+    echo("[3/4] evaluate test split, full ranking over the catalog")
     echo(f"      {'':12s}{'ndcg@10':>10s}{'hr@10':>10s}{'mrr@10':>10s}")
     for name, row in ((cfg.model, metrics), ("popularity", baseline)):
         echo(f"      {name:12s}{row['ndcg@10']:10.4f}{row['hr@10']:10.4f}{row['mrr@10']:10.4f}")
-    summary = {"model": metrics, "popularity": baseline, "seconds": round(time.perf_counter() - started, 1)}
+    echo(f"[4/4] export   ONNX scoring graph with top-10 inside -> {out / 'bundle'}")
+    bundle = export_checkpoint(out / "checkpoint", out / "bundle", ExportConfig(top_k=10), echo=lambda line: echo(f"      {line}"))
+    summary = {"model": metrics, "popularity": baseline, "export": {"valid": bundle.manifest["valid"],
+               "parity": bundle.manifest["parity"]}, "seconds": round(time.perf_counter() - started, 1)}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     echo(f"done in {summary['seconds']}s; summary in {out / 'demo_summary.json'}")
     return summary
