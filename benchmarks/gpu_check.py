@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def card() -> dict:
     props = torch.cuda.get_device_properties(0)
-    return {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1), "capability": list(props.major_minor)
-            if hasattr(props, "major_minor") else [props.major, props.minor]}
+    return {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+            "capability": [props.major, props.minor]}
 
 
 def run_gpu_tests() -> dict:
