@@ -101,6 +101,9 @@ class OnnxRuntimeRunner(Runner):
     def activate_impl(self) -> None:
         ort = require_module("onnxruntime", "the onnxruntime backend", "pip install 'seqrec[onnx]'")
         options = ort.SessionOptions()
+        # ORT's pool threads spin after each run by default, starving whatever shares the cores next
+        # (PyTorch, the reader and writer threads of a batch job); park them instead.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.threads:
             options.intra_op_num_threads = self.threads
         model = str(self.path)
