@@ -79,6 +79,8 @@ def data_stats(path: str) -> None:
 @click.option("--head", type=click.Choice(HEADS), default="softmax", show_default=True)
 @click.option("--cpr-variant", help="softmax-CPR partitions for --head cpr: softmax, C, CP or CPR:k1,k2,.. "
                                     "(k descending), each optionally +Mi  [default: CPR:100+Mi]")
+@click.option("--cpr-recency/--no-cpr-recency", default=None,
+              help="CPR pointer scores get a learned bias by distance back (on by default; off = the published head)")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
