@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--repeat-probs", nargs="+", type=float, default=[0.5, 0.0])
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--repeat-window", type=int, default=10, help="a repeat copies one of the last W items")
     parser.add_argument("--variant", default="CPR:100+Mi")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--patience", type=int, default=5)
@@ -63,7 +64,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     results = []
     for repeat_prob in args.repeat_probs:
-        synth = SynthConfig(users=args.users, items=args.items, repeat_prob=repeat_prob, seed=11)
+        synth = SynthConfig(users=args.users, items=args.items, repeat_prob=repeat_prob, seed=11,
+                            repeat_window=args.repeat_window)
         data = prepare_data(generate_interactions(synth))
         for model in args.models:
             runs = {head: run_one(data, model, head, args) for head in ("softmax", "cpr")}
