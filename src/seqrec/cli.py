@@ -11,8 +11,8 @@ import sys
 
 import click
 
-from seqrec.config import (EXPORT_FORMATS, EXPORT_PRECISIONS, HEADS, LOSSES, MODELS, POINTER_OPS, POSITIONS, PRECISIONS,
-                           resolve_configs)
+from seqrec.config import (EXPORT_FORMATS, EXPORT_PRECISIONS, HEADS, LOSSES, MODELS, PC_ACTIVATIONS, POINTER_OPS,
+                           POSITIONS, PRECISIONS, resolve_configs)
 from seqrec.errors import SeqrecError
 
 
@@ -88,10 +88,15 @@ def data_stats(path: str) -> None:
 @click.option("--max-length", type=int)
 @click.option("--dim", type=int)
 @click.option("--layers", type=int)
-@click.option("--heads", type=int, help="attention heads (SASRec)")
+@click.option("--heads", type=int, help="attention heads (SASRec, HSTU, PCRec)")
 @click.option("--ffn-multiplier", type=int, help="SASRec feed-forward width as a multiple of --dim")
 @click.option("--dropout", type=float)
 @click.option("--positions", type=click.Choice(POSITIONS))
+@click.option("--l2-normalize/--no-l2-normalize", default=None,
+              help="score the cosine of hidden state and item embedding (pair with a small --temperature)")
+@click.option("--pc-steps", type=int, help="PCRec: predictive-coding steps per layer (0 = HSTU)")
+@click.option("--pc-alpha", type=float, help="PCRec: Hebbian rate of theta, in [0, 2]")
+@click.option("--pc-activation", type=click.Choice(PC_ACTIVATIONS), help="PCRec: f in mu = theta f(s)")
 @click.option("--loss", type=click.Choice(LOSSES))
 @click.option("--negatives", type=int, help="shared negatives per batch for --loss sampled")
 @click.option("--exclude-history/--no-exclude-history", default=None,

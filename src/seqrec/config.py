@@ -14,7 +14,7 @@ from typing import Any
 from seqrec.errors import ConfigError, received_expected
 
 SCHEMA_VERSION = 1
-MODELS = ("sasrec", "gru4rec")
+MODELS = ("sasrec", "gru4rec", "hstu", "pcrec")
 HEADS = ("softmax", "cpr")
 POSITIONS = ("relative", "absolute", "none")
 LOSSES = ("ce", "sampled")
@@ -22,6 +22,7 @@ PRECISIONS = ("fp32", "bf16")
 EXPORT_FORMATS = ("onnx", "tensorrt")
 EXPORT_PRECISIONS = ("fp32", "fp16", "bf16")
 POINTER_OPS = ("standard", "custom")
+PC_ACTIVATIONS = ("softplus", "sigmoid", "tanh", "relu", "identity")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -90,6 +91,10 @@ class ModelConfig(_JsonConfig):
     positions: str = "relative"  # relative: bias by distance back from the prediction point
     cpr_variant: str = "CPR:100+Mi"  # softmax-CPR partitions (head cpr only), see models/cpr.py
     cpr_recency: bool = True  # CPR pointer scores get a learned bias by distance back (models/cpr.py)
+    l2_normalize: bool = False  # softmax head: cosine of hidden state and item embedding (HSTU recipe)
+    pc_steps: int = 2  # PCRec: predictive-coding steps unrolled in every layer (0 = plain HSTU)
+    pc_alpha: float = 0.5  # PCRec: Hebbian rate of theta (normalised, stable in [0, 2])
+    pc_activation: str = "tanh"  # PCRec: f in the prediction mu = theta f(s)
 
     def __post_init__(self) -> None:
         _check_choice("model", self.model, MODELS)
@@ -103,6 +108,9 @@ class ModelConfig(_JsonConfig):
         _check_range("ffn_multiplier", self.ffn_multiplier, 1)
         _check_range("max_length", self.max_length, 1)
         _check_range("dropout", self.dropout, 0.0, 0.95)
+        _check_range("pc_steps", self.pc_steps, 0)
+        _check_range("pc_alpha", self.pc_alpha, 0.0, 2.0)
+        _check_choice("pc_activation", self.pc_activation, PC_ACTIVATIONS)
         if self.dim % self.heads:
             raise ConfigError(received_expected("dim / heads", f"dim={self.dim}, heads={self.heads}",
                                                 "dim divisible by heads"))
@@ -172,11 +180,17 @@ class ModelDefaults:
     train: dict[str, Any] = field(default_factory=dict)
 
 
+_HSTU_MODEL = {"dim": 64, "layers": 2, "heads": 1, "dropout": 0.5, "l2_normalize": True}
+_HSTU_TRAIN = {"lr": 1e-3, "batch_size": 128, "loss": "sampled", "negatives": 256, "temperature": 0.05}
+
 MODEL_DEFAULTS: dict[str, ModelDefaults] = {
     "sasrec": ModelDefaults(model={"dim": 64, "layers": 2, "heads": 1, "ffn_multiplier": 4, "dropout": 0.5},
                             train={"lr": 1e-3, "batch_size": 128}),
     "gru4rec": ModelDefaults(model={"dim": 256, "layers": 1, "heads": 1, "dropout": 0.5},
                              train={"lr": 1e-3, "batch_size": 128}),
+    "hstu": ModelDefaults(model=_HSTU_MODEL, train=_HSTU_TRAIN),
+    "pcrec": ModelDefaults(model={**_HSTU_MODEL, "pc_steps": 2, "pc_alpha": 0.5, "pc_activation": "tanh"},
+                           train=_HSTU_TRAIN),
 }
 
 

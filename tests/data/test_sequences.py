@@ -73,3 +73,11 @@ def test_pad_left_rejects_bad_arguments() -> None:
         pad_left(np.array([1]), np.array([0]), np.array([1]), 0)
     with pytest.raises(DataError, match=r"slices \| received"):
         pad_left(np.array([1]), np.array([1]), np.array([0]), 3)
+
+
+def test_positions_standing_in_for_times_are_not_times() -> None:
+    untimed = pa.table({"user_id": [1, 1, 2, 2, 2], "item_id": [5, 6, 5, 7, 8]})  # schema fills in 0, 1, 2, ...
+    vocab = Vocabulary.from_items(untimed.column("item_id"))
+    assert not build_sequences(untimed, vocab).has_times
+    timed = untimed.append_column("timestamp", pa.array([10, 20, 5, 6, 9]))
+    assert build_sequences(timed, vocab).has_times

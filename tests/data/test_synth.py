@@ -61,9 +61,9 @@ def test_sequences_have_learnable_transitions() -> None:
 
 
 def test_fast_on_100k_users() -> None:
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: other jobs on a shared machine do not make it flaky
     table = generate_interactions(SynthConfig(users=100_000, repeat_prob=0.2))
-    assert time.perf_counter() - start < 10.0
+    assert time.process_time() - start < 10.0
     assert table["user_id"].to_numpy()[-1] == 100_000
 
 

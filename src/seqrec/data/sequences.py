@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +38,14 @@ class UserSequences:
     def sequence(self, u: int) -> np.ndarray:
         """Items of user row ``u``, oldest first."""
         return self.items[self.offsets[u]:self.offsets[u + 1]]
+
+    @cached_property
+    def has_times(self) -> bool:
+        """False when every timestamp is only its position within the user (0, 1, 2, ...), as the
+        schema fills in for sources without times: models must then get no timestamps at all."""
+        lengths = self.lengths()
+        positions = np.arange(self.items.size) - np.repeat(self.offsets[:-1], lengths)  # (T,)
+        return not np.array_equal(self.timestamps, positions)
 
 
 def build_sequences(table: pa.Table, vocab: Vocabulary, *,

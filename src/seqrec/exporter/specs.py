@@ -57,3 +57,6 @@ def spec_for(model: str, head: str) -> ExportSpec:
 for _model in ("sasrec", "gru4rec"):
     register_spec(_model, "softmax", ExportSpec())
     register_spec(_model, "cpr", ExportSpec(score_atol=2e-4))  # two more products per score
+for _model in ("hstu", "pcrec"):  # time bias: timestamps are an input (a model trained without them has a zero bias)
+    register_spec(_model, "softmax", ExportSpec(inputs=("items", "timestamps"), score_atol=2e-4))
+    register_spec(_model, "cpr", ExportSpec(inputs=("items", "timestamps"), score_atol=5e-4))

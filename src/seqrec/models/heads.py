@@ -14,25 +14,29 @@ Every head scores chosen *prediction points* of a batch of left-padded histories
   void (its logit is then -inf), so the loss can mask accidental hits and seen items generically.
 
 Heads are tied to the input item embedding (one (N + 1, D) matrix whose padding row is zero).
+With ``ModelConfig.l2_normalize`` the softmax head scores the cosine of the hidden state and the item
+embedding (HSTU's recipe, used with a small training temperature).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class SoftmaxHead(nn.Module):
     """logits = h E^T over the whole catalog, h the top layer's state at the prediction point."""
 
-    def __init__(self, item_embedding: nn.Embedding, mixed_layers: int = 1, **_: object) -> None:
+    def __init__(self, item_embedding: nn.Embedding, mixed_layers: int = 1, cfg=None, **_: object) -> None:
         super().__init__()
         self.item_embedding = item_embedding
+        self.l2_normalize = bool(cfg is not None and cfg.l2_normalize)
 
     def logits(self, layers: list[torch.Tensor], items: torch.Tensor,
                rows: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = select_rows(layers[-1], rows)  # (M, D)
-        return mask_padding(hidden @ self.item_embedding.weight.T)  # [M, D] x [D, N+1] -> [M, N+1]
+        hidden = self._unit(select_rows(layers[-1], rows))  # (M, D)
+        return mask_padding(hidden @ self._unit(self.item_embedding.weight).T)  # [M, D] x [D, N+1] -> [M, N+1]
 
     def top_k(self, layers: list[torch.Tensor], items: torch.Tensor, k: int, exclude_seen: bool = False,
               pointer_op: str = "standard") -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,11 +47,15 @@ class SoftmaxHead(nn.Module):
 
     def sampled_logits(self, layers: list[torch.Tensor], items: torch.Tensor, rows: torch.Tensor | None,
                        targets: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = select_rows(layers[-1], rows)  # (M, D)
-        positive = (hidden * self.item_embedding(targets)).sum(-1, keepdim=True)  # (M, 1)
-        negative = hidden @ self.item_embedding(negatives).T  # [M, D] x [D, S] -> [M, S]
+        hidden = self._unit(select_rows(layers[-1], rows))  # (M, D)
+        positive = (hidden * self._unit(self.item_embedding(targets))).sum(-1, keepdim=True)  # (M, 1)
+        negative = hidden @ self._unit(self.item_embedding(negatives)).T  # [M, D] x [D, S] -> [M, S]
         columns = torch.cat([targets.unsqueeze(1), negatives.expand(len(targets), -1)], dim=1)  # (M, 1+S)
         return torch.cat([positive, negative], dim=1), columns
+
+    def _unit(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Unit rows with ``l2_normalize`` (a zero row stays zero), else unchanged."""
+        return F.normalize(vectors, dim=-1) if self.l2_normalize else vectors
 
 
 def select_rows(per_slot: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:

@@ -15,9 +15,12 @@ from seqrec.errors import ConfigError, received_expected
 from seqrec.models.cpr import CPRHead
 from seqrec.models.gru4rec import GRU4RecEncoder
 from seqrec.models.heads import SoftmaxHead
+from seqrec.models.hstu import HSTUEncoder
+from seqrec.models.pcrec import PCRecEncoder
 from seqrec.models.sasrec import SASRecEncoder
 
-ENCODERS: dict[str, type[nn.Module]] = {"sasrec": SASRecEncoder, "gru4rec": GRU4RecEncoder}
+ENCODERS: dict[str, type[nn.Module]] = {"sasrec": SASRecEncoder, "gru4rec": GRU4RecEncoder, "hstu": HSTUEncoder,
+                                        "pcrec": PCRecEncoder}
 HEADS: dict[str, type[nn.Module]] = {"softmax": SoftmaxHead, "cpr": CPRHead}
 
 

@@ -16,28 +16,17 @@ Positions come in three flavours (``ModelConfig.positions``):
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from seqrec.config import ModelConfig
+from seqrec.models.inputs import AttentionInputs, distances
 
 
-class SASRecEncoder(nn.Module):
+class SASRecEncoder(AttentionInputs):
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.output_layers = cfg.layers  # hidden states returned per slot, bottom to top
-        self.cfg = cfg
-        self.input_scale = math.sqrt(cfg.dim)
-        self.position_embedding = (
-            nn.Embedding(cfg.max_length, cfg.dim) if cfg.positions == "absolute" else None
-        )
-        self.relative_bias = (
-            nn.Parameter(torch.zeros(cfg.heads, cfg.max_length)) if cfg.positions == "relative" else None
-        )
-        self.input_dropout = nn.Dropout(cfg.dropout)
+        super().__init__(cfg)  # scale, positions, input dropout
         self.blocks = nn.ModuleList(SASRecBlock(cfg) for _ in range(cfg.layers))
         self.final_norm = nn.LayerNorm(cfg.dim, eps=1e-8)
 
@@ -49,11 +38,7 @@ class SASRecEncoder(nn.Module):
         (the last one is the encoder output; the CPR head's Mi input reads the top two).
         ``timestamps`` are not used by SASRec.
         """
-        keep = mask.unsqueeze(-1).to(item_vectors.dtype)  # (B, L, 1)
-        x = item_vectors * self.input_scale
-        if self.position_embedding is not None:
-            x = x + self.position_embedding(_positions_from_oldest(mask)) * keep
-        x = self.input_dropout(x) * keep
+        x, keep = self.embed(item_vectors, mask)  # (B, L, D), (B, L, 1)
         attn_bias = self._attention_bias(mask, x.dtype)  # (B, H, L, L)
         layers = []
         for block in self.blocks:
@@ -64,17 +49,13 @@ class SASRecEncoder(nn.Module):
     def _attention_bias(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Additive mask: -inf for future keys and padding keys; relative bias where allowed."""
         length = mask.shape[1]
-        steps = torch.arange(length, device=mask.device)
-        distance = steps.view(-1, 1) - steps.view(1, -1)  # (L, L): query t minus key s
-        causal = distance >= 0
+        causal = distances(length, mask.device) >= 0  # (L, L)
         allowed = causal & mask.unsqueeze(1)  # (B, L, L)
         allowed = allowed | torch.eye(length, dtype=torch.bool, device=mask.device)  # pad rows see self
         bias = torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, float("-inf"))
         bias = bias.unsqueeze(1)  # (B, 1, L, L)
-        if self.relative_bias is not None:
-            index = distance.clamp(0, self.cfg.max_length - 1)
-            bias = bias + self.relative_bias[:, index].unsqueeze(0)  # (B, H, L, L)
-        return bias
+        relative = self.position_bias(length, mask.device)  # (H, L, L) or None
+        return bias if relative is None else bias + relative.unsqueeze(0)  # (B, H, L, L)
 
 
 class SASRecBlock(nn.Module):
@@ -112,8 +93,3 @@ class SASRecBlock(nn.Module):
         prove a reshape of the attention output's strides valid for a symbolic batch size."""
         weight = self.out.weight.view(self.out.out_features, self.heads, -1)  # (D, H, Dh)
         return torch.einsum("bhld,ehd->ble", y, weight) + self.out.bias
-
-
-def _positions_from_oldest(mask: torch.Tensor) -> torch.Tensor:
-    """Index of each real item counted from the oldest one in the window; 0 at padding."""
-    return (mask.long().cumsum(1) - 1).clamp(min=0)  # (B, L)

@@ -93,7 +93,8 @@ def scored_batches(model: SequentialRecommender, seqs: UserSequences, examples: 
         starts, ends = examples.history_start[batch], examples.history_end[batch]
         window_starts = np.maximum(starts, ends - model.cfg.max_length)
         histories = torch.from_numpy(pad_left(seqs.items, window_starts, ends, model.cfg.max_length)).to(device)
-        timestamps = torch.from_numpy(pad_left(seqs.timestamps, window_starts, ends, model.cfg.max_length)).to(device)
+        timestamps = (torch.from_numpy(pad_left(seqs.timestamps, window_starts, ends, model.cfg.max_length)).to(device)
+                      if seqs.has_times else None)  # no real times: the model gets none
         logits = model(histories, timestamps)  # (B, N+1)
         if exclude_history:
             logits = mask_history(logits, seqs.items, starts, ends)

@@ -142,16 +142,18 @@ def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer, 
 
 
 def _padded_batches(seqs: UserSequences, windows: TrainWindows, batches, max_length: int,
-                    device: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(inputs, their timestamps, next item per slot), each (B, L) left padded."""
+                    device: str) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+    """(inputs, their timestamps or None without real times, next item per slot), each (B, L) left padded."""
     for users in batches:
         starts, ends = windows.starts[users], windows.ends[users]
-        arrays = (pad_left(seqs.items, starts, ends - 1, max_length), pad_left(seqs.timestamps, starts, ends - 1,
-                  max_length), pad_left(seqs.items, starts + 1, ends, max_length))
-        yield tuple(torch.from_numpy(array).to(device) for array in arrays)
+        inputs, targets = pad_left(seqs.items, starts, ends - 1, max_length), pad_left(seqs.items, starts + 1, ends,
+                                                                                         max_length)
+        times = pad_left(seqs.timestamps, starts, ends - 1, max_length) if seqs.has_times else None
+        yield tuple(None if array is None else torch.from_numpy(array).to(device)
+                    for array in (inputs, times, targets))
 
 
-def _batch_loss(model: SequentialRecommender, inputs: torch.Tensor, timestamps: torch.Tensor,
+def _batch_loss(model: SequentialRecommender, inputs: torch.Tensor, timestamps: torch.Tensor | None,
                 targets: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     device_type = torch.device(cfg.device).type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
