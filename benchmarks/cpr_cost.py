@@ -1,8 +1,10 @@
 """Inference cost of the softmax-CPR head against the softmax head, per user, on this CPU (issue 3).
 
-Same SASRec encoder (d 64, 2 layers, L 50), same random left-padded histories with repeats; the
-full-catalog forward pass (encoder + head, B x (N + 1) logits) of each head is timed in the same
-run at each catalog size, interleaved, best of ``--repeats``; the ratio CPR / softmax is printed.
+Same SASRec encoder (d 64, 2 layers, L 50), same random left-padded histories with repeats. Two
+paths per head, all four timed in the same run at each catalog size, interleaved, best of
+``--repeats``: ``logits`` (encoder + head, the full B x (N + 1) logits, what evaluation uses) and
+``top-10`` (``SequentialRecommender.top_k``: the exact top-10, what export and scoring use; for CPR
+from the top-(k_R + K + L) candidates). The ratios CPR / softmax are printed.
 
     python benchmarks/cpr_cost.py --catalogs 10000 100000 1000000
 
@@ -34,16 +36,16 @@ def histories(batch: int, length: int, num_items: int, seed: int = 0) -> torch.T
     return items.masked_fill(torch.arange(length) < (length - lengths).unsqueeze(1), 0)
 
 
-def best_seconds(models: dict, items: torch.Tensor, repeats: int) -> dict[str, float]:
-    """Best wall time per model, the models taking turns so load changes hit both alike."""
-    times: dict[str, list[float]] = {name: [] for name in models}
+def best_seconds(calls: dict, repeats: int) -> dict[str, float]:
+    """Best wall time per call, the calls taking turns so load changes hit all alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
     with torch.inference_mode():
-        for model in models.values():
-            model(items)  # warm-up
+        for call in calls.values():
+            call()  # warm-up
         for _ in range(repeats):
-            for name, model in models.items():
+            for name, call in calls.items():
                 started = time.perf_counter()
-                model(items)
+                call()
                 times[name].append(time.perf_counter() - started)
     return {name: min(values) for name, values in times.items()}
 
@@ -61,16 +63,19 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
-    print(f"{'items':>10s}{'softmax ms/user':>18s}{'cpr ms/user':>14s}{'cpr / softmax':>15s}")
+    print(f"{'items':>10s}{'path':>8s}{'softmax ms/user':>18s}{'cpr ms/user':>14s}{'cpr / softmax':>15s}")
     for num_items in args.catalogs:
         models = {head: build_model(ModelConfig(num_items=num_items, head=head, cpr_variant=args.variant,
                                                 max_length=args.length)).eval() for head in ("softmax", "cpr")}
         items = histories(args.batch, args.length, num_items)
-        seconds = best_seconds(models, items, args.repeats)
-        per_user = {head: 1000 * s / args.batch for head, s in seconds.items()}
-        rows.append({"items": num_items, "batch": args.batch, "ms_per_user": per_user,
-                     "ratio": per_user["cpr"] / per_user["softmax"]})
-        print(f"{num_items:10d}{per_user['softmax']:18.4f}{per_user['cpr']:14.4f}{rows[-1]['ratio']:15.2f}")
+        calls = {(path, head): (lambda m=model: m(items)) if path == "logits" else (lambda m=model: m.top_k(items, 10))
+                 for path in ("logits", "top-10") for head, model in models.items()}
+        seconds = best_seconds(calls, args.repeats)
+        for path in ("logits", "top-10"):
+            per_user = {head: 1000 * seconds[(path, head)] / args.batch for head in models}
+            rows.append({"items": num_items, "path": path, "batch": args.batch, "ms_per_user": per_user,
+                         "ratio": per_user["cpr"] / per_user["softmax"]})
+            print(f"{num_items:10d}{path:>8s}{per_user['softmax']:18.4f}{per_user['cpr']:14.4f}{rows[-1]['ratio']:15.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"variant": args.variant, "threads": torch.get_num_threads(), "rows": rows},
                                    indent=2) + "\n")
