@@ -24,7 +24,7 @@ import torch
 
 from seqrec.config import ExportConfig, ModelConfig, TrainConfig, resolve_configs
 from seqrec.data import Vocabulary
-from seqrec.exporter import EXPORT_SPECS, OnnxRuntimeRunner, ScoringGraph, TorchRunner, export_checkpoint
+from seqrec.exporter import EXPORT_SPECS, OnnxRuntimeRunner, ScoringGraph, TorchRunner, export_checkpoint, spec_for
 from seqrec.models import build_model
 from seqrec.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
@@ -39,23 +39,23 @@ def write_checkpoint(directory: Path, model: str, head: str, items: int, length:
     return cfg
 
 
-def histories(batch: int, length: int, items: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    feed = rng.integers(1, items + 1, (batch, length))
-    lengths = rng.integers(1, length + 1, batch)
-    return np.where(np.arange(length) < (length - lengths)[:, None], 0, feed)
+def histories(model: str, head: str, batch: int, length: int, items: int, seed: int) -> dict[str, np.ndarray]:
+    """The graph's feed: left-padded random histories (and timestamps where the model takes them)."""
+    sample = spec_for(model, head).sample_inputs(items, batch, length, seed)
+    return {name: tensor.numpy() for name, tensor in sample.items()}
 
 
-def throughput(runners: dict, feed: np.ndarray, repeats: int) -> dict[str, float]:
+def throughput(runners: dict, feed: dict[str, np.ndarray], repeats: int) -> dict[str, float]:
     best = {name: float("inf") for name in runners}
     for runner in runners.values():
-        runner.infer({"items": feed})  # warm-up
+        runner.infer(feed)  # warm-up
     for _ in range(repeats):
         for name, runner in runners.items():
             started = time.perf_counter()
-            runner.infer({"items": feed})
+            runner.infer(feed)
             best[name] = min(best[name], time.perf_counter() - started)
-    return {name: len(feed) / seconds for name, seconds in best.items()}
+    users = len(next(iter(feed.values())))
+    return {name: users / seconds for name, seconds in best.items()}
 
 
 def main() -> None:
@@ -81,9 +81,10 @@ def main() -> None:
             seconds = time.perf_counter() - started
             size = bundle.onnx_path.stat().st_size / 2**20
             graph = ScoringGraph(load_checkpoint(ckpt).model, args.top_k, False, args.length)
-            feed = histories(args.batch, args.length, args.items, seed=1)
-            with TorchRunner(graph, ("items",)) as eager, OnnxRuntimeRunner(bundle.onnx_path, ("items",),
-                                                                            threads=args.threads) as ort_runner:
+            feed = histories(model, head, args.batch, args.length, args.items, seed=1)
+            inputs = tuple(feed)
+            with TorchRunner(graph, inputs) as eager, OnnxRuntimeRunner(bundle.onnx_path, inputs,
+                                                                        threads=args.threads) as ort_runner:
                 rates = throughput({"torch": eager, "onnxruntime": ort_runner}, feed, args.repeats)
         rows.append({"model": model, "head": head, "export_seconds": round(seconds, 1), "onnx_mb": round(size, 2),
                      "users_per_s": rates, "ratio": rates["onnxruntime"] / rates["torch"]})

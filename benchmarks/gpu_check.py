@@ -88,10 +88,10 @@ def tensorrt_rows(items: int, batch: int) -> list[dict]:
                 bundle = export_checkpoint(Path(tmp) / "ckpt", Path(tmp) / "b", ExportConfig(format="tensorrt",
                                            precision=precision), echo=lambda s: None)
                 seconds = time.perf_counter() - started
-                feed = {"items": histories(batch, 50, items, seed=2)}
+                feed = histories(model, head, batch, 50, items, seed=2)
                 rates = {}
-                with TensorRTRunner(bundle.plan_path, ("items",)) as trt, OnnxRuntimeRunner(
-                        bundle.onnx_path, ("items",), providers=_ort_providers()) as ort_runner:
+                with TensorRTRunner(bundle.plan_path, tuple(feed)) as trt, OnnxRuntimeRunner(
+                        bundle.onnx_path, tuple(feed), providers=_ort_providers()) as ort_runner:
                     for name, runner in (("tensorrt", trt), ("onnxruntime", ort_runner)):
                         runner.infer(feed)
                         t0 = time.perf_counter()
