@@ -93,7 +93,7 @@ class HSTULayer(nn.Module):
 
 def time_buckets(timestamps: torch.Tensor) -> torch.Tensor:
     """timestamps (B, L) seconds -> bucket of |t_query - t_key| per pair (B, L, L), log2 steps of 1/2."""
-    gaps = (timestamps.unsqueeze(2) - timestamps.unsqueeze(1)).abs().double()  # (B, L, L)
+    gaps = (timestamps.unsqueeze(2) - timestamps.unsqueeze(1)).abs().float()  # (B, L, L) float32: TensorRT has no float64
     return (2 * torch.log2(1 + gaps)).floor().long().clamp(0, TIME_BUCKETS - 1)
 
 
