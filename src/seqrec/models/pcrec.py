@@ -6,7 +6,7 @@ sequence-mixing matrix theta (B, L, L), rebuilt from the learned theta_0 on ever
 state survives between calls. With f the activation (``pc_activation``), M the mask of pairs
 (t, s) with s < t both real, and P_t = sum_{s < t real} |f(s_s)|^2 (the power of row t's input):
 
-    theta   = theta_0 * M                        theta_0[t, s] = w[t - s], a learned vector
+    theta   = theta_0                            theta_0[t] = softmax over s in M_t of w[t - s]
     gamma   = sigmoid(W s + b)                    rate per token and channel, from the layer's output
     repeat T times:
         mu    = theta f(s)                        prediction of each state from the user's earlier states
@@ -23,10 +23,14 @@ does not run; DESIGN.md asks for the consistent version):
   exactly as inference does. The diagonal is left out because a state that may predict itself is
   predicted trivially (theta -> identity, eps -> 0) and nothing about the sequence is learned; the
   first real item has no past, so mu = 0 there and its state is scaled by (1 - gamma).
-- **theta_0 by distance.** A learned n x n theta_0 indexed by slot would change with the amount of
-  left padding; indexing it by the distance t - s (a Toeplitz matrix) keeps padding invariance and
-  matches HSTU's relative positions. Padding rows and columns are masked out of theta, so padding
-  never reaches a real slot (f(0) need not be 0: softplus(0) = log 2).
+- **theta_0 by distance, rows normalised.** A learned n x n theta_0 indexed by slot would change
+  with the amount of left padding; its entries are instead learned logits w by the distance t - s
+  (HSTU's relative positions), turned into a softmax over each row's real past. So the first
+  prediction is a learned recency-weighted mean of the earlier activations, of the same scale
+  whatever the prefix length (a plain sum grew with the length: on Beauty, with the same
+  settings, test NDCG@10 0.0379 against 0.0441 with the softmax rows; benchmarks/RESULTS.md).
+  Padding rows and columns are masked out of theta, so padding never reaches a real slot (f(0)
+  need not be 0: softplus(0) = log 2).
 - **Activation update without the top-down term.** The full gradient of sum_t |eps_t|^2 / 2 with
   respect to s_t also holds f'(s_t) * (theta^T eps)_t, which gathers the errors of *later* slots:
   future leakage in a packed pass. It is dropped, so each slot descends its own error with the
@@ -76,7 +80,7 @@ class PredictiveCoding(nn.Module):
         self.steps = cfg.pc_steps
         self.alpha = cfg.pc_alpha
         self.activation = ACTIVATIONS[cfg.pc_activation]
-        self.theta_0 = nn.Parameter(torch.zeros(cfg.max_length))  # w[d], d = t - s in 1..L (index d - 1)
+        self.theta_0 = nn.Parameter(torch.zeros(cfg.max_length))  # logits w[d], d = t - s in 1..L (index d - 1)
         self.rate = nn.Linear(cfg.dim, cfg.dim)  # gamma = sigmoid(W s + b)
         nn.init.normal_(self.rate.weight, std=0.02)
         nn.init.constant_(self.rate.bias, -2.0)  # gamma ~ 0.12 at first: start close to HSTU
@@ -99,9 +103,11 @@ class PredictiveCoding(nn.Module):
         return s.to(states.dtype)
 
     def _initial_theta(self, pairs: torch.Tensor) -> torch.Tensor:
+        """theta_0: each row a softmax over its real past of the learned logits by distance, (B, L, L)."""
         length = pairs.shape[-1]
         index = (distances(length, pairs.device) - 1).clamp(0, self.theta_0.shape[0] - 1)  # (L, L)
-        return self.theta_0[index] * pairs  # (B, L, L)
+        logits = self.theta_0[index].masked_fill(pairs == 0, -1e9)  # (B, L, L); a row with no past: all -1e9
+        return torch.softmax(logits, dim=-1) * pairs  # (B, L, L), rows sum to 1 (0 with no past)
 
 
 def _hebbian(eps: torch.Tensor, f: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
