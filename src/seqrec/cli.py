@@ -177,6 +177,8 @@ def export_command(checkpoint: str, out: str, format_: str, **options) -> None:
 @click.option("--address", help="Ray cluster to join (--engine ray) [default: start a local one]")
 @click.option("--actors", type=int, default=2, show_default=True, help="Ray scorer actors")
 @click.option("--threads", type=int, help="intra-op threads of the backend")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="torch backend: bf16 autocasts the matrix products")
 @click.option("--print-config", is_flag=True, help="print the resolved config as JSON and exit")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def score_command(model: str, input_: str, print_config: bool, quiet: bool, **options) -> None:

@@ -184,6 +184,7 @@ class ScoreConfig(_JsonConfig):
     address: str | None = None  # Ray cluster to join (engine ray); None starts a local one
     actors: int = 2  # Ray scorer actors
     threads: int | None = None  # intra-op threads of the backend; None: the library's default
+    precision: str = "fp32"  # torch backend: bf16 autocasts the matrix products (a bundle's is set at export)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -191,6 +192,7 @@ class ScoreConfig(_JsonConfig):
             _check_choice("backend", self.backend, SCORE_BACKENDS)
         _check_choice("layout", self.layout, SCORE_LAYOUTS)
         _check_choice("engine", self.engine, SCORE_ENGINES)
+        _check_choice("precision", self.precision, PRECISIONS)
         _check_range("batch_size", self.batch_size, 1)
         _check_range("actors", self.actors, 1)
         if self.top_k is not None:

@@ -1,12 +1,15 @@
 """score_batches: the same top-K whatever the backend, batch size, bucket or batch-mates."""
 
+import importlib.util
+
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from seqrec.batchinfer import open_model, score_batches
 from seqrec.batchinfer.core import result_schema
-from seqrec.errors import ConfigError
+from seqrec.errors import ConfigError, MissingDependencyError
 
 from histories import random_histories
 
@@ -95,3 +98,32 @@ def test_bundle_options_are_baked_and_backends_need_their_source(bundle, checkpo
     with pytest.raises(ConfigError, match="neither manifest.json nor config.json"):
         open_model(run_config(checkpoint.parent))
     assert open_model(run_config(bundle, top_k=7, exclude_seen=False)).top_k == 7
+
+
+def test_tensorrt_backend_without_a_gpu_is_one_clear_line(bundle, run_config):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: test_tensorrt_backend_matches_onnxruntime runs instead")
+    with pytest.raises(MissingDependencyError, match="the TensorRT backend"):
+        open_model(run_config(bundle, backend="tensorrt"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("tensorrt") is None,
+                    reason="needs an NVIDIA GPU and tensorrt: pip install 'seqrec[gpu]'")
+def test_tensorrt_backend_matches_onnxruntime(tiny_checkpoints, run_config, users, models, tmp_path):
+    from seqrec.config import ExportConfig
+    from seqrec.exporter import export_checkpoint
+
+    plan_bundle = tmp_path / "trt"
+    export_checkpoint(tiny_checkpoints("sasrec", "cpr"), plan_bundle, ExportConfig(format="tensorrt", top_k=7,
+                                                                                  validation_users=40))
+    tensorrt = open_model(run_config(plan_bundle, backend="tensorrt"))
+    assert_same_top_k(score_table(tensorrt, users, 64), score_table(models["onnxruntime"], users, 64))
+
+
+def test_bf16_autocast_keeps_most_of_the_fp32_top_k(checkpoint, run_config, users, models):
+    bf16 = open_model(run_config(checkpoint, backend="torch", top_k=7, precision="bf16"))
+    fast, exact = (score_table(model, users, 64).column("items").to_pylist() for model in (bf16, models["torch"]))
+    overlap = np.mean([len(set(a) & set(b)) / 7 for a, b in zip(fast, exact)])
+    assert overlap > 0.8 and fast != exact, overlap  # bf16 really ran
+    with pytest.raises(ConfigError, match="--precision \\| received bf16, expected fp32 for the bundle"):
+        open_model(run_config(models["onnxruntime"].source, precision="bf16"))

@@ -104,7 +104,7 @@ def test_an_output_directory_in_use_is_refused(bundle, checkpoint, parts_dir, ru
     with pytest.raises(ConfigError, match="a previous job's ledger \\(add --resume to continue it\\)"):
         score(run_config(bundle, parts_dir, output=cfg.output), echo=lambda line: None)
     with pytest.raises(ConfigError, match=r"--resume \| received the ledger of a different job \(differs in "
-                                          r"\['backend', 'model', 'model_fingerprint'\]\)"):
+                                          r"\['backend', 'kind', 'model', 'model_fingerprint'\]\)"):
         score(run_config(checkpoint, parts_dir, output=cfg.output, resume=True, top_k=7), echo=lambda line: None)
 
 

@@ -19,6 +19,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
+from torch.profiler import record_function
 
 from seqrec.batchinfer.model import ScoringModel
 from seqrec.batchinfer.preprocess import EncodedBatch, encode_batch
@@ -58,9 +59,12 @@ class BatchScorer:
             yield self.score(batch)
 
     def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        encoded = encode_batch(batch, self.model.vocab, self.timestamps)
-        top_items, top_scores = self._top_k(encoded)  # (U, K) each
-        return self._assemble(batch, encoded, top_items, top_scores)
+        with record_function("## score/encode ##"):
+            encoded = encode_batch(batch, self.model.vocab, self.timestamps)
+        with record_function("## score/infer ##"):
+            top_items, top_scores = self._top_k(encoded)  # (U, K) each
+        with record_function("## score/decode ##"):
+            return self._assemble(batch, encoded, top_items, top_scores)
 
     def score_table(self, table: pa.Table) -> pa.Table:
         """``score`` over a table's batches (what a Ray Data actor receives)."""

@@ -66,9 +66,8 @@ def score(cfg: ScoreConfig, echo: Callable[[str], None] = print) -> dict:
 
 def job_identity(model: ScoringModel, plan: InputPlan, layout: str) -> dict:
     """What the output depends on; a resumed run must match it exactly (JSON types: lists, not tuples)."""
-    return {"model": str(model.source.resolve()), "model_fingerprint": model_fingerprint(model),
-            "backend": model.backend, "top_k": model.top_k, "exclude_seen": model.exclude_seen, "window": model.window,
-            "layout": layout, "form": plan.form, "parts": [[part.name, part.path, part.rows] for part in plan.parts]}
+    return {**model.describe(), "model_fingerprint": model_fingerprint(model), "layout": layout, "form": plan.form,
+            "parts": [[part.name, part.path, part.rows] for part in plan.parts]}
 
 
 def model_fingerprint(model: ScoringModel) -> str:
