@@ -70,6 +70,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert summary["model"]["users"] == 400 and "popularity" in summary
     assert summary["export"]["valid"] and (tmp_path / "demo" / "bundle" / "model.onnx").is_file()
     assert "parity onnxruntime vs pytorch fp32" in result.output
+    assert summary["score"]["users_scored"] == 400 and summary["score"]["form"] == "long"
+    assert pq.read_table(tmp_path / "demo" / "scored" / "interactions.parquet").num_rows == 400
+    assert "scored 400 users, rejected 0" in result.output
 
 
 def test_train_cpr_head_then_eval_by_repeat(synth_parquet, tmp_path):

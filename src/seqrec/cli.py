@@ -12,7 +12,7 @@ import sys
 import click
 
 from seqrec.config import (EXPORT_FORMATS, EXPORT_PRECISIONS, HEADS, LOSSES, MODELS, PC_ACTIVATIONS, POINTER_OPS,
-                           POSITIONS, PRECISIONS, resolve_configs)
+                           POSITIONS, PRECISIONS, SCORE_BACKENDS, SCORE_ENGINES, SCORE_LAYOUTS, resolve_configs)
 from seqrec.errors import SeqrecError
 
 
@@ -168,6 +168,38 @@ def export_command(checkpoint: str, out: str, format_: str, **options) -> None:
                            "export_seconds": bundle.manifest["export_seconds"]}))
 
 
+@main.command("score")
+@click.argument("model", type=click.Path(exists=True, file_okay=False))
+@click.option("--input", "input_", required=True, help="histories Parquet: a file, a directory of parts or a glob")
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="directory for the scored parts")
+@click.option("--backend", type=click.Choice(SCORE_BACKENDS), help="[default: onnxruntime for a bundle, torch for a "
+                                                                   "checkpoint]")
+@click.option("--top-k", type=int, help="[default: the bundle's; 10 for a checkpoint]")
+@click.option("--exclude-seen/--no-exclude-seen", default=None, help="never return an item of the history window "
+                                                                     "[default: the bundle's; off for a checkpoint]")
+@click.option("--batch-size", type=int, default=512, show_default=True, help="users per model call")
+@click.option("--layout", type=click.Choice(SCORE_LAYOUTS), default="list", show_default=True)
+@click.option("--engine", type=click.Choice(SCORE_ENGINES), default="local", show_default=True)
+@click.option("--resume", is_flag=True, help="continue the job in --output: keep its finished parts")
+@click.option("--address", help="Ray cluster to join (--engine ray) [default: start a local one]")
+@click.option("--actors", type=int, default=2, show_default=True, help="Ray scorer actors")
+@click.option("--threads", type=int, help="intra-op threads of the backend")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="torch backend: bf16 autocasts the matrix products")
+@click.option("--print-config", is_flag=True, help="print the resolved config as JSON and exit")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def score_command(model: str, input_: str, print_config: bool, quiet: bool, **options) -> None:
+    """Score users' histories with a bundle or checkpoint MODEL: top-K per user, one output part per input part."""
+    from seqrec.batchinfer import score
+    from seqrec.config import ScoreConfig
+
+    cfg = ScoreConfig(model=model, input=input_, progress=not quiet, **options)
+    if print_config:
+        click.echo(json.dumps(cfg.to_dict(), indent=2))
+        return
+    score(cfg, echo=click.echo)
+
+
 @main.command("demo")
 @click.option("--out", type=click.Path(file_okay=False), default="demo", show_default=True)
 @click.option("--model", type=click.Choice(MODELS), default="sasrec", show_default=True)
@@ -176,7 +208,7 @@ def export_command(checkpoint: str, out: str, format_: str, **options) -> None:
 @click.option("--epochs", type=int, default=15, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo_command(out: str, **options) -> None:
-    """Synthetic data -> train -> evaluate -> export, on this machine, in about a minute."""
+    """Synthetic data -> train -> evaluate -> export -> score, on this machine, in about a minute."""
     from seqrec.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(out=out, **options), echo=click.echo)

@@ -23,6 +23,9 @@ EXPORT_FORMATS = ("onnx", "tensorrt")
 EXPORT_PRECISIONS = ("fp32", "fp16", "bf16")
 POINTER_OPS = ("standard", "custom")
 PC_ACTIVATIONS = ("softplus", "sigmoid", "tanh", "relu", "identity")
+SCORE_BACKENDS = ("torch", "onnxruntime", "tensorrt")
+SCORE_LAYOUTS = ("list", "long")
+SCORE_ENGINES = ("local", "ray")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -170,6 +173,40 @@ class ExportConfig(_JsonConfig):
         _check_range("validation_users", self.validation_users, 1)
         if self.max_length is not None:
             _check_range("max_length", self.max_length, 1)
+
+
+@dataclass
+class ScoreConfig(_JsonConfig):
+    """What ``seqrec score`` runs: histories Parquet -> top-K Parquet, streamed and resumable."""
+
+    model: str = ""  # an export bundle (manifest.json) or a checkpoint directory (config.json)
+    input: str = ""  # a Parquet file, a directory of parts or a glob
+    output: str = ""  # directory: one part per input part, _rejects.parquet, _summary.json
+    backend: str | None = None  # None: onnxruntime for a bundle, torch for a checkpoint
+    top_k: int | None = None  # None: the bundle's (baked in), or 10 for a checkpoint
+    exclude_seen: bool | None = None  # None: the bundle's, or False for a checkpoint
+    batch_size: int = 512  # users per model call
+    layout: str = "list"  # list: one row per user; long: one row per (user, rank)
+    engine: str = "local"
+    resume: bool = False  # continue a killed job in ``output`` (parts in its ledger are kept)
+    address: str | None = None  # Ray cluster to join (engine ray); None starts a local one
+    actors: int = 2  # Ray scorer actors
+    threads: int | None = None  # intra-op threads of the backend; None: the library's default
+    precision: str = "fp32"  # torch backend: bf16 autocasts the matrix products (a bundle's is set at export)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backend is not None:
+            _check_choice("backend", self.backend, SCORE_BACKENDS)
+        _check_choice("layout", self.layout, SCORE_LAYOUTS)
+        _check_choice("engine", self.engine, SCORE_ENGINES)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_range("batch_size", self.batch_size, 1)
+        _check_range("actors", self.actors, 1)
+        if self.top_k is not None:
+            _check_range("top_k", self.top_k, 1)
+        if self.threads is not None:
+            _check_range("threads", self.threads, 1)
 
 
 @dataclass

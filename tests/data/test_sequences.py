@@ -68,6 +68,15 @@ def test_pad_left_matches_a_plain_loop_on_random_slices() -> None:
         np.testing.assert_array_equal(out[row], expected)
 
 
+def test_pad_left_into_a_reused_buffer_equals_a_fresh_array() -> None:
+    flat = np.arange(1, 11)
+    starts, ends = np.array([0, 3, 9]), np.array([3, 9, 10])
+    buffer = np.full(64, -1, dtype=np.int64)  # stale values from an earlier, wider batch
+    out = pad_left(flat, starts, ends, 4, out=buffer)
+    np.testing.assert_array_equal(out, pad_left(flat, starts, ends, 4))
+    assert np.shares_memory(out, buffer) and out.flags.c_contiguous
+
+
 def test_pad_left_rejects_bad_arguments() -> None:
     with pytest.raises(ConfigError, match=r"max_length \| received 0"):
         pad_left(np.array([1]), np.array([0]), np.array([1]), 0)

@@ -72,11 +72,12 @@ def build_sequences(table: pa.Table, vocab: Vocabulary, *,
 
 
 def pad_left(flat_items: np.ndarray, starts: np.ndarray, ends: np.ndarray,
-             max_length: int) -> np.ndarray:
+             max_length: int, out: np.ndarray | None = None) -> np.ndarray:
     """Right-align the last ``max_length`` items of each ``[start, end)`` slice, zeros left.
 
     Returns int64 (B, L) with L = min(max_length, longest slice), at least 1; the most recent
-    item of each row sits in the last column.
+    item of each row sits in the last column. ``out``, a flat int64 buffer of at least B x L
+    values, is reused (its first B x L values become the result) instead of a new allocation.
     """
     if max_length < 1:
         raise ConfigError(received_expected("max_length", max_length, "an integer >= 1"))
@@ -88,7 +89,11 @@ def pad_left(flat_items: np.ndarray, starts: np.ndarray, ends: np.ndarray,
     first = np.maximum(starts, ends - max_length)  # (B,)
     counts = ends - first  # (B,)
     width = max(1, int(counts.max(initial=0)))
-    out = np.zeros((starts.size, width), dtype=np.int64)  # (B, L)
+    if out is None:
+        out = np.zeros((starts.size, width), dtype=np.int64)  # (B, L)
+    else:
+        out = out[: starts.size * width].reshape(starts.size, width)  # (B, L), a view
+        out.fill(0)
     rows = np.repeat(np.arange(starts.size), counts)
     within = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
     out[rows, width - counts[rows] + within] = np.asarray(flat_items)[first[rows] + within]

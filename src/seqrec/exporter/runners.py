@@ -98,14 +98,18 @@ class OnnxRuntimeRunner(Runner):
         self.threads = threads
         self.session = None
 
-    def activate_impl(self) -> None:
-        ort = require_module("onnxruntime", "the onnxruntime backend", "pip install 'seqrec[onnx]'")
+    def session_options(self, ort):
         options = ort.SessionOptions()
         # ORT's pool threads spin after each run by default, starving whatever shares the cores next
         # (PyTorch, the reader and writer threads of a batch job); park them instead.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.threads:
             options.intra_op_num_threads = self.threads
+        return options
+
+    def activate_impl(self) -> None:
+        ort = require_module("onnxruntime", "the onnxruntime backend", "pip install 'seqrec[onnx]'")
+        options = self.session_options(ort)
         model = str(self.path)
         if self.custom_ops:
             from seqrec.exporter.custom_ops import model_for_onnxruntime, register_onnxruntime_custom_ops

@@ -1,0 +1,223 @@
+"""Scoring input: which parts, which form, checked up front; then streamed, never read whole.
+
+``PATH`` is a Parquet file, a directory of parts (``*.parquet``, names starting with ``_`` or ``.``
+skipped) or a glob. Every part's schema is read from its footer and checked before any work, so a
+wrong schema fails in one message naming the part and the column. Two forms (DESIGN.md):
+
+- **list**: one row per user, ``user_id`` and ``history`` (list of raw item ids, oldest first),
+  optionally ``timestamps`` (list, aligned with ``history``).
+- **long**: an interaction log, ``user_id``, ``item_id``, optionally ``timestamp``. Requirement:
+  within a part, each user's rows are contiguous (a log sorted or clustered by user, as a
+  ``GROUP BY user`` export or ``seqrec data import`` writes it); their order is by ``timestamp``
+  when present (ties keep file order), else file order. Grouping then streams with one user's rows
+  carried between record batches, so memory does not grow with the part. A user whose rows come
+  back later in the part is a second user row: a ``duplicate_user`` reject (see ``outputs``).
+
+``read_part`` yields list-form record batches (``user_id``, ``history`` [, ``timestamps``] and, for
+the long form, ``row``: the part row of the user's first interaction) whatever the form.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from seqrec.errors import DataError, SchemaError, received_expected
+
+LIST_FORM, LONG_FORM = "list", "long"
+FORMS_EXPECTED = ("user_id + history (a list of item ids per user, optionally timestamps), or user_id + item_id "
+                  "(+ timestamp) (an interaction log)")
+READ_BUFFER = 1 << 20  # bytes; column chunks are streamed through it rather than loaded whole
+
+
+@dataclass(frozen=True)
+class InputPart:
+    path: str  # absolute
+    name: str  # the output part's file name, from the input's
+    rows: int  # input rows (users in the list form, interactions in the long form)
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    parts: tuple[InputPart, ...]
+    form: str  # LIST_FORM or LONG_FORM
+    user_type: pa.DataType  # int64 or string: the type of user_id in every output
+    timestamps: bool  # the graph reads timestamps, so they are read too
+
+    def columns(self) -> list[str]:
+        if self.form == LIST_FORM:
+            return ["user_id", "history"] + (["timestamps"] if self.timestamps else [])
+        return ["user_id", "item_id"] + (["timestamp"] if self.timestamps else [])
+
+
+def plan_input(pattern: str, output: str | Path, needs_timestamps: bool) -> InputPlan:
+    """Find the parts of ``pattern`` and check all their schemas; SchemaError / DataError before any work."""
+    paths = _resolve(pattern)
+    names = [Path(path).name for path in paths]
+    if len(set(names)) != len(names):
+        clash = sorted({name for name in names if names.count(name) > 1})
+        raise DataError(received_expected(f"input '{pattern}'", f"parts sharing the file names {clash[:3]}",
+                                          "distinct part names (each names its output part)"))
+    output = Path(output).resolve()
+    if any(Path(path).parent == output for path in paths):
+        raise DataError(received_expected("--output", f"'{output}', the directory of the input parts",
+                                          "another directory (output parts take the input parts' names)"))
+    first = _check_part(paths[0], needs_timestamps)
+    parts = []
+    for path in paths:
+        form, user_type, rows = _check_part(path, needs_timestamps) if path != paths[0] else first
+        if (form, user_type) != first[:2]:
+            raise SchemaError(received_expected(f"input part '{path}'", f"a {form} form with {user_type} user ids",
+                                                f"the {first[0]} form with {first[1]} user ids of '{paths[0]}'"))
+        parts.append(InputPart(path, Path(path).name, rows))
+    return InputPlan(tuple(parts), first[0], first[1], needs_timestamps)
+
+
+def read_part(part: InputPart, plan: InputPlan, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Stream one part as list-form record batches of at most ``batch_rows`` input rows."""
+    reader = pq.ParquetFile(part.path, buffer_size=READ_BUFFER, pre_buffer=False)
+    batches = reader.iter_batches(batch_size=batch_rows, columns=plan.columns(), use_threads=False)
+    if plan.form == LIST_FORM:
+        yield from batches
+    else:
+        yield from group_long(batches, plan.timestamps)
+
+
+def group_long(batches: Iterator[pa.RecordBatch], timestamps: bool) -> Iterator[pa.RecordBatch]:
+    """Contiguous rows of one user -> one list-form row; the last user of a batch waits for the next."""
+    carry: pa.Table | None = None
+    first_row = 0  # part row of carry's first row
+    for batch in batches:
+        table = pa.Table.from_batches([batch])
+        table = table if carry is None else pa.concat_tables([carry, table])
+        starts = group_starts(table.column("user_id"))  # (G,)
+        cut = int(starts[-1]) if len(starts) else 0
+        if cut:
+            yield _as_lists(table.slice(0, cut), starts[:-1], first_row, timestamps)
+        carry, first_row = table.slice(cut), first_row + cut
+    if carry is not None and carry.num_rows:
+        yield _as_lists(carry, np.zeros(1, dtype=np.int64), first_row, timestamps)
+
+
+def group_starts(users: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Rows where a new user begins (a null id always begins one), int64 (G,)."""
+    users = users.combine_chunks() if isinstance(users, pa.ChunkedArray) else users
+    if len(users) == 0:
+        return np.zeros(0, dtype=np.int64)
+    change = pc.fill_null(pc.not_equal(users.slice(1), users.slice(0, len(users) - 1)), True)
+    return np.concatenate([[0], np.flatnonzero(change.to_numpy(zero_copy_only=False)) + 1]).astype(np.int64)
+
+
+def seconds(values: pa.Array) -> pa.Array:
+    """Timestamps as int64 seconds (integer columns are taken as seconds already)."""
+    if pa.types.is_timestamp(values.type):
+        values = values.cast(pa.timestamp("s", tz=values.type.tz), safe=False)
+    return values.cast(pa.int64())
+
+
+def grouped_schema(part: InputPart, plan: InputPlan) -> pa.Schema:
+    """The schema ``read_part`` gives a long-form part (ids in int64 or string)."""
+    item_type = _id_type(pq.read_schema(part.path).field("item_id").type)
+    fields = [("user_id", plan.user_type), ("history", pa.list_(item_type))]
+    return pa.schema(fields + ([("timestamps", pa.list_(pa.int64()))] if plan.timestamps else []) + [("row", pa.int64())])
+
+
+def _as_lists(table: pa.Table, starts: np.ndarray, first_row: int, timestamps: bool) -> pa.RecordBatch:
+    """Rows [starts[g], starts[g + 1]) of ``table`` -> list-form row g, ordered by timestamp if given."""
+    offsets = np.append(starts, table.num_rows)  # (G + 1,)
+    items = table.column("item_id").combine_chunks()
+    items = items.cast(_id_type(items.type))  # int64 or string, whatever the part's integer width
+    users = table.column("user_id").combine_chunks()
+    columns = {"user_id": users.cast(_id_type(users.type)).take(pa.array(starts))}
+    if timestamps:
+        times = seconds(table.column("timestamp").combine_chunks())
+        group = np.repeat(np.arange(len(starts)), np.diff(offsets))
+        order = np.lexsort((pc.fill_null(times, np.iinfo(np.int64).min).to_numpy(), group))  # stable
+        items, times = items.take(pa.array(order)), times.take(pa.array(order))
+    columns["history"] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), items)
+    if timestamps:
+        columns["timestamps"] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), times)
+    columns["row"] = pa.array(first_row + starts, pa.int64())
+    return pa.RecordBatch.from_pydict(columns)
+
+
+def _resolve(pattern: str) -> list[str]:
+    path = Path(pattern)
+    if path.is_dir():
+        found = [str(p) for p in path.glob("*.parquet") if not p.name.startswith(("_", "."))]
+    elif path.is_file():
+        found = [str(path)]
+    else:
+        found = [p for p in glob.glob(pattern) if os.path.isfile(p)]
+    if not found:
+        raise DataError(received_expected(f"input '{pattern}'", "no Parquet file",
+                                          "a Parquet file, a directory of *.parquet parts or a glob matching some"))
+    return sorted(os.path.abspath(p) for p in found)
+
+
+def _check_part(path: str, needs_timestamps: bool) -> tuple[str, pa.DataType, int]:
+    """(form, user id type, rows) of one part from its footer; SchemaError naming the column otherwise."""
+    try:
+        meta = pq.read_metadata(path)
+        schema = meta.schema.to_arrow_schema()
+    except (OSError, pa.ArrowException) as err:
+        raise DataError(received_expected(f"input part '{path}'", f"an unreadable file ({err})",
+                                          "a Parquet file")) from err
+    names = schema.names
+    form = LIST_FORM if "history" in names else LONG_FORM if "item_id" in names else None
+    if "user_id" not in names or form is None:
+        raise SchemaError(received_expected(f"input part '{path}'", f"columns {names}", FORMS_EXPECTED))
+    user_type = _check_column(path, schema, "user_id", _id_type, "integer or string user ids")
+    if form == LIST_FORM:
+        _check_column(path, schema, "history", _id_list_type, "a list of integer or string item ids, oldest first")
+    else:
+        _check_column(path, schema, "item_id", _id_type, "integer or string item ids")
+    if needs_timestamps:
+        name = "timestamps" if form == LIST_FORM else "timestamp"
+        if name not in names:
+            raise SchemaError(received_expected(f"input part '{path}'", f"columns {names}",
+                                                f"a '{name}' column: the model reads timestamps"))
+        check = _time_list_type if form == LIST_FORM else _time_type
+        _check_column(path, schema, name, check, "integer seconds or a timestamp type")
+    return form, user_type, meta.num_rows
+
+
+def _check_column(path: str, schema: pa.Schema, name: str, check, expected: str) -> pa.DataType:
+    kind = check(schema.field(name).type)
+    if kind is None:
+        raise SchemaError(received_expected(f"input part '{path}': column '{name}'", schema.field(name).type, expected))
+    return kind
+
+
+def _id_type(kind: pa.DataType) -> pa.DataType | None:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if pa.types.is_integer(kind):
+        return pa.int64()
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return pa.string()
+    return None
+
+
+def _id_list_type(kind: pa.DataType) -> pa.DataType | None:
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _id_type(kind.value_type)
+    return None
+
+
+def _time_type(kind: pa.DataType) -> pa.DataType | None:
+    return pa.int64() if pa.types.is_integer(kind) or pa.types.is_timestamp(kind) else None
+
+
+def _time_list_type(kind: pa.DataType) -> pa.DataType | None:
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _time_type(kind.value_type)
+    return None

@@ -1,0 +1,81 @@
+"""``seqrec score``: the one library function the command calls."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+from seqrec.batchinfer.inputs import LIST_FORM, InputPlan, plan_input
+from seqrec.batchinfer.ledger import Ledger
+from seqrec.batchinfer.model import ScoringModel, open_model
+from seqrec.batchinfer.outputs import REJECTS_DIR, merge_rejects
+from seqrec.batchinfer.summary import SUMMARY_FILE, build_summary, summary_line, write_summary
+from seqrec.batchinfer.writer import PartWriter
+from seqrec.config import ScoreConfig
+
+
+def score(cfg: ScoreConfig, echo: Callable[[str], None] = print) -> dict:
+    """Score ``cfg.input`` into ``cfg.output``; returns the summary (also in ``_summary.json``).
+
+    Everything that can be checked before reading data is checked first: the model against the
+    backend and options, every input part's schema, the output directory (or its ledger with
+    ``--resume``). Parts already in the ledger are skipped; the others are scored by the engine.
+    """
+    started = time.perf_counter()
+    model = open_model(cfg)
+    plan = plan_input(cfg.input, cfg.output, "timestamps" in model.inputs)
+    out = Path(cfg.output)
+    ledger = Ledger.open(out, job_identity(model, plan, cfg.layout), cfg.resume)
+    if ledger.finished:
+        echo(f"{out}: the job is already complete (its ledger says finished); nothing to do")
+        return json.loads((out / SUMMARY_FILE).read_text())
+    done = ledger.done
+    todo = [part for part in plan.parts if part.name not in done]
+    if done:
+        echo(f"resuming: {len(done)} of {len(plan.parts)} parts already scored, {len(todo)} to go")
+    bar = tqdm(total=sum(p.rows for p in todo) if plan.form == LIST_FORM else None, unit="user", desc="score",
+               disable=None if cfg.progress else True, smoothing=0.1)
+    writer = PartWriter(out, plan, cfg.layout, model.vocab.items.type, ledger, bar)
+    try:
+        if todo and cfg.engine == "local":
+            from seqrec.batchinfer.local import run_local
+
+            run_local(model, plan, todo, cfg.batch_size, writer)
+        elif todo:
+            from seqrec.batchinfer.ray_engine import run_ray
+
+            run_ray(cfg, plan, todo, writer)
+    finally:
+        bar.close()
+    merge_rejects(out, [part.name for part in plan.parts], plan.user_type)
+    run = {**model.describe(), "engine": cfg.engine, "layout": cfg.layout, "form": plan.form, "input": cfg.input,
+           "output": str(out), "resumed_parts": len(done)}
+    summary = build_summary(ledger.entries, run, writer.users, time.perf_counter() - started)
+    write_summary(out, summary)
+    ledger.finish()
+    shutil.rmtree(out / REJECTS_DIR, ignore_errors=True)
+    echo(summary_line(summary))
+    return summary
+
+
+def job_identity(model: ScoringModel, plan: InputPlan, layout: str) -> dict:
+    """What the output depends on; a resumed run must match it exactly (JSON types: lists, not tuples)."""
+    return {**model.describe(), "model_fingerprint": model_fingerprint(model), "layout": layout, "form": plan.form,
+            "parts": [[part.name, part.path, part.rows] for part in plan.parts]}
+
+
+def model_fingerprint(model: ScoringModel) -> str:
+    """Changes when the bundle is re-exported or the checkpoint retrained in place."""
+    names = ("manifest.json", "model.onnx") if model.kind == "bundle" else ("config.json", "weights.safetensors")
+    digest = hashlib.sha256()
+    for name in names:
+        stat = (model.source / name).stat()
+        digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    digest.update((model.source / names[0]).read_bytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,109 @@
+"""The job ledger: which parts are finished, so a killed job resumes without losing or repeating a user.
+
+``DIR/_ledger.jsonl``, appended and fsynced, one JSON object per line:
+
+- first line ``{"job": {...}}``: what the output depends on (model, backend, top-K, exclude-seen,
+  layout, input parts); ``--resume`` refuses a ledger of a different job;
+- ``{"part": name, "input": path, "rows": .., "users_scored": .., "rejected": {reason: n},
+  "unknown_items_dropped": .., "seconds": ..}`` after a part's output and rejects were renamed
+  into place: a part is finished exactly when its line is complete;
+- last, ``{"finished": true}`` once ``_rejects.parquet`` and ``_summary.json`` are written.
+
+A kill between a part's rename and its ledger line only means the part is scored again and the
+same file replaces itself. A torn last line (a kill during the append) is ignored for the same
+reason. Batch size and engine may change between runs: they do not change the output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from seqrec.batchinfer.outputs import REJECTS_DIR, TEMP_SUFFIX, fsync_directory
+from seqrec.errors import ConfigError, DataError, received_expected
+
+LEDGER_FILE = "_ledger.jsonl"
+STAGING_DIR = "_staging"  # engine scratch space (Ray's staged results); removed at the end
+
+
+class Ledger:
+    def __init__(self, directory: Path, job: dict, entries: list[dict], finished: bool) -> None:
+        self.directory = directory
+        self.path = directory / LEDGER_FILE
+        self.job = job
+        self.entries = entries
+        self.finished = finished
+
+    @property
+    def done(self) -> dict[str, dict]:
+        return {entry["part"]: entry for entry in self.entries}
+
+    @classmethod
+    def open(cls, directory: Path, job: dict, resume: bool) -> Ledger:
+        """Start a job in ``directory`` (absent or empty), or with ``resume`` continue the one there."""
+        directory = Path(directory)
+        path = directory / LEDGER_FILE
+        if resume and path.is_file():
+            ledger = cls(directory, *_read(path, job))
+            clean_temporaries(directory, keep_rejects=not ledger.finished)
+            return ledger
+        if directory.exists() and any(directory.iterdir()):
+            held = "a previous job's ledger (add --resume to continue it)" if path.is_file() else "other files"
+            raise ConfigError(received_expected(f"--output '{directory}'", f"a directory holding {held}",
+                                                "an absent or empty directory, or --resume on a job's own output"))
+        directory.mkdir(parents=True, exist_ok=True)
+        ledger = cls(directory, job, [], False)
+        ledger._append({"job": job})
+        return ledger
+
+    def record(self, entry: dict) -> None:
+        self._append(entry)
+        self.entries.append(entry)
+
+    def finish(self) -> None:
+        self._append({"finished": True})
+        self.finished = True
+
+    def _append(self, entry: dict) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(entry, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        fsync_directory(self.directory)
+
+
+def clean_temporaries(directory: Path, keep_rejects: bool = True) -> None:
+    """Remove what an interrupted run left half written: temporary files and the engine's staging."""
+    for folder in (directory, directory / REJECTS_DIR):
+        if folder.is_dir():
+            for path in folder.glob(f".*{TEMP_SUFFIX}"):
+                path.unlink()
+    shutil.rmtree(directory / STAGING_DIR, ignore_errors=True)
+    if not keep_rejects:
+        shutil.rmtree(directory / REJECTS_DIR, ignore_errors=True)
+
+
+def _read(path: Path, job: dict) -> tuple[dict, list[dict], bool]:
+    text = path.read_text()
+    if not text.endswith("\n"):  # a kill during the last append: drop the torn tail before appending again
+        text = text[: text.rfind("\n") + 1]
+        with open(path, "r+") as handle:
+            handle.truncate(len(text.encode()))
+            os.fsync(handle.fileno())
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise DataError(received_expected(f"{path} line {number}", repr(line[:80]), "a JSON object")) from None
+    if not records or "job" not in records[0]:
+        raise DataError(received_expected(str(path), "no job line first", "a ledger written by seqrec score"))
+    if records[0]["job"] != job:
+        changed = sorted(key for key in set(job) | set(records[0]["job"]) if job.get(key) != records[0]["job"].get(key))
+        raise ConfigError(received_expected("--resume", f"the ledger of a different job (differs in {changed})",
+                                            "the model, backend, top-k, exclude-seen, layout and input of the "
+                                            "job that wrote it"))
+    entries = [record for record in records[1:] if "part" in record]
+    return records[0]["job"], entries, any(record.get("finished") for record in records)

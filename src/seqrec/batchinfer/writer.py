@@ -1,0 +1,49 @@
+"""The writer side every engine shares: result batches of a part in, committed parts and ledger lines out."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from seqrec.batchinfer.inputs import InputPart, InputPlan
+from seqrec.batchinfer.ledger import Ledger
+from seqrec.batchinfer.outputs import PartSink
+
+
+class PartWriter:
+    """``handle(part, batch)`` writes a result batch of ``part``; ``handle(part, None)`` commits the part
+    (output, then rejects, renamed into place) and records it in the ledger."""
+
+    def __init__(self, directory: Path, plan: InputPlan, layout: str, item_type: pa.DataType, ledger: Ledger,
+                 progress=None) -> None:
+        self.directory, self.plan, self.layout, self.item_type = directory, plan, layout, item_type
+        self.ledger = ledger
+        self.progress = progress  # a tqdm bar counting users, or None
+        self.sink: PartSink | None = None
+        self.part: InputPart | None = None
+        self.started = 0.0
+        self.users = 0  # users scored or rejected by this run
+
+    def handle(self, part: InputPart, result: pa.RecordBatch | None) -> None:
+        if self.part != part:
+            self.abort()
+            self.part, self.started = part, time.perf_counter()
+            self.sink = PartSink(self.directory, part.name, self.layout, self.plan.user_type, self.item_type)
+        if result is None:
+            counts = self.sink.commit()
+            self.ledger.record({"part": part.name, "input": part.path, "rows": part.rows, **counts,
+                                "seconds": round(time.perf_counter() - self.started, 3)})
+            self.sink = self.part = None
+            return
+        self.sink.write(result)
+        self.users += result.num_rows
+        if self.progress is not None:
+            self.progress.update(result.num_rows)
+
+    def abort(self) -> None:
+        """Close a part left open (its temporary files stay until a resume cleans them)."""
+        if self.sink is not None:
+            self.sink.abort()
+        self.sink = self.part = None

@@ -1,0 +1,47 @@
+"""Histories Parquet for batch-scoring tests: random users over the tiny checkpoints' catalog.
+
+The catalog is raw item ids 1000..1299 with a window of 12: histories run up to 20 items so
+truncation happens, and about 1 item in 20 is unknown to the vocabulary.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FIRST_ITEM, ITEMS = 1000, 300
+UNKNOWN = 5  # an item id the vocabulary does not know
+
+
+def random_histories(users: int, seed: int, longest: int = 20) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    histories = []
+    for _ in range(users):
+        items = rng.integers(FIRST_ITEM, FIRST_ITEM + ITEMS, rng.integers(1, longest + 1))
+        items[rng.random(len(items)) < 0.05] = UNKNOWN
+        items[-1] = rng.integers(FIRST_ITEM, FIRST_ITEM + ITEMS)  # at least one known item
+        histories.append(items.tolist())
+    return histories
+
+
+def write_parts(directory: Path, parts: int, users: int, seed: int = 0, row_group: int = 40) -> Path:
+    """``parts`` list-form parts of ``users`` users each (ids unique across parts), several row groups each."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for part in range(parts):
+        ids = np.arange(users) + part * 100_000
+        table = pa.table({"user_id": ids, "history": random_histories(users, seed + part)})
+        pq.write_table(table, directory / f"part-{part:03d}.parquet", row_group_size=row_group)
+    return directory
+
+
+def as_long_log(table: pa.Table) -> pa.Table:
+    """The interaction log of a list-form table: one row per (user, item), rows of a user together."""
+    lengths = np.array([len(h) for h in table.column("history").to_pylist()])
+    return pa.table({"user_id": np.repeat(table.column("user_id").to_numpy(), lengths),
+                     "item_id": pa.concat_arrays([c.flatten() for c in table.column("history").chunks])})
+
+
+def read_dir(directory: Path) -> dict[str, pa.Table]:
+    """The output parts (and the rejects) of a scored directory, by file name."""
+    return {path.name: pq.read_table(path) for path in sorted(Path(directory).glob("*.parquet"))}

@@ -1,0 +1,84 @@
+"""Input parts: found, checked before any work (one clear message), streamed, long logs grouped."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from seqrec.batchinfer.inputs import LIST_FORM, LONG_FORM, group_long, plan_input, read_part
+from seqrec.errors import DataError, SchemaError
+
+
+def write(path, **columns):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def test_parts_come_from_a_file_a_directory_or_a_glob(tmp_path):
+    for name in ("b.parquet", "a.parquet", "_hidden.parquet"):
+        write(tmp_path / "in" / name, user_id=[1], history=[[1000]])
+    (tmp_path / "in" / "notes.txt").write_text("not a part")
+    out = tmp_path / "out"
+    assert [p.name for p in plan_input(str(tmp_path / "in"), out, False).parts] == ["a.parquet", "b.parquet"]
+    assert [p.name for p in plan_input(str(tmp_path / "in" / "b*.parquet"), out, False).parts] == ["b.parquet"]
+    plan = plan_input(str(tmp_path / "in" / "a.parquet"), out, False)
+    assert plan.form == LIST_FORM and plan.user_type == pa.int64() and plan.parts[0].rows == 1
+    with pytest.raises(DataError, match="no Parquet file"):
+        plan_input(str(tmp_path / "nothing*.parquet"), out, False)
+    with pytest.raises(DataError, match="--output .* the directory of the input parts"):
+        plan_input(str(tmp_path / "in"), tmp_path / "in", False)
+
+
+@pytest.mark.parametrize("columns,match", [
+    ({"user_id": [1], "items": [[1000]]}, r"columns \['user_id', 'items'\], expected user_id \+ history"),
+    ({"user_id": [1], "history": [[1.5]]}, r"column 'history' \| received list<element: double>"),
+    ({"user_id": [[1]], "item_id": [1000]}, r"column 'user_id' \| received list<element: int64>"),
+])
+def test_a_wrong_schema_is_one_message_naming_the_column(tmp_path, columns, match):
+    write(tmp_path / "in" / "a.parquet", user_id=[1], history=[[1000]])
+    write(tmp_path / "in" / "b.parquet", **columns)
+    with pytest.raises(SchemaError, match=r"input part '.*b\.parquet'.*" + match):
+        plan_input(str(tmp_path / "in"), tmp_path / "out", False)
+
+
+def test_parts_must_agree_on_form_and_user_id_type(tmp_path):
+    write(tmp_path / "forms" / "a.parquet", user_id=[1], history=[[1000]])
+    write(tmp_path / "forms" / "b.parquet", user_id=[1], item_id=[1000])
+    with pytest.raises(SchemaError, match="received a long form with int64 user ids, expected the list form"):
+        plan_input(str(tmp_path / "forms"), tmp_path / "out", False)
+    write(tmp_path / "ids" / "a.parquet", user_id=[1], history=[[1000]])
+    write(tmp_path / "ids" / "b.parquet", user_id=["u1"], history=[[1000]])
+    with pytest.raises(SchemaError, match="with string user ids, expected the list form with int64"):
+        plan_input(str(tmp_path / "ids"), tmp_path / "out", False)
+    with pytest.raises(SchemaError, match="a 'timestamps' column: the model reads timestamps"):
+        plan_input(str(tmp_path / "ids" / "a.parquet"), tmp_path / "out", True)
+
+
+def test_parts_are_streamed_in_record_batches(tmp_path):
+    path = tmp_path / "a.parquet"
+    pq.write_table(pa.table({"user_id": range(100), "history": [[1000]] * 100}), path, row_group_size=30)
+    plan = plan_input(str(path), tmp_path / "out", False)
+    sizes = [batch.num_rows for batch in read_part(plan.parts[0], plan, batch_rows=16)]
+    assert sum(sizes) == 100 and max(sizes) <= 16 and len(sizes) >= 7
+
+
+def test_a_long_log_is_grouped_across_batch_boundaries(tmp_path):
+    users = [7, 7, 7, 3, 9, 9, 9, 9, 9, 4, 7]  # user 7 comes back at the end: a second row for 7
+    path = write(tmp_path / "log.parquet", user_id=users, item_id=list(range(1000, 1011)))
+    plan = plan_input(str(path), tmp_path / "out", False)
+    assert plan.form == LONG_FORM
+    for batch_rows in (1, 2, 4, 100):
+        rows = pa.Table.from_batches(list(read_part(plan.parts[0], plan, batch_rows))).to_pylist()
+        assert rows == [{"user_id": 7, "history": [1000, 1001, 1002], "row": 0},
+                        {"user_id": 3, "history": [1003], "row": 3},
+                        {"user_id": 9, "history": [1004, 1005, 1006, 1007, 1008], "row": 4},
+                        {"user_id": 4, "history": [1009], "row": 9},
+                        {"user_id": 7, "history": [1010], "row": 10}]
+
+
+def test_a_long_log_is_ordered_by_timestamp_within_a_user_ties_in_file_order():
+    batch = pa.RecordBatch.from_pydict({"user_id": ["a", "a", "a", "a", None, None],
+                                        "item_id": [1, 2, 3, 4, 5, 6], "timestamp": [30, 10, 30, 20, 1, 1]})
+    rows = pa.Table.from_batches(list(group_long(iter([batch]), timestamps=True))).to_pylist()
+    assert rows[0] == {"user_id": "a", "history": [2, 4, 1, 3], "timestamps": [10, 20, 30, 30], "row": 0}
+    assert [row["history"] for row in rows[1:]] == [[5], [6]]  # null user ids never merge

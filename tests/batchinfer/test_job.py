@@ -1,0 +1,130 @@
+"""The local job end to end: outputs, rejects, summary, layouts, input forms, resume, refusals, CLI."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from seqrec.batchinfer import score
+from seqrec.batchinfer.ledger import LEDGER_FILE
+from seqrec.cli import main
+from seqrec.errors import ConfigError, SchemaError
+
+from histories import as_long_log, read_dir
+
+
+@pytest.fixture(scope="module")
+def bad_rows_dir(tmp_path_factory) -> Path:
+    """One part with every bad-row kind and duplicate users; one with text ids, one not an id."""
+    directory = tmp_path_factory.mktemp("bad")
+    pq.write_table(pa.table({
+        "user_id": pa.array([1, None, 3, 4, 5, 6, 1, 4, 9], pa.int64()),
+        "history": pa.array([[1000, 1001], [1000], None, [], [5, 6], [5, 1002], [1003], [1004], [1005]]),
+    }), directory / "a.parquet")
+    pq.write_table(pa.table({"user_id": [20, 21], "history": [["1006", "x7"], ["1007", "8"]]}), directory / "b.parquet")
+    return directory
+
+
+def test_every_bad_row_kind_goes_to_the_rejects_with_its_reason(bundle, bad_rows_dir, run_config):
+    cfg = run_config(bundle, bad_rows_dir)
+    summary = score(cfg, echo=lambda line: None)
+    out = Path(cfg.output)
+    assert sorted(p.name for p in out.iterdir()) == ["_ledger.jsonl", "_rejects.parquet", "_summary.json",
+                                                     "a.parquet", "b.parquet"]
+    assert pq.read_table(out / "a.parquet").column("user_id").to_pylist() == [1, 6, 9]
+    assert pq.read_table(out / "b.parquet").column("user_id").to_pylist() == [21]
+    rejects = pq.read_table(out / "_rejects.parquet").to_pylist()
+    assert [(r["part"], r["row"], r["user_id"], r["reason"]) for r in rejects] == [
+        ("a.parquet", 1, None, "null_user_id"), ("a.parquet", 2, 3, "null_history"),
+        ("a.parquet", 3, 4, "empty_history"), ("a.parquet", 4, 5, "all_unknown"),
+        ("a.parquet", 6, 1, "duplicate_user"),  # user 1's first row was scored
+        ("a.parquet", 7, 4, "duplicate_user"),  # user 4's first row was rejected: still its only verdict
+        ("b.parquet", 0, 20, "wrong_type")]
+    assert summary["users_scored"] == 4 and summary["users_rejected"] == 7
+    assert summary["rejected_by_reason"] == {"all_unknown": 1, "duplicate_user": 2, "empty_history": 1,
+                                             "null_history": 1, "null_user_id": 1, "wrong_type": 1}
+    assert summary["unknown_items_dropped"] == 2  # item 5 for user 6, "8" for user 21
+    assert json.loads((out / "_summary.json").read_text()) == summary
+    assert summary["peak_rss_mb"] > 0 and summary["users_per_second"] > 0
+
+
+def test_long_layout_holds_the_list_layout_row_by_row(bundle, parts_dir, run_config):
+    lists = run_config(bundle, parts_dir)
+    longs = run_config(bundle, parts_dir, layout="long")
+    score(lists, echo=lambda line: None)
+    score(longs, echo=lambda line: None)
+    for name, table in read_dir(lists.output).items():
+        if name.startswith("_"):
+            continue
+        long = pq.read_table(Path(longs.output) / name)
+        assert long.column_names == ["user_id", "rank", "item_id", "score"]
+        assert long.column("rank").to_pylist() == list(range(1, 8)) * table.num_rows
+        assert long.column("user_id").to_pylist() == np.repeat(table.column("user_id").to_numpy(), 7).tolist()
+        assert long.column("item_id").to_pylist() == np.concatenate(table.column("items").to_pylist()).tolist()
+        assert long.column("score").equals(pa.chunked_array([pa.concat_arrays(
+            [c.flatten() for c in table.column("scores").chunks])]))
+
+
+def test_a_long_interaction_log_scores_like_its_list_form(bundle, parts_dir, run_config, tmp_path):
+    for path in sorted(parts_dir.glob("*.parquet")):
+        pq.write_table(as_long_log(pq.read_table(path)), tmp_path / path.name, row_group_size=100)
+    lists, longs = run_config(bundle, parts_dir), run_config(bundle, tmp_path)
+    score(lists, echo=lambda line: None)
+    summary = score(longs, echo=lambda line: None)
+    assert summary["form"] == "long" and summary["users_scored"] == 450
+    assert read_dir(longs.output) == read_dir(lists.output)
+
+
+def test_resume_skips_finished_parts_and_cleans_what_a_kill_left(bundle, parts_dir, run_config):
+    cfg = run_config(bundle, parts_dir)
+    score(cfg, echo=lambda line: None)
+    out = Path(cfg.output)
+    expected = read_dir(out)
+    lines = (out / LEDGER_FILE).read_text().splitlines()
+    (out / LEDGER_FILE).write_text("\n".join(lines[:2]) + '\n{"part": "part-0')  # 1 part done, a torn append
+    (out / "part-002.parquet").unlink()
+    (out / ".part-001.parquet.inprogress").write_bytes(b"half a part")
+    (out / "_summary.json").unlink()
+    lines_seen = []
+    summary = score(run_config(bundle, parts_dir, output=cfg.output, resume=True), echo=lines_seen.append)
+    assert lines_seen[0] == "resuming: 1 of 3 parts already scored, 2 to go"
+    assert summary["resumed_parts"] == 1 and summary["users_scored"] == 450 and summary["users_this_run"] == 300
+    assert read_dir(out) == expected and not list(out.glob(".*"))
+    assert score(run_config(bundle, parts_dir, output=cfg.output, resume=True), echo=lines_seen.append) == summary
+    assert "already complete" in lines_seen[-1]
+
+
+def test_an_output_directory_in_use_is_refused(bundle, checkpoint, parts_dir, run_config):
+    cfg = run_config(bundle, parts_dir)
+    score(cfg, echo=lambda line: None)
+    with pytest.raises(ConfigError, match="a previous job's ledger \\(add --resume to continue it\\)"):
+        score(run_config(bundle, parts_dir, output=cfg.output), echo=lambda line: None)
+    with pytest.raises(ConfigError, match=r"--resume \| received the ledger of a different job \(differs in "
+                                          r"\['backend', 'kind', 'model', 'model_fingerprint'\]\)"):
+        score(run_config(checkpoint, parts_dir, output=cfg.output, resume=True, top_k=7), echo=lambda line: None)
+
+
+def test_a_wrong_schema_fails_before_any_work(bundle, parts_dir, run_config, tmp_path):
+    for path in parts_dir.glob("*.parquet"):
+        (tmp_path / path.name).symlink_to(path)
+    pq.write_table(pa.table({"user_id": [1], "history": [[0.5]]}), tmp_path / "part-999.parquet")
+    cfg = run_config(bundle, tmp_path)
+    with pytest.raises(SchemaError, match=r"part-999.parquet': column 'history' \| received list<element: double>"):
+        score(cfg, echo=lambda line: None)
+    assert not Path(cfg.output).exists()
+
+
+def test_seqrec_score_command(bundle, parts_dir, tmp_path):
+    out = tmp_path / "scored"
+    result = CliRunner().invoke(main, ["score", str(bundle), "--input", str(parts_dir), "--output", str(out),
+                                       "--batch-size", "64", "--threads", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("scored 450 users, rejected 0, dropped ") and "users/s" in result.output
+    result = CliRunner().invoke(main, ["score", str(bundle), "--input", str(parts_dir), "--output", str(out),
+                                       "--backend", "torch"])
+    assert result.exit_code == 1 and result.output.startswith("Error: --backend torch | received the export bundle")
+    assert len(result.output.strip().splitlines()) == 1

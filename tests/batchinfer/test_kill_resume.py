@@ -1,0 +1,76 @@
+"""kill -9 at any moment, restart with --resume: every user exactly once, output as if never killed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import seqrec
+from seqrec.batchinfer import score
+from seqrec.batchinfer.ledger import LEDGER_FILE
+
+from histories import read_dir, write_parts
+
+PARTS, USERS = 8, 800
+
+
+def start(bundle: Path, inputs: Path, out: Path, resume: bool) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(seqrec.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "seqrec.cli", "score", str(bundle), "--input", str(inputs), "--output", str(out),
+               "--batch-size", "16", "--threads", "1", "--quiet"] + (["--resume"] if resume else [])
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def kill_when(process: subprocess.Popen, ready, timeout: float = 180.0) -> None:
+    """SIGKILL ``process`` as soon as ``ready()``; fail if it ends first (the kill must land mid-job)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, f"the job ended before the kill: {process.stdout.read().decode()[-2000:]}"
+        assert time.monotonic() < deadline, "the job made no progress"
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def parts_done(out: Path) -> list[str]:
+    path = out / LEDGER_FILE
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line)["part"] for line in lines[1:] if line.endswith("}") and '"part"' in line]
+
+
+@pytest.mark.slow
+def test_killed_twice_then_resumed_equals_an_uninterrupted_run(bundle, run_config, tmp_path):
+    inputs = write_parts(tmp_path / "in", PARTS, USERS, seed=3, row_group=100)
+    reference = run_config(bundle, inputs, batch_size=16)
+    score(reference, echo=lambda line: None)
+
+    out = tmp_path / "out"
+    kill_when(start(bundle, inputs, out, resume=False), lambda: len(parts_done(out)) >= 1)  # after a commit
+    first = parts_done(out)
+    assert 1 <= len(first) < PARTS
+
+    def mid_part() -> bool:  # a part not in the ledger is half written
+        done = parts_done(out)
+        return len(done) > len(first) and any(p.name[1:].split(".inprogress")[0] not in done
+                                              for p in out.glob(".part-*.inprogress"))
+
+    kill_when(start(bundle, inputs, out, resume=True), mid_part)
+    assert len(parts_done(out)) < PARTS and list(out.glob(".*.inprogress"))
+
+    finish = start(bundle, inputs, out, resume=True)
+    assert finish.wait(timeout=300) == 0, finish.stdout.read().decode()
+    assert read_dir(out) == read_dir(reference.output)
+    users = np.concatenate([pq.read_table(path).column("user_id").to_numpy()
+                            for path in sorted(out.glob("part-*.parquet"))])
+    assert len(users) == len(np.unique(users)) == PARTS * USERS
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["users_scored"] == PARTS * USERS and summary["parts"] == PARTS
+    assert not list(out.glob(".*")) and sorted(parts_done(out)) == sorted(p.name for p in inputs.iterdir())
