@@ -183,10 +183,10 @@ def test_cli_trains_pcrec(synth_parquet, tmp_path):
     out = tmp_path / "pcrec"
     args = ["train", "--data", synth_parquet, "--out", out, "--model", "pcrec", "--pc-steps", 2, "--pc-alpha",
             0.3, "--pc-activation", "softplus", "--epochs", 2, "--dim", 16, "--max-length", 20, "--batch-size",
-            64, "--negatives", 32, "--quiet"]
+            64, "--loss", "sampled", "--negatives", 32, "--temperature", 0.05, "--l2-normalize", "--quiet"]
     result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert 0.0 <= json.loads(result.output)["valid"]["ndcg@10"] <= 1.0
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["pc_steps"] == 2 and config["model"]["pc_activation"] == "softplus"
-    assert config["model"]["l2_normalize"] is True and config["train"]["loss"] == "sampled"
+    assert config["model"]["l2_normalize"] is True and config["train"]["temperature"] == 0.05
