@@ -66,11 +66,6 @@ class BatchScorer:
         with record_function("## score/decode ##"):
             return self._assemble(batch, encoded, top_items, top_scores)
 
-    def score_table(self, table: pa.Table) -> pa.Table:
-        """``score`` over a table's batches (what a Ray Data actor receives)."""
-        results = [self.score(batch) for batch in table.to_batches()]
-        return pa.Table.from_batches(results, schema=result_schema(table.schema, self.item_type))
-
     def _top_k(self, encoded: EncodedBatch) -> tuple[np.ndarray, np.ndarray]:
         count, k = len(encoded.rows), self.model.top_k
         top_items = np.zeros((count, k), dtype=np.int64)  # (U, K)
