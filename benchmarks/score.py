@@ -63,7 +63,8 @@ def generate(directory: Path, users: int, items: int, length: int, part_users: i
     marker.write_text(json.dumps(settings))
 
 
-def build_model(directory: Path, items: int, length: int, top_k: int) -> tuple[Path, Path]:
+def build_model(directory: Path, items: int, length: int, top_k: int, dim: int = 64,
+                export: bool = True) -> tuple[Path, Path]:
     from seqrec.config import ExportConfig, ModelConfig, TrainConfig, resolve_configs
     from seqrec.data import Vocabulary
     from seqrec.exporter import export_checkpoint
@@ -71,13 +72,14 @@ def build_model(directory: Path, items: int, length: int, top_k: int) -> tuple[P
     from seqrec.training.checkpoint import Checkpoint, save_checkpoint
 
     ckpt, bundle = directory / "ckpt", directory / "bundle"
-    if (bundle / "manifest.json").is_file():
+    if (bundle / "manifest.json").is_file() or (not export and (ckpt / "config.json").is_file()):
         return ckpt, bundle
-    cfg, _ = resolve_configs("sasrec", "cpr", {"max_length": length})
+    cfg, _ = resolve_configs("sasrec", "cpr", {"max_length": length, "dim": dim})
     cfg = ModelConfig.from_dict({**cfg.to_dict(), "num_items": items})
     vocab = Vocabulary.from_items(np.arange(1, items + 1))
     save_checkpoint(ckpt, Checkpoint(build(cfg).eval(), cfg, TrainConfig(), vocab, {"data": {}}))
-    export_checkpoint(ckpt, bundle, ExportConfig(top_k=top_k, validation_users=50), echo=lambda line: None)
+    if export:
+        export_checkpoint(ckpt, bundle, ExportConfig(top_k=top_k, validation_users=50), echo=lambda line: None)
     return ckpt, bundle
 
 
