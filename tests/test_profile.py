@@ -138,6 +138,11 @@ def test_bad_option_values_are_one_line_errors(tiny_checkpoints, tmp_path, args,
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "profile.json").exists()
 
 
+def test_a_folder_that_is_no_model_is_refused(tmp_path):
+    result = run(tmp_path, "--out", tmp_path / "out")
+    assert result.exit_code == 1 and "a path with neither manifest.json nor config.json" in result.output
+
+
 def test_malformed_list_is_a_usage_error(tiny_checkpoints, tmp_path):
     result = run(tiny_checkpoints("sasrec", "softmax"), "--batch-sizes", "1,x", "--out", tmp_path)
     assert result.exit_code == 2

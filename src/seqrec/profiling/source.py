@@ -36,7 +36,7 @@ import torch
 from seqrec.config import ExportConfig, ModelConfig, ProfileConfig
 from seqrec.data import Vocabulary
 from seqrec.errors import ConfigError, MissingDependencyError, received_expected
-from seqrec.exporter.bundle import MANIFEST_FILE, Bundle, load_bundle
+from seqrec.exporter.bundle import Bundle, load_bundle
 from seqrec.exporter.runners import Runner
 from seqrec.training.checkpoint import CONFIG_FILE, Checkpoint, load_checkpoint
 
@@ -97,15 +97,10 @@ class ProfileSource:
 
 def open_source(cfg: ProfileConfig) -> ProfileSource:
     """Read ``cfg.model`` (a bundle or a checkpoint) and check ``cfg.top_k`` and catalog sizes against it."""
+    from seqrec.batchinfer.model import model_kind
+
     path = Path(cfg.model)
-    if (path / MANIFEST_FILE).is_file():
-        source = _open_bundle(path, cfg.top_k)
-    elif (path / CONFIG_FILE).is_file():
-        source = _open_checkpoint(path, cfg.top_k)
-    else:
-        raise ConfigError(received_expected(
-            f"model '{path}'", "a path with neither manifest.json nor config.json",
-            "an export bundle (seqrec export) or a checkpoint directory (seqrec train)"))
+    source = _open_bundle(path, cfg.top_k) if model_kind(path) == "bundle" else _open_checkpoint(path, cfg.top_k)
     smallest = min(cfg.catalog_sizes or (source.catalog,))
     if smallest < source.top_k:
         raise ConfigError(received_expected("catalog_sizes", smallest, f">= top_k {source.top_k}"))
