@@ -12,8 +12,28 @@ import sys
 import click
 
 from seqrec.config import (EXPORT_FORMATS, EXPORT_PRECISIONS, HEADS, LOSSES, MODELS, PC_ACTIVATIONS, POINTER_OPS,
-                           POSITIONS, PRECISIONS, SCORE_BACKENDS, SCORE_ENGINES, SCORE_LAYOUTS, resolve_configs)
-from seqrec.errors import SeqrecError
+                           POSITIONS, PRECISIONS, PROFILE_PRECISIONS, SCORE_BACKENDS, SCORE_ENGINES, SCORE_LAYOUTS,
+                           resolve_configs)
+from seqrec.errors import SeqrecError, received_expected
+
+
+class CommaList(click.ParamType):
+    """``a,b,c`` -> a tuple of ``item_type`` values; names are checked by the config dataclass."""
+
+    name = "list"
+
+    def __init__(self, item_type: type = str, items: str = "names") -> None:
+        self.item_type = item_type
+        self.items = items
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(self.item_type(part.strip()) for part in str(value).split(",") if part.strip())
+        except ValueError:
+            self.fail(received_expected(param.name if param else "value", repr(value),
+                                        f"a comma-separated list of {self.items}"), param, ctx)
 
 
 class SeqrecGroup(click.Group):
@@ -198,6 +218,37 @@ def score_command(model: str, input_: str, print_config: bool, quiet: bool, **op
         click.echo(json.dumps(cfg.to_dict(), indent=2))
         return
     score(cfg, echo=click.echo)
+
+
+@main.command("profile")
+@click.argument("model", type=click.Path(exists=True, file_okay=False))
+@click.option("--backends", type=CommaList(), default=",".join(SCORE_BACKENDS), show_default=True)
+@click.option("--batch-sizes", type=CommaList(int, "integers"), default="1,32,256,1024", show_default=True)
+@click.option("--catalog-sizes", type=CommaList(int, "integers"),
+              help="items in the catalog; sizes other than the model's run its architecture with random weights  "
+                   "[default: the model's]")
+@click.option("--precisions", type=CommaList(), default="fp32", show_default=True,
+              help=f"any of {','.join(PROFILE_PRECISIONS)}; combinations a backend does not run are skipped")
+@click.option("--length", type=int, help="histories of 1..L items  [default: the model's window]")
+@click.option("--top-k", type=int, help="[default: the bundle's; 10 for a checkpoint]")
+@click.option("--warmup", type=int, default=3, show_default=True, help="untimed calls per configuration")
+@click.option("--iterations", type=int, help="timed calls per configuration")
+@click.option("--seconds", type=float, help="timed seconds per configuration  [default: 2 unless --iterations]")
+@click.option("--threads", type=int, help="intra-op threads of the backend")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="profile", show_default=True,
+              help="directory for profile.json and profile.png")
+@click.option("--print-config", is_flag=True, help="print the resolved config as JSON and exit")
+def profile_command(model: str, print_config: bool, **options) -> None:
+    """Latency p50/p99 and throughput of a bundle or checkpoint MODEL per backend, precision, catalog and batch size."""
+    from seqrec.config import ProfileConfig
+    from seqrec.profiling import profile
+
+    cfg = ProfileConfig(model=model, **options)
+    if print_config:
+        click.echo(json.dumps(cfg.to_dict(), indent=2))
+        return
+    profile(cfg, echo=click.echo)
 
 
 @main.command("demo")

@@ -26,6 +26,7 @@ PC_ACTIVATIONS = ("softplus", "sigmoid", "tanh", "relu", "identity")
 SCORE_BACKENDS = ("torch", "onnxruntime", "tensorrt")
 SCORE_LAYOUTS = ("list", "long")
 SCORE_ENGINES = ("local", "ray")
+PROFILE_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -207,6 +208,57 @@ class ScoreConfig(_JsonConfig):
             _check_range("top_k", self.top_k, 1)
         if self.threads is not None:
             _check_range("threads", self.threads, 1)
+
+
+@dataclass
+class ProfileConfig(_JsonConfig):
+    """What ``seqrec profile`` measures: latency and throughput per backend x precision x catalog x batch."""
+
+    model: str = ""  # an export bundle or a checkpoint directory, as for ScoreConfig
+    out: str = "profile"  # directory for profile.json and profile.png
+    backends: tuple[str, ...] = SCORE_BACKENDS
+    batch_sizes: tuple[int, ...] = (1, 32, 256, 1024)
+    catalog_sizes: tuple[int, ...] | None = None  # None: the model's own catalog
+    precisions: tuple[str, ...] = ("fp32",)
+    length: int | None = None  # histories of 1..length items; None: the model's window
+    top_k: int | None = None  # None: the bundle's (baked in), or 10 for a checkpoint
+    warmup: int = 3  # untimed calls before each measurement
+    iterations: int | None = None  # timed calls per measurement; exclusive with seconds
+    seconds: float | None = None  # timed time per measurement; both None: 2 s
+    threads: int | None = None  # intra-op threads of the backend; None: the library's default
+    seed: int = 0  # histories and the random weights of other catalog sizes
+
+    def __post_init__(self) -> None:
+        self.backends = _check_choices("backends", self.backends, SCORE_BACKENDS)
+        self.precisions = _check_choices("precisions", self.precisions, PROFILE_PRECISIONS)
+        self.batch_sizes = _check_sizes("batch_sizes", self.batch_sizes)
+        if self.catalog_sizes is not None:
+            self.catalog_sizes = _check_sizes("catalog_sizes", self.catalog_sizes)
+        _check_range("warmup", self.warmup, 0)
+        if self.iterations is not None and self.seconds is not None:
+            raise ConfigError(received_expected("--iterations and --seconds", "both", "at most one of them"))
+        for name in ("length", "top_k", "iterations", "threads"):
+            if getattr(self, name) is not None:
+                _check_range(name, getattr(self, name), 1)
+        if self.seconds is not None:
+            _check_range("seconds", self.seconds, 1e-3)
+
+
+def _check_choices(name: str, values: tuple[str, ...], choices: tuple[str, ...]) -> tuple[str, ...]:
+    """A non-empty list of known names, each once, in the order given."""
+    unknown = [value for value in values if value not in choices]
+    if unknown or not values:
+        raise ConfigError(received_expected(name, ",".join(unknown or values) or "nothing",
+                                            f"a comma-separated list of {', '.join(choices)}"))
+    return tuple(dict.fromkeys(values))
+
+
+def _check_sizes(name: str, values: tuple[int, ...]) -> tuple[int, ...]:
+    """A non-empty list of positive integers, each once, ascending."""
+    if not values or min(values) < 1:
+        raise ConfigError(received_expected(name, ",".join(map(str, values)) or "nothing",
+                                            "a comma-separated list of integers >= 1"))
+    return tuple(sorted(set(values)))
 
 
 @dataclass

@@ -125,10 +125,17 @@ def open_model(cfg: ScoreConfig) -> ScoringModel:
     """Resolve ``cfg.model`` for ``cfg.backend``; ConfigError / ExportError / CheckpointError when they
     do not fit together, before any data is read."""
     source = Path(cfg.model)
-    if (source / MANIFEST_FILE).is_file():
+    if model_kind(source) == "bundle":
         return _open_bundle(source, cfg)
+    return _open_checkpoint(source, cfg)
+
+
+def model_kind(source: Path) -> str:
+    """Whether ``source`` is a "bundle" (manifest.json) or a "checkpoint" (config.json); ConfigError otherwise."""
+    if (source / MANIFEST_FILE).is_file():
+        return "bundle"
     if (source / CONFIG_FILE).is_file():
-        return _open_checkpoint(source, cfg)
+        return "checkpoint"
     raise ConfigError(received_expected(f"model '{source}'", "a path with neither manifest.json nor config.json",
                                         "an export bundle (seqrec export) or a checkpoint directory (seqrec train)"))
 

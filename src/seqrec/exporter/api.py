@@ -26,13 +26,17 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TOLERANCE_SCALE = {"fp32": 1.0, "fp16": 50.0, "bf16": 400.0}  # scores of low-precision graphs vs fp32
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig,
+def export_checkpoint(checkpoint: str | Path | Checkpoint, out: str | Path, cfg: ExportConfig,
                       echo: Callable[[str], None] = print) -> Bundle:
     """Export, validate against PyTorch, and write the bundle ``out`` (valid only if parity held).
 
+    ``checkpoint`` is a checkpoint directory (recorded in the manifest as ``source.checkpoint``, so
+    ``seqrec profile`` can rebuild the graph at other sizes) or a loaded ``Checkpoint`` (``seqrec
+    profile`` exports models with random weights this way, without writing them to disk).
     Raises ExportMismatchError after writing a bundle marked invalid when parity fails.
     """
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    source = None if isinstance(checkpoint, Checkpoint) else str(Path(checkpoint).resolve())
     window = _window(ckpt, cfg)
     if cfg.format == "tensorrt":
         from seqrec.exporter.tensorrt import require_tensorrt
@@ -61,7 +65,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
         for line in report.lines():
             echo(line)
     ckpt.vocab.save(staging / VOCAB_FILE)
-    manifest = _manifest(ckpt, cfg, spec, window, reports, export_seconds)
+    manifest = _manifest(ckpt, cfg, spec, window, reports, export_seconds, source)
     write_manifest(staging, manifest)
     _move_into_place(staging, out)
     for report in reports:
@@ -93,7 +97,7 @@ def _scaled(spec: ExportSpec, precision: str) -> ExportSpec:
 
 
 def _manifest(ckpt: Checkpoint, cfg: ExportConfig, spec: ExportSpec, window: int, reports: list,
-              export_seconds: float) -> dict:
+              export_seconds: float, checkpoint: str | None) -> dict:
     return {
         "valid": all(report.ok for report in reports),
         **graph_signature(spec.inputs, spec.outputs, cfg.top_k),
@@ -102,7 +106,8 @@ def _manifest(ckpt: Checkpoint, cfg: ExportConfig, spec: ExportSpec, window: int
         "window": window,
         "export": cfg.to_dict(),
         "model": ckpt.model_config.to_dict(),
-        "source": {"fingerprint": ckpt.meta.get("data", {}).get("fingerprint"), "metrics": ckpt.meta.get("metrics")},
+        "source": {"checkpoint": checkpoint, "fingerprint": ckpt.meta.get("data", {}).get("fingerprint"),
+                   "metrics": ckpt.meta.get("metrics")},
         "parity": [report.to_dict() for report in reports],
         "export_seconds": round(export_seconds, 2),
         "versions": {**library_versions(), **_onnx_versions()},
