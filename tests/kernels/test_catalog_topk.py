@@ -65,11 +65,12 @@ def assert_same_topk(actual, queries, table, k, exclude=None):
 
 
 def _tied(queries, table, exclude, top_scores, atol, rtol) -> torch.Tensor:
-    """(B, k) bool: a top-k score within tolerance of any other eligible score of its row."""
-    every = _eligible_scores(queries, table, exclude).float()  # (B, N+1)
-    near = ((every.unsqueeze(1) - top_scores.float().unsqueeze(2)).abs()
-            <= atol + rtol * top_scores.float().abs().unsqueeze(2))  # (B, k, N+1)
-    return near.sum(2) > 1
+    """(B, k) bool: a finite top-k score within tolerance of another eligible score of its row."""
+    every = _eligible_scores(queries, table, exclude).float().sort(dim=1).values  # (B, N+1) ascending
+    top = top_scores.float()
+    width = atol + rtol * top.abs()
+    near = torch.searchsorted(every, top + width, side="right") - torch.searchsorted(every, top - width)
+    return (near > 1) & top.isfinite()
 
 
 def _eligible_scores(queries, table, exclude) -> torch.Tensor:
@@ -108,6 +109,11 @@ def test_public_op_matches_reference(kernel):
     queries, table, exclude = make_inputs(11, 20_001, 24, 30, seed=3)  # more than one default tile
     for k, excluded in ((10, exclude), (160, None)):
         assert_same_topk(catalog_topk(queries, table, k, excluded, kernel=kernel), queries, table, k, excluded)
+
+
+def test_blocked_large_k():
+    queries, table, exclude = make_inputs(3, 20_000, 8, 50, seed=12)
+    assert_same_topk(blocked_catalog_topk(queries, table, 4096, exclude), queries, table, 4096, exclude)
 
 
 @given(users=st.integers(0, 9), items=st.integers(1, 80), dim=st.integers(1, 9), history=st.integers(0, 12),

@@ -96,7 +96,8 @@ def _catalog_topk_kernel(
         if UPCAST:
             table = table.to(tl.float32)
         scores = tl.dot(queries, tl.trans(table), input_precision=PRECISION, out_dtype=tl.float32)  # (BLOCK_M, BLOCK_N)
-        scores = tl.where(((items > 0) & (items < last))[None, :], scores, float("-inf"))
+        real = (users_here[:, None] < users) & ((items > 0) & (items < last))[None, :]  # (BLOCK_M, BLOCK_N)
+        scores = tl.where(real, scores, float("-inf"))  # padding item, past the split, past the last user
         keys = _pack(scores, items[None, :])  # (BLOCK_M, BLOCK_N)
         if BLOCK_N > BLOCK_K:
             keys = tl.topk(keys, BLOCK_K, dim=1)  # (BLOCK_M, BLOCK_K)
