@@ -126,8 +126,10 @@ def _merge_tile(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch.T
         return best_scores, best_ids
     columns = (pick.groups.unsqueeze(2) + lanes * stride).flatten(1)  # (M, take * G)
     scores = tile.gather(1, columns)  # (M, take * G)
-    real_groups = pick.real.repeat_interleave(lanes.shape[0], dim=1)  # (M, take * G)
-    entering, real = _compact((scores > threshold) & (scores >= pick.floor) & real_groups)  # (M, C) each
+    if pick.real is not None:  # slots that pad a row repeat group 0: their scores must not enter
+        scores.view(rows, -1, lanes.shape[0]).masked_fill_(~pick.real.unsqueeze(2), NEG_INF)
+    cutoff = torch.maximum(pick.floor, torch.nextafter(threshold, threshold.new_tensor(float("inf"))))  # (M, 1)
+    entering, real = _compact(scores >= cutoff)  # (M, C) each: above the running k-th and the floor
     scores = scores.gather(1, entering).masked_fill_(~real, NEG_INF)  # (M, C)
     scores = torch.cat([best_scores, scores], dim=1)  # (M, k + C)
     ids = torch.cat([best_ids, columns.gather(1, entering) + start], dim=1)  # (M, k + C)
@@ -139,7 +141,7 @@ class GroupPick(NamedTuple):
     """The groups of a tile that one merge looks into."""
 
     groups: torch.Tensor  # (M, take) group indices
-    real: torch.Tensor  # (M, take) bool: False where a slot only pads a row with fewer groups
+    real: torch.Tensor | None  # (M, take) bool: False where a slot only pads a row (None: no padding)
     floor: torch.Tensor  # (M, 1) no score below it can enter the row's top-k
 
 
@@ -158,7 +160,7 @@ def _promising_groups(maxima: torch.Tensor, threshold: torch.Tensor, k: int) -> 
         return None
     if take >= k:
         top = maxima.topk(k, dim=1, sorted=False)  # (M, k)
-        return GroupPick(top.indices, torch.ones_like(live[:, :k]), top.values.amin(1, keepdim=True))
+        return GroupPick(top.indices, None, top.values.amin(1, keepdim=True))
     groups, real = _compact(live)  # (M, take) each
     return GroupPick(groups, real, threshold)
 
