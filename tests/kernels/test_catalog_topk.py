@@ -167,6 +167,14 @@ def test_autocast_does_not_lower_the_scores():
     assert_same_topk(actual, queries, table, 20)
 
 
+@pytest.mark.parametrize("kernel", ["pytorch", "blocked"])
+def test_inputs_that_require_grad(kernel):
+    queries, table, exclude = make_inputs(4, 100, 6, 3, seed=13)
+    scores, ids = catalog_topk(queries.requires_grad_(), table.requires_grad_(), 5, exclude, kernel=kernel)
+    assert not scores.requires_grad
+    assert_same_topk((scores, ids), queries.detach(), table.detach(), 5, exclude)
+
+
 def test_blocked_never_holds_users_by_catalog_scores():
     queries, table, exclude = make_inputs(64, 200_000, 8, 20, seed=6)
     tiling = Tiling(item_tile=4096)

@@ -28,7 +28,8 @@ Registered operators, as for ``cpr_scatter``:
 * ``register_catalog_topk_triton()`` -> ``torch.ops.seqrec.catalog_topk``, a ``triton_op`` (see
   ``seqrec.kernels.triton.triton_catalog_topk``) for torch.compile on CUDA.
 
-There is no gradient: the op selects, it is used for scoring.
+There is no gradient: the op selects items for scoring and runs under ``torch.no_grad`` (inputs
+that require grad, such as a model's embedding table, are fine; the outputs do not).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def catalog_topk(queries: torch.Tensor, items_table: torch.Tensor, k: int, exclu
     """queries (B, D), items_table (N+1, D), k <= N, exclude (B, S) int64 or None -> scores (B, k), ids (B, k)."""
     check_catalog_topk_inputs(queries, items_table, k, exclude)
     chosen = choose_kernel(kernel, queries, items_table, k, exclude)
-    with _without_autocast(queries.device):
+    with torch.no_grad(), _without_autocast(queries.device):
         if chosen == "triton":
             from seqrec.kernels.triton.triton_catalog_topk import triton_catalog_topk
 
