@@ -121,7 +121,7 @@ def test_blocked_large_k():
 @settings(max_examples=60, deadline=None)
 def test_fuzz_blocked(users, items, dim, history, seed, data):
     k = data.draw(st.integers(0, items), label="k")
-    tiling = Tiling(item_tile=data.draw(st.sampled_from([8, 16, 24])), user_block=data.draw(st.integers(1, 4)),
+    tiling = Tiling(item_tile=data.draw(st.sampled_from([8, 20, 24])), user_block=data.draw(st.integers(1, 4)),
                     group=data.draw(st.sampled_from([4, 8])))
     queries, table, exclude = make_inputs(users, items, dim, history, seed=seed)
     assert_same_topk(blocked_catalog_topk(queries, table, k, exclude, tiling), queries, table, k, exclude)
@@ -255,6 +255,11 @@ def test_public_op_errors():
     with pytest.raises(ConfigError, match=r"catalog_topk kernel \| received 'cuda', expected one of auto, "
                                           r"pytorch, blocked, triton"):
         catalog_topk(queries, table, 2, kernel="cuda")
+
+
+def test_tiling_errors():
+    with pytest.raises(ConfigError, match=r"catalog_topk tiling group \| received 0, expected at least 1"):
+        Tiling(group=0)
 
 
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):

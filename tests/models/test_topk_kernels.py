@@ -49,6 +49,13 @@ def test_fused_top_k_equals_matmul_top_k(head, overrides, exclude_seen):
             assert torch.equal(ids, expected_ids), kernel
 
 
+def test_fused_top_k_with_grad_enabled():
+    net = catalog_model("softmax")  # its embedding table requires grad; top_k selects without gradient
+    net.head.topk_kernel = "fused"
+    scores, ids = net.top_k(histories(), 5)
+    assert not scores.requires_grad and ids.shape == (9, 5)
+
+
 def seqrec_nodes(program: torch.export.ExportedProgram) -> list[str]:
     return [str(node.target) for node in program.graph.nodes
             if node.op == "call_function" and getattr(node.target, "namespace", None) == "seqrec"]

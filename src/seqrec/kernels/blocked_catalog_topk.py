@@ -44,17 +44,24 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from seqrec.errors import ConfigError, received_expected
 from seqrec.kernels.reference.pt_catalog_topk import (NEG_INF, common_dtype, eligible_exclusions,
                                                       padding_where_ineligible)
 
 
 @dataclass(frozen=True)
 class Tiling:
-    """Block sizes of the blocked path; ``item_tile`` must be a multiple of ``group``."""
+    """Block sizes of the blocked path. An ``item_tile`` that is not a multiple of ``group`` works
+    but pads a copy of every tile."""
 
     item_tile: int = 16384  # items scored per matrix product
     user_block: int = 256  # users per block: a tile's buffer is user_block x item_tile scores
     group: int = 16  # scores per maximum in the selection step
+
+    def __post_init__(self) -> None:
+        for name in ("item_tile", "user_block", "group"):
+            if getattr(self, name) < 1:
+                raise ConfigError(received_expected(f"catalog_topk tiling {name}", getattr(self, name), "at least 1"))
 
 
 def blocked_catalog_topk(queries: torch.Tensor, items_table: torch.Tensor, k: int,
