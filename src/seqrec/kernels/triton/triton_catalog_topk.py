@@ -192,7 +192,7 @@ def _splits(users: int, rows: int, block_n: int) -> int:
 
 def _drop_excluded(keys: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
     """keys (B, C) with every candidate whose id is in its row of exclude (B, S) set to the empty key."""
-    ids = ID_BITS - (keys & 0xFFFFFFFF)  # (B, C)
+    ids = unpack(keys)[1]  # (B, C)
     excluded = torch.zeros_like(ids, dtype=torch.bool)  # (B, C)
     for slot in range(exclude.shape[1]):  # S steps over (B, C), not one (B, C, S) comparison
         excluded |= ids == exclude[:, slot : slot + 1]
