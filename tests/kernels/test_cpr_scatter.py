@@ -19,14 +19,10 @@ from seqrec.errors import ConfigError
 from seqrec.kernels import cpr_scatter, register_cpr_scatter_opaque, register_cpr_scatter_triton
 from seqrec.kernels.cpr_scatter import _use_triton
 from seqrec.kernels.reference import pt_cpr_scatter, pt_cpr_scatter_backward
-from seqrec.kernels.triton import require_triton, triton_available, triton_interpreting
+from seqrec.kernels.triton import require_triton, triton_available
 
-INTERPRETING = triton_interpreting()
-TRITON_DEVICE = "cpu" if INTERPRETING else "cuda"
-requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-requires_triton = pytest.mark.skipif(
-    not triton_available() or (not INTERPRETING and not torch.cuda.is_available()),
-    reason="needs triton (pip install 'seqrec[triton]') and CUDA or TRITON_INTERPRET=1")
+from kernel_devices import INTERPRETING, TRITON_DEVICE, requires_gpu, requires_triton
+
 
 
 def literal_cpr_scatter(logits: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from torch import nn
 
 from seqrec.config import ModelConfig, parse_cpr_variant
 from seqrec.kernels import cpr_scatter
-from seqrec.models.heads import causal_histories, mask_padding, select_rows
+from seqrec.models.heads import catalog_candidates, causal_histories, mask_padding, select_rows
 
 WINDOW = 3  # Mi reads h_t, h_t-1, h_t-2
 MIXED_LAYERS = 2  # ... of the top two layers (fewer if the encoder returns fewer)
@@ -47,6 +47,7 @@ class CPRHead(nn.Module):
         self.mixed_layers = min(MIXED_LAYERS, mixed_layers)
         self.max_length = cfg.max_length
         self.scatter_kernel = "auto"  # cpr_scatter kernel: Triton on CUDA, the reference elsewhere
+        self.topk_kernel = "auto"  # base candidates: matmul + topk when traced, else catalog_topk (see heads)
         self.mix = nn.Linear(dim * self.mixed_layers * WINDOW, dim) if self.variant.mixed_input else None
         width = 2 * dim if self.variant.mixed_input else dim
         self.softmax_facet = _identity_on_hidden(width, dim)
@@ -78,16 +79,19 @@ class CPRHead(nn.Module):
         History items get their CPR logits; reranked items lie in the top-(k1 + k2 + ..) of the base
         logits; every other item keeps its base logit. So the top-k lies in the top-(sum k_R + k + L)
         base candidates plus the history items, and only those are scored: no (B, N) scatter.
-        L is the model's max_length, so the candidate count is a constant of the graph.
+        L is the model's max_length, so the candidate count is a constant of the graph. The base
+        candidates come from ``catalog_candidates`` (``topk_kernel``: in eager PyTorch no (B, N) base
+        logits either). Seen items are dropped from the candidates afterwards, not inside that step:
+        their base logits still decide which items the reranker stages take.
         ``pointer_op="custom"`` computes the history means with the ``cpr_scatter`` op (one custom
         node in an ONNX export) instead of standard ops; the result is the same.
         """
         queries = self.head_input(layers)  # (B, L, W)
         query = queries[:, -1]  # (B, W)
-        base = mask_padding(self.softmax_facet(query) @ self.item_embedding.weight.T)  # (B, N+1)
         spare = self.max_length if (self.context_facet is not None or exclude_seen) else 0
-        count = min(sum(self.variant.rerank) + k + spare, base.shape[1])
-        scores, candidates = base.topk(count, dim=1)  # (B, C)
+        count = min(sum(self.variant.rerank) + k + spare, self.item_embedding.num_embeddings - 1)
+        scores, candidates = catalog_candidates(self.softmax_facet(query), self.item_embedding.weight, count,
+                                                None, self.topk_kernel)  # (B, C) base logits and items
         for j, (k_r, facet) in enumerate(zip(self.variant.rerank, self.rerank_facets)):
             slots = scores.topk(min(k_r, count), dim=1).indices  # (B, k_R) positions among the candidates
             rescored = _score(facet(query), self.item_embedding(candidates.gather(1, slots)))  # (B, k_R)

@@ -16,6 +16,20 @@ Every head scores chosen *prediction points* of a batch of left-padded histories
 Heads are tied to the input item embedding (one (N + 1, D) matrix whose padding row is zero).
 With ``ModelConfig.l2_normalize`` the softmax head scores the cosine of the hidden state and the item
 embedding (HSTU's recipe, used with a small training temperature).
+
+``top_k`` takes its catalog candidates (the best items of h E^T, seen items left out where asked)
+in one of two ways, set per head by ``head.topk_kernel``:
+
+- "matmul": the (B, N + 1) product, -inf at padding and exclusions, ``topk``. Standard ops only:
+  what an ONNX export must hold (MatMul + TopK; ONNX Runtime and TensorRT run them natively).
+- "fused": ``seqrec.kernels.catalog_topk``, which never holds (B, N + 1) scores (blocked on the
+  CPU, Triton on CUDA); traced (torch.export / torch.compile), it is one opaque
+  ``seqrec::catalog_topk_opaque`` node that only PyTorch can run.
+- "auto" (default): "matmul" while being traced, so exports keep standard ops, and "fused" in
+  eager PyTorch (``seqrec score`` with the torch backend, evaluation scripts).
+
+Both give the same items (ties aside); "fused" computes the candidate scores in the inputs' dtype
+even under autocast, and gives id 0 with -inf where a row has fewer eligible items than asked.
 """
 
 from __future__ import annotations
@@ -23,6 +37,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from seqrec.errors import ConfigError, received_expected
+from seqrec.kernels import catalog_topk, register_catalog_topk_opaque
+
+TOPK_KERNELS = ("auto", "matmul", "fused")
 
 
 class SoftmaxHead(nn.Module):
@@ -32,6 +51,7 @@ class SoftmaxHead(nn.Module):
         super().__init__()
         self.item_embedding = item_embedding
         self.l2_normalize = bool(cfg is not None and cfg.l2_normalize)
+        self.topk_kernel = "auto"  # see the module docstring
 
     def logits(self, layers: list[torch.Tensor], items: torch.Tensor,
                rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -40,10 +60,9 @@ class SoftmaxHead(nn.Module):
 
     def top_k(self, layers: list[torch.Tensor], items: torch.Tensor, k: int, exclude_seen: bool = False,
               pointer_op: str = "standard") -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.logits(layers, items)  # (B, N+1)
-        if exclude_seen:
-            logits = logits.scatter(1, items, float("-inf"))
-        return logits.topk(k, dim=1)  # (B, K) scores, (B, K) items
+        hidden = self._unit(layers[-1][:, -1])  # (B, D)
+        exclude = items if exclude_seen else None
+        return catalog_candidates(hidden, self._unit(self.item_embedding.weight), k, exclude, self.topk_kernel)
 
     def sampled_logits(self, layers: list[torch.Tensor], items: torch.Tensor, rows: torch.Tensor | None,
                        targets: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +75,30 @@ class SoftmaxHead(nn.Module):
     def _unit(self, vectors: torch.Tensor) -> torch.Tensor:
         """Unit rows with ``l2_normalize`` (a zero row stays zero), else unchanged."""
         return F.normalize(vectors, dim=-1) if self.l2_normalize else vectors
+
+
+def catalog_candidates(query: torch.Tensor, table: torch.Tensor, count: int, exclude: torch.Tensor | None,
+                       kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``count`` best items of query (B, D) . table (N+1, D): scores (B, count), ids (B, count).
+
+    Padding (id 0) and each row's ``exclude`` (B, S) ids are never among them; ``kernel`` is a
+    head's ``topk_kernel`` (see the module docstring).
+    """
+    if not uses_catalog_topk(kernel):
+        logits = mask_padding(query @ table.T)  # [B, D] x [D, N+1] -> [B, N+1]
+        if exclude is not None:
+            logits = logits.scatter(1, exclude, float("-inf"))
+        return logits.topk(count, dim=1)  # (B, count) each
+    if torch.compiler.is_compiling():
+        return register_catalog_topk_opaque()(query, table, count, exclude)
+    return catalog_topk(query, table, count, exclude)
+
+
+def uses_catalog_topk(kernel: str) -> bool:
+    """Whether a head's ``topk_kernel`` means catalog_topk here and now: "auto" does unless traced."""
+    if kernel not in TOPK_KERNELS:
+        raise ConfigError(received_expected("head topk_kernel", repr(kernel), f"one of {', '.join(TOPK_KERNELS)}"))
+    return kernel == "fused" or (kernel == "auto" and not torch.compiler.is_compiling())
 
 
 def select_rows(per_slot: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:

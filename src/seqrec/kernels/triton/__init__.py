@@ -16,6 +16,7 @@ from types import ModuleType
 
 INSTALL_HINT = "pip install 'seqrec[triton]'"
 MAX_TRITON_HISTORY = 4096  # longest history (S) a cpr_scatter program holds: BLOCK_S x BLOCK_K registers
+MAX_TRITON_CANDIDATES = 512  # k + S a catalog_topk program keeps per user: BLOCK_M x 2 BLOCK_K int64 keys
 
 
 def triton_available() -> bool:

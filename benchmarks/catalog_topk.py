@@ -1,0 +1,146 @@
+"""catalog_topk on the CPU: matmul + torch.topk (the reference) against the blocked path, in one run.
+
+For every (N, B, k): the reference (the (B, N+1) product, -inf at padding, ``torch.topk``) and the
+blocked path (``kernel="blocked"``) run in turns, the order alternating between repeats so a busy
+spell of this shared machine does not fall on one side; times are medians. The first run of each
+path measures its peak memory: the rise of this process's peak RSS over the RSS before the call
+(Linux: /proc/self/status VmHWM, reset through /proc/self/clear_refs), next to the analytical
+bound of the blocked path (one tile of scores plus the running candidates; N x B does not enter).
+Linux with glibc only.
+
+The same run measures this machine's matrix-product rate on a cache-resident shape,
+(256 x D) x (D x 16384), in float32, bfloat16 and float16: each path is then shown as a fraction
+of that float32 roofline (2 N D FLOP per user over the measured rate). Lower-precision candidates
+pay only if the lower-precision product is faster, which the bf16/fp16 rates say.
+
+    python benchmarks/catalog_topk.py                    # D=64, N in {100k, 1M}, B in {256, 1024}, k in {10, 160}
+    python benchmarks/catalog_topk.py --threads 2 --items 100000 --users 256 --repeats 2
+
+The reference at N = 1M, B = 1024 holds a 4 GB score matrix; the default run takes about 75 s
+on the project's 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from seqrec.kernels import catalog_topk
+from seqrec.kernels.blocked_catalog_topk import Tiling
+
+MATMUL_SHAPE = (256, 16384)  # (users, items) of the roofline product: 16 MB of float32 scores
+PATHS = ("matmul+topk", "blocked")
+
+
+def matmul_rate(dim: int, dtype: torch.dtype, rounds: int = 5, repeats: int = 10) -> float:
+    """FLOP/s of (256 x D) x (D x 16384) into a preallocated output, the product the blocked path tiles:
+    the best of ``rounds`` rounds, since a neighbour's burst on this shared machine only slows a round."""
+    users, items = MATMUL_SHAPE
+    queries, table = torch.randn(users, dim, dtype=dtype), torch.randn(items, dim, dtype=dtype)
+    out = torch.empty(users, items, dtype=dtype)
+    torch.mm(queries, table.T, out=out)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            torch.mm(queries, table.T, out=out)
+        best = min(best, time.perf_counter() - start)
+    return 2 * users * items * dim * repeats / best
+
+
+def run_path(path: str, queries: torch.Tensor, table: torch.Tensor, k: int):
+    kernel = "pytorch" if path == "matmul+topk" else "blocked"
+    return catalog_topk(queries, table, k, kernel=kernel)
+
+
+def rss_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_rise(fn):
+    """(fn(), bytes by which the peak RSS rose above the RSS before the call).
+
+    Freed memory is handed back to the system first (glibc ``malloc_trim``): memory that earlier
+    calls freed but kept would otherwise be reused without raising the RSS.
+    """
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
+    before = rss_bytes("VmRSS")
+    result = fn()
+    return result, rss_bytes("VmHWM") - before
+
+
+def blocked_bound(users: int, k: int, tiling: Tiling) -> int:
+    """Bytes the blocked path can hold at once, counted generously: the tile buffer and a padded copy of
+    the last tile, per-group maxima with their masks and nonzero indices, k gathered groups with their
+    columns, masks and compacted copies (about 50 bytes a score), and the outputs. No term in N x B."""
+    block = min(users, tiling.user_block)
+    tile = 2 * 4 * block * tiling.item_tile
+    maxima = block * (tiling.item_tile // tiling.group) * (4 + 1 + 16)
+    gathered = block * k * tiling.group * 50
+    return tile + maxima + gathered + users * k * (4 + 8)
+
+
+def measure(items: int, users: int, dim: int, k: int, repeats: int) -> list[dict]:
+    gen = torch.Generator().manual_seed(items + users + k)
+    queries = torch.randn(users, dim, generator=gen)
+    table = torch.randn(items + 1, dim, generator=gen)
+    outputs, peaks = {}, {}
+    for path in PATHS:  # the first run: warm-up and peak memory
+        outputs[path], peaks[path] = peak_rise(lambda path=path: run_path(path, queries, table, k))
+    times = {path: [] for path in PATHS}
+    for attempt in range(repeats):
+        for path in PATHS[::-1] if attempt % 2 else PATHS:
+            start = time.perf_counter()
+            run_path(path, queries, table, k)
+            times[path].append(time.perf_counter() - start)
+    agree = (outputs["blocked"][1] == outputs["matmul+topk"][1]).float().mean().item()
+    return [{"N": items, "B": users, "k": k, "path": path, "seconds": statistics.median(times[path]),
+             "peak": peaks[path], "agree": agree if path == "blocked" else 1.0} for path in PATHS]
+
+
+def print_table(rows: list[dict], dim: int, rates: dict[str, float], tiling: Tiling) -> None:
+    print(f"catalog_topk on cpu, D={dim}, float32, {torch.get_num_threads()} threads, tiling {tiling}")
+    print("matmul rate, (256 x D) x (D x 16384): "
+          + ", ".join(f"{name} {rate / 1e9:.0f} GFLOP/s" for name, rate in rates.items()))
+    print(f"{'N':>8} {'B':>5} {'k':>4} {'path':>12} {'ms':>9} {'users/s':>9} {'x base':>7} {'roofline':>8} "
+          f"{'peak MB':>8} {'bound MB':>8} {'ids =':>6}")
+    for row in rows:
+        base = next(r for r in rows if (r["N"], r["B"], r["k"], r["path"]) == (row["N"], row["B"], row["k"],
+                                                                               "matmul+topk"))
+        flops = 2 * row["N"] * dim * row["B"]
+        bound = blocked_bound(row["B"], row["k"], tiling) / 2**20 if row["path"] == "blocked" else None
+        print(f"{row['N']:>8} {row['B']:>5} {row['k']:>4} {row['path']:>12} {row['seconds'] * 1e3:>9.0f} "
+              f"{row['B'] / row['seconds']:>9.0f} {base['seconds'] / row['seconds']:>7.2f} "
+              f"{flops / row['seconds'] / rates['float32']:>8.0%} {row['peak'] / 2**20:>8.0f} "
+              f"{'' if bound is None else f'{bound:.0f}':>8} {row['agree']:>6.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000], help="N, catalog sizes")
+    parser.add_argument("--users", type=int, nargs="+", default=[256, 1024], help="B, users per call")
+    parser.add_argument("--k", type=int, nargs="+", default=[10, 160], help="k, items kept per user")
+    parser.add_argument("--dim", type=int, default=64, help="D, embedding width")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per path after the first")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rates = {str(dtype).removeprefix("torch."): matmul_rate(args.dim, dtype)
+             for dtype in (torch.float32, torch.bfloat16, torch.float16)}
+    rows = [row for items in args.items for users in args.users for k in args.k
+            for row in measure(items, users, args.dim, k, args.repeats)]
+    print_table(rows, args.dim, rates, Tiling())
+
+
+if __name__ == "__main__":
+    main()

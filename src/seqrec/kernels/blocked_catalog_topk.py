@@ -1,0 +1,186 @@
+"""Catalog top-k in blocked plain PyTorch: the fast path on the CPU, no (B, N) buffer.
+
+Users go in blocks of ``user_block`` rows; for each block the catalog goes by in tiles of
+``item_tile`` items. A tile's scores, (user_block, item_tile) floats, are one matrix product into a
+buffer reused for every tile (it stays in cache; the (B, N) product of the reference is written to
+and read back from memory). The running top-k of each user (scores and ids, unsorted) is merged
+with the tile's best as follows, exact up to ties:
+
+1. Maxima of groups of ``group`` scores: (block, item_tile / group), one cheap reduction. A group
+   is strided (columns c, c + item_tile / group, ...), so the reduction runs over whole rows of
+   a (group, item_tile / group) view, which vectorises; a reduction over 16 consecutive scores
+   does not and cost 8 times more here.
+2. Only a group whose maximum beats the user's running k-th score can contribute, and of those
+   only the k groups with the largest maxima: if a group is not among them, k other groups each
+   hold a score at least as large as every score of that group. While some row of the block has
+   k such groups, ``topk`` over the maxima picks k per row; later (the running k-th score rises
+   tile by tile) each row has few, and they are compacted with ``nonzero``.
+3. The picked groups' scores (block, take * group) and the running top-k go through one ``topk``.
+
+``torch.topk`` over whole rows of scores was the cost to beat: on this project's CPU it takes
+longer than the matrix product that makes the scores (k = 160: about 5 ns per score against
+0.6 ns). Step 1 reads each score once, and after the first tiles ``take`` shrinks (the running
+k-th score rises), so most of the selection work disappears. The padding item (id 0) and each
+user's excluded ids are set to -inf in the tile before step 1.
+
+Threads: torch's intra-op threads parallelise each product, reduction and topk over the block's
+rows; nothing else is spawned. Two worker threads with one intra-op thread each, taking half the
+users, measured the same within this shared machine's noise (B = 1024, N = 1M).
+
+Lower precision does not pay here: on this CPU (AVX-512 bf16, no AMX) a bf16 product runs at
+0.7x the float32 rate, and fp16 at 1.1-1.3x on the product alone (benchmarks/catalog_topk.py
+prints all three), so bf16 or fp16 candidates rescored in float32 were not built.
+
+``kernel="auto"`` uses this path on the CPU when the catalog spans more than one tile: with
+B = 256, D = 64 it took 0.6-0.7x the reference's time at N = 16k, the same at 12k, and up to 4x
+the reference's time at 2k with k = 160 (the first tile's k x group candidates cover the catalog).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from seqrec.errors import ConfigError, received_expected
+from seqrec.kernels.reference.pt_catalog_topk import (NEG_INF, common_dtype, eligible_exclusions,
+                                                      padding_where_ineligible)
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Block sizes of the blocked path. An ``item_tile`` that is not a multiple of ``group`` works
+    but pads a copy of every tile."""
+
+    item_tile: int = 16384  # items scored per matrix product
+    user_block: int = 256  # users per block: a tile's buffer is user_block x item_tile scores
+    group: int = 16  # scores per maximum in the selection step
+
+    def __post_init__(self) -> None:
+        for name in ("item_tile", "user_block", "group"):
+            if getattr(self, name) < 1:
+                raise ConfigError(received_expected(f"catalog_topk tiling {name}", getattr(self, name), "at least 1"))
+
+
+def blocked_catalog_topk(queries: torch.Tensor, items_table: torch.Tensor, k: int,
+                         exclude: torch.Tensor | None = None,
+                         tiling: Tiling = Tiling()) -> tuple[torch.Tensor, torch.Tensor]:
+    """queries (B, D), items_table (N+1, D), exclude (B, S) or None -> scores (B, k), ids (B, k), best first."""
+    queries, items_table = common_dtype(queries, items_table)
+    users = queries.shape[0]
+    scores = queries.new_full((users, k), NEG_INF)  # (B, k)
+    ids = torch.zeros((users, k), dtype=torch.long, device=queries.device)  # (B, k)
+    if k == 0 or users == 0:
+        return scores, ids
+    buffer = queries.new_empty(min(tiling.user_block, users) * tiling.item_tile)  # one tile of scores
+    for first in range(0, users, tiling.user_block):
+        block = slice(first, first + tiling.user_block)
+        blocked = exclude[block] if exclude is not None else None
+        scores[block], ids[block] = _block_topk(queries[block], items_table, k, blocked, tiling, buffer)
+    return scores, padding_where_ineligible(scores, ids)
+
+
+def _block_topk(queries: torch.Tensor, items_table: torch.Tensor, k: int, exclude: torch.Tensor | None,
+                tiling: Tiling, buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sorted top-k of one block of users over the whole catalog: (M, k) scores, (M, k) ids."""
+    rows = queries.shape[0]
+    best_scores = queries.new_full((rows, k), NEG_INF)  # (M, k) unsorted running top-k
+    best_ids = torch.zeros((rows, k), dtype=torch.long, device=queries.device)  # (M, k)
+    exclude = eligible_exclusions(exclude, items_table.shape[0]) if exclude is not None else None
+    lanes = torch.arange(tiling.group, device=queries.device)  # (G,)
+    for start in range(0, items_table.shape[0], tiling.item_tile):
+        tile = _tile_scores(queries, items_table[start : start + tiling.item_tile], start, exclude, tiling, buffer)
+        best_scores, best_ids = _merge_tile(best_scores, best_ids, tile, start, lanes)
+    order = best_scores.argsort(dim=1, descending=True)  # (M, k)
+    return best_scores.gather(1, order), best_ids.gather(1, order)
+
+
+def _tile_scores(queries: torch.Tensor, items: torch.Tensor, start: int, exclude: torch.Tensor | None,
+                 tiling: Tiling, buffer: torch.Tensor) -> torch.Tensor:
+    """Scores of one tile (M, W) with W a multiple of the group; -inf at padding, exclusions, the tail."""
+    rows, width = queries.shape[0], items.shape[0]
+    tile = buffer[: rows * width].view(rows, width)  # (M, W)
+    torch.mm(queries, items.T, out=tile)  # [M, D] x [D, W] -> [M, W]
+    if start == 0:
+        tile[:, 0] = NEG_INF  # the padding item
+    if exclude is not None:
+        _exclude_in_tile(tile, exclude - start)
+    short = -width % tiling.group
+    return F.pad(tile, (0, short), value=NEG_INF) if short else tile  # (M, W rounded up to the group)
+
+
+def _exclude_in_tile(tile: torch.Tensor, local: torch.Tensor) -> None:
+    """Set tile[row, local[row, s]] = -inf wherever local (M, S) falls inside the tile.
+
+    Padding ids become -start: outside every tile but the first, where column 0 is -inf already.
+    """
+    inside = (local >= 0) & (local < tile.shape[1])  # (M, S)
+    rows, slots = inside.nonzero(as_tuple=True)
+    tile[rows, local[rows, slots]] = NEG_INF
+
+
+def _merge_tile(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch.Tensor, start: int,
+                lanes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running top-k (M, k) merged with one tile's scores (M, W); see the module docstring."""
+    rows, width = tile.shape
+    stride = width // lanes.shape[0]  # group c holds columns c, c + stride, c + 2 stride, ...
+    maxima = tile.view(rows, lanes.shape[0], stride).amax(1)  # (M, W / G): strided groups reduce fast
+    threshold = best_scores.amin(1, keepdim=True)  # (M, 1) running k-th score
+    pick = _promising_groups(maxima, threshold, best_scores.shape[1])
+    if pick is None:
+        return best_scores, best_ids
+    columns = (pick.groups.unsqueeze(2) + lanes * stride).flatten(1)  # (M, take * G)
+    scores = tile.gather(1, columns)  # (M, take * G)
+    if pick.real is not None:  # slots that pad a row repeat group 0: their scores must not enter
+        scores.view(rows, -1, lanes.shape[0]).masked_fill_(~pick.real.unsqueeze(2), NEG_INF)
+    cutoff = torch.maximum(pick.floor, torch.nextafter(threshold, threshold.new_tensor(float("inf"))))  # (M, 1)
+    entering, real = _compact(scores >= cutoff)  # (M, C) each: above the running k-th and the floor
+    scores = scores.gather(1, entering).masked_fill_(~real, NEG_INF)  # (M, C)
+    scores = torch.cat([best_scores, scores], dim=1)  # (M, k + C)
+    ids = torch.cat([best_ids, columns.gather(1, entering) + start], dim=1)  # (M, k + C)
+    top = scores.topk(best_scores.shape[1], dim=1, sorted=False)  # (M, k)
+    return top.values, ids.gather(1, top.indices)
+
+
+class GroupPick(NamedTuple):
+    """The groups of a tile that one merge looks into."""
+
+    groups: torch.Tensor  # (M, take) group indices
+    real: torch.Tensor | None  # (M, take) bool: False where a slot only pads a row (None: no padding)
+    floor: torch.Tensor  # (M, 1) no score below it can enter the row's top-k
+
+
+def _promising_groups(maxima: torch.Tensor, threshold: torch.Tensor, k: int) -> GroupPick | None:
+    """The groups each row must look into, or None if no row has any.
+
+    A group matters if its maximum beats the row's running k-th score (``threshold`` (M, 1)), and
+    only the k largest such. While some row has k of them or more, ``topk`` picks k per row, and
+    the k-th largest maximum is a floor: k groups hold a score at least that large. After the
+    first tiles no row has k, and the few are compacted with ``nonzero`` instead: a ``topk`` over
+    all maxima would cost more than the rest of the tile.
+    """
+    live = maxima > threshold  # (M, W / G)
+    take = int(live.sum(1).max()) if live.numel() else 0
+    if take == 0:
+        return None
+    if take >= k:
+        top = maxima.topk(k, dim=1, sorted=False)  # (M, k)
+        return GroupPick(top.indices, None, top.values.amin(1, keepdim=True))
+    groups, real = _compact(live)  # (M, take) each
+    return GroupPick(groups, real, threshold)
+
+
+def _compact(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The columns where mask (M, C) is True, row by row, left aligned: (M, most per row) columns,
+    and a (M, most per row) bool that is False in the slots that pad shorter rows (column 0)."""
+    counts = mask.sum(1)  # (M,)
+    width = int(counts.max()) if counts.numel() else 0
+    rows, columns = mask.nonzero(as_tuple=True)  # row-major: each row's columns together, in order
+    slots = torch.arange(rows.shape[0], device=mask.device) - (counts.cumsum(0) - counts)[rows]
+    picked = torch.zeros((mask.shape[0], width), dtype=torch.long, device=mask.device)  # (M, width)
+    picked[rows, slots] = columns
+    real = torch.zeros((mask.shape[0], width), dtype=torch.bool, device=mask.device)  # (M, width)
+    real[rows, slots] = True
+    return picked, real
