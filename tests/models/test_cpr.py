@@ -191,6 +191,22 @@ def test_candidate_top_k_equals_full_logits_top_k(variant, exclude_seen, model):
         assert not (ids.unsqueeze(-1) == window.unsqueeze(1)).any()
 
 
+@pytest.mark.parametrize("variant", ["CPR:9+Mi", "CPR:20,5", "CPR:30+Mi"])
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_candidate_top_k_when_the_history_covers_most_of_a_tiny_catalog(variant, exclude_seen):
+    """Fewer items outside the history than the reranker takes: its padding slots must not score item 0."""
+    torch.manual_seed(2)
+    net = build_model(ModelConfig(head="cpr", cpr_variant=variant, num_items=13, dim=8, heads=2, max_length=10,
+                                  dropout=0.0)).eval()
+    items = torch.randint(1, 14, (7, 10), generator=torch.Generator().manual_seed(5))
+    items[0] = torch.arange(1, 11)  # ten distinct items: three left outside the history
+    with torch.no_grad():
+        scores, ids = net.top_k(items, 3, exclude_seen)
+        ref_scores, ref_ids = net.top_k_reference(items, 3, exclude_seen)
+    torch.testing.assert_close(scores, ref_scores, rtol=1e-5, atol=1e-5)
+    assert torch.equal(ids, ref_ids) and (ids > 0).all()
+
+
 @pytest.mark.parametrize("variant", ["C", "CP+Mi", "CPR:60,20,7"])
 def test_custom_pointer_op_top_k_equals_standard(variant):
     net = big_cpr_model(variant)

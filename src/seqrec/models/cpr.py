@@ -76,38 +76,43 @@ class CPRHead(nn.Module):
               pointer_op: str = "standard") -> tuple[torch.Tensor, torch.Tensor]:
         """The exact top-k of ``logits`` (+ seen-item exclusion) from few candidates (DESIGN.md).
 
-        History items get their CPR logits; reranked items lie in the top-(k1 + k2 + ..) of the base
-        logits; every other item keeps its base logit. So the top-k lies in the top-(sum k_R + k + L)
-        base candidates plus the history items, and only those are scored: no (B, N) scatter.
-        L is the model's max_length, so the candidate count is a constant of the graph. The base
-        candidates come from ``catalog_candidates`` (``topk_kernel``: in eager PyTorch no (B, N) base
-        logits either). Seen items are dropped from the candidates afterwards, not inside that step:
-        their base logits still decide which items the reranker stages take.
+        History items get their CPR logits (or, excluded, none); reranked items lie in the top-(k1 +
+        k2 + ..) of the base logits; every other item keeps its base logit. So the top-k lies in the
+        history items plus the top-(sum k_R + k) base candidates *among the other items*: the catalog
+        step leaves the history out (``catalog_candidates`` with the history as exclusions; in eager
+        PyTorch no (B, N) base logits at all) and takes sum k_R + k, a constant of the graph. The
+        history's own base logits are appended (first slot of each item) because they still decide
+        which items the reranker stages take: the top-k_R of the whole catalog lies in the union.
         ``pointer_op="custom"`` computes the history means with the ``cpr_scatter`` op (one custom
         node in an ONNX export) instead of standard ops; the result is the same.
         """
         queries = self.head_input(layers)  # (B, L, W)
-        query = queries[:, -1]  # (B, W)
-        spare = self.max_length if (self.context_facet is not None or exclude_seen) else 0
-        count = min(sum(self.variant.rerank) + k + spare, self.item_embedding.num_embeddings - 1)
-        scores, candidates = catalog_candidates(self.softmax_facet(query), self.item_embedding.weight, count,
-                                                None, self.topk_kernel)  # (B, C) base logits and items
-        for j, (k_r, facet) in enumerate(zip(self.variant.rerank, self.rerank_facets)):
-            slots = scores.topk(min(k_r, count), dim=1).indices  # (B, k_R) positions among the candidates
-            rescored = _score(facet(query), self.item_embedding(candidates.gather(1, slots)))  # (B, k_R)
-            scores = scores.scatter(1, slots, rescored.to(scores.dtype))
+        query, base_query = queries[:, -1], self.softmax_facet(queries[:, -1])  # (B, W), (B, D)
         seen = items if (self.context_facet is not None or exclude_seen) else None
+        count = min(sum(self.variant.rerank) + k, self.item_embedding.num_embeddings - 1)
+        scores, candidates = catalog_candidates(base_query, self.item_embedding.weight, count, seen,
+                                                self.topk_kernel)  # (B, C) base logits and items, seen left out
+        if seen is not None:  # their base logits too, for the reranker stages: columns C .. C + L
+            candidates = torch.cat([candidates, items], dim=1)  # (B, C + L)
+            history_base = _score(base_query, self.item_embedding(items)).to(scores.dtype)  # (B, L)
+            scores = torch.cat([scores, history_base.masked_fill(~first_slots(items), float("-inf"))], dim=1)
+        for j, (k_r, facet) in enumerate(zip(self.variant.rerank, self.rerank_facets)):
+            slots = scores.topk(min(k_r, scores.shape[1]), dim=1).indices  # (B, k_R) positions among the candidates
+            chosen = candidates.gather(1, slots)  # (B, k_R): id 0 where a row has fewer items than k_R
+            rescored = _score(facet(query), self.item_embedding(chosen)).masked_fill(chosen == 0, float("-inf"))
+            scores = scores.scatter(1, slots, rescored.to(scores.dtype))
         if seen is not None:  # a history item is scored by its history column (or not at all)
-            scores = scores.masked_fill((candidates.unsqueeze(-1) == seen.unsqueeze(1)).any(-1), float("-inf"))
+            scores = scores[:, :count]  # (B, C)
+            if self.context_facet is None:
+                scores = torch.cat([scores, scores.new_full(items.shape, float("-inf"))], dim=1)  # (B, C + L)
         if self.context_facet is not None:
-            ids, values = self.history_scores(queries, items, None)  # (B, L)
+            ids, values = self.history_scores(queries, items, None)  # (B, L): ids are items
             if pointer_op == "custom" and not exclude_seen:
-                scores = _scatter_history(scores, candidates, ids, values)  # (B, C + L)
+                scores = _scatter_history(scores, candidates[:, :count], ids, values)  # (B, C + L)
             else:
                 means, first = slot_means(ids, values)
                 history = means.to(scores.dtype).masked_fill(~first | exclude_seen, float("-inf"))  # (B, L)
                 scores = torch.cat([scores, history], dim=1)  # (B, C + L)
-            candidates = torch.cat([candidates, ids], dim=1)  # (B, C + L)
         best = scores.topk(k, dim=1)  # (B, K)
         return best.values, candidates.gather(1, best.indices)
 
@@ -209,8 +214,14 @@ def slot_means(ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, t
     """Mean of each slot's id over its row (M, L), and whether the slot is the id's first occurrence."""
     same = (ids.unsqueeze(2) == ids.unsqueeze(1)) & (ids > 0).unsqueeze(1)  # (M, L, L)
     means = (same.to(values.dtype) @ values.unsqueeze(2)).squeeze(2) / same.sum(2).clamp_min(1)  # (M, L)
+    return means, first_slots(ids, same)
+
+
+def first_slots(ids: torch.Tensor, same: torch.Tensor | None = None) -> torch.Tensor:
+    """(M, L) bool: the slot holds a real id that no earlier slot of its row holds."""
+    same = (ids.unsqueeze(2) == ids.unsqueeze(1)) if same is None else same  # (M, L, L)
     earlier = torch.ones_like(same[0]).tril(-1)  # (L, L): [j, k] = k < j
-    return means, (ids > 0) & ~(same & earlier).any(2)
+    return (ids > 0) & ~(same & earlier).any(2)
 
 
 def _replace(logits: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
