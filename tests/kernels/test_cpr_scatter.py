@@ -150,6 +150,31 @@ def test_triton_never_writes_ids_beyond_the_catalog():
     torch.testing.assert_close(launch_cpr_scatter_fwd(logits, ids, values), expected)
 
 
+COPY_SHAPES = [(1, 1, 2, 16), (3, 5, 11, 4), (7, 21, 53, 16), (5, 50, 301, 64), (4, 0, 9, 4), (6, 33, 1000, 1024)]
+
+
+@requires_triton
+@pytest.mark.parametrize("rows,history,width,block_n", COPY_SHAPES)  # N+1 rarely a multiple of BLOCK_N
+def test_plugin_kernel_copies_and_scatters_in_one_launch(rows, history, width, block_n):
+    from seqrec.kernels.triton.triton_cpr_scatter import launch_cpr_scatter_copy
+
+    logits, ids, values, _ = make_inputs(rows, history, width, seed=rows + history + width, device=TRITON_DEVICE)
+    before = logits.clone()
+    out = launch_cpr_scatter_copy(logits, ids, values, block_n=block_n)  # rows: mixed, one id, all padding
+    torch.testing.assert_close(out, pt_cpr_scatter(logits, ids, values), atol=1e-6, rtol=1e-6)
+    assert out.data_ptr() != logits.data_ptr() and torch.equal(logits, before)
+
+
+@requires_triton
+def test_plugin_kernel_takes_float32_only():
+    from seqrec.kernels.triton.triton_cpr_scatter import launch_cpr_scatter_copy
+
+    logits, ids, values, _ = make_inputs(2, 3, 7, dtype=torch.float16, device=TRITON_DEVICE)
+    with pytest.raises(TypeError, match=r"cpr_scatter plugin kernel logits dtype \| received torch.float16, "
+                                        r"expected torch.float32"):
+        launch_cpr_scatter_copy(logits, ids, values)
+
+
 def test_auto_runs_the_reference_on_cpu():
     logits, ids, values, _ = make_inputs(3, 5, 11)
     assert not _use_triton("auto", logits, ids)

@@ -125,6 +125,34 @@ def _cpr_scatter_bwd_kernel(
     tl.store(grad_ptrs, tl.zeros((BLOCK_S,), dtype=d_logits_ptr.dtype.element_ty), mask=real)
 
 
+@triton.jit
+def _cpr_scatter_copy_kernel(
+    logits_ptr,  # (M, N+1) float32 contiguous, read only
+    ids_ptr,  # (M, S) int64 contiguous item ids, 0 = padding
+    values_ptr,  # (M, S) float32 contiguous values averaged per distinct id
+    num_items,  # N+1 (int32: TensorRT passes extra kernel arguments as SymInt32)
+    history,  # S
+    out_ptr,  # (M, N+1) float32 contiguous output, a separate buffer
+    BLOCK_N: tl.constexpr,  # items copied per step
+    BLOCK_S: tl.constexpr,  # history slots held by the program (power of two >= S)
+    BLOCK_K: tl.constexpr,  # history slots compared per step
+):
+    """The whole op in one launch for the TensorRT plugin: copy the row, barrier, write the means.
+
+    Parameters follow TensorRT's AOT plugin order: input pointers, extra scalars, output pointers.
+    """
+    row, offs, ids, counts, sums, earlier = _row_history(ids_ptr, values_ptr, history, 1, history, 1, history,
+                                                         BLOCK_S, BLOCK_K, True)
+    row_start = row * num_items  # int64
+    for start in range(0, num_items, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+        in_row = cols < num_items
+        tl.store(out_ptr + row_start + cols, tl.load(logits_ptr + row_start + cols, mask=in_row), mask=in_row)
+    tl.debug_barrier()  # every copy of this row lands before a mean overwrites its column
+    first = (ids > 0) & (ids < num_items) & (earlier == 0)  # one writer per distinct real id
+    tl.store(out_ptr + row_start + ids, sums / counts.to(tl.float32), mask=first)
+
+
 def check_launch_inputs(logits: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> None:
     """Everything the kernels assume, checked before anything is launched."""
     check_cpr_scatter_inputs(logits, ids, values)
@@ -192,6 +220,25 @@ def launch_cpr_scatter_bwd(grad: torch.Tensor, ids: torch.Tensor,
             ids.stride(0), ids.stride(1),
             d_logits.shape[1], history, **_blocks(history))
     return d_logits, d_values
+
+
+PLUGIN_BLOCK_N = 1024  # items a plugin program copies per step
+
+
+def launch_cpr_scatter_copy(logits: torch.Tensor, ids: torch.Tensor, values: torch.Tensor,
+                            block_n: int = PLUGIN_BLOCK_N) -> torch.Tensor:
+    """The plugin kernel launched from Python (float32 only): logits (M, N+1), ids, values (M, S) -> (M, N+1)."""
+    check_launch_inputs(logits, ids, values)
+    for name, tensor in (("logits", logits), ("values", values)):
+        if tensor.dtype != torch.float32:
+            raise TypeError(received_expected(f"cpr_scatter plugin kernel {name} dtype", tensor.dtype,
+                                              "torch.float32 (the seqrec::CprScatter node is float32)"))
+    out = torch.empty_like(logits)  # (M, N+1)
+    rows, history = ids.shape
+    if rows:
+        _cpr_scatter_copy_kernel[(rows,)](logits, ids, values, logits.shape[1], history, out,
+                                          BLOCK_N=block_n, **_blocks(history))
+    return out
 
 
 class TritonCprScatter(torch.autograd.Function):
