@@ -8,6 +8,10 @@ launcher, so the kernel touches S elements of a row, never N. The backward kerne
 gradient at each history id, divides it by the id's count (d values) and zeroes those positions in
 a clone of the gradient (d logits).
 
+``_cpr_scatter_copy_kernel`` is the forward in one launch for the TensorRT plugin
+(``exporter/trt_plugin.py``): each program copies its row of logits into a separate output, waits at
+a barrier, then writes the means; float32 and contiguous only, parameters in TensorRT's AOT order.
+
 Registrations, as checked with torch 2.13 (CPU build, triton 3.9):
 
 * ``seqrec::cpr_scatter`` and ``seqrec::cpr_scatter_backward`` are ``torch.library.triton_op``s
