@@ -2,13 +2,18 @@
 
 Semantics are those of ``seqrec.kernels.cpr_scatter(logits, ids, values)``: in each row, the
 column of every distinct non-zero id gets the mean of that id's values. In PyTorch the node is the
-op itself; during ``torch.onnx.export`` it is emitted as a single node of the ``seqrec`` domain.
+op itself; during ``torch.onnx.export`` it is emitted as a single float32 node of the ``seqrec``
+domain, with the attributes TensorRT's ONNX parser reads to find a plugin (``plugin_namespace``
+"seqrec", the op type as the plugin name, ``aot`` 1 for its ahead-of-time implementation).
 
 Who runs the node:
-- ONNX Runtime (CPU here): a Python kernel through onnxruntime-extensions, which serves custom ops
-  only in its own domain ``ai.onnx.contrib``; the runner renames the domain in memory when it
-  loads the model, so the bundle's file keeps ``seqrec``.
-- TensorRT: a plugin of the same name (see ``exporter/tensorrt.py``), GPU only.
+- ONNX Runtime (CPU here, tested): a Python kernel through onnxruntime-extensions, which serves
+  custom ops only in its own domain ``ai.onnx.contrib``; the runner renames the domain in memory
+  when it loads the model, so the bundle's file keeps ``seqrec``. The extra attributes are ignored.
+- TensorRT: the plugin of ``exporter/trt_plugin.py``, a Triton kernel compiled to PTX and carried
+  by the plan; ``build_engine`` registers it when the graph holds ``seqrec`` nodes. The PTX compile
+  is tested on a CPU-only machine; registration, engine build and run need a GPU and are not yet
+  verified (``benchmarks/gpu_check.py`` checks them against ONNX Runtime where a GPU is lent).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from seqrec.kernels.reference import pt_cpr_scatter
 DOMAIN = "seqrec"
 OP_TYPE = "CprScatter"
 ORT_DOMAIN = "ai.onnx.contrib"
+TENSORRT_ATTRIBUTES = {"plugin_namespace": DOMAIN, "aot": 1}  # how TensorRT's ONNX parser finds the plugin
 _registered = False
 
 
@@ -30,7 +36,7 @@ def cpr_scatter_node(logits: torch.Tensor, ids: torch.Tensor, values: torch.Tens
     """``cpr_scatter`` eagerly; one ``seqrec::CprScatter`` node (float32) inside an ONNX export."""
     if not torch.onnx.is_in_onnx_export():
         return cpr_scatter(logits, ids, values)
-    return torch.onnx.ops.symbolic(f"{DOMAIN}::{OP_TYPE}", (logits.float(), ids, values.float()), {},
+    return torch.onnx.ops.symbolic(f"{DOMAIN}::{OP_TYPE}", (logits.float(), ids, values.float()), TENSORRT_ATTRIBUTES,
                                    dtype=torch.float32, shape=logits.shape, version=1).to(logits.dtype)
 
 
@@ -46,15 +52,18 @@ def model_for_onnxruntime(path) -> bytes:
     """The ONNX file with seqrec-domain nodes moved to onnxruntime-extensions' domain, serialized."""
     onnx = require_module("onnx", "loading an ONNX model", "pip install 'seqrec[onnx]'")
     model = onnx.load(str(path))
-    graphs = [model.graph] + [function for function in model.functions]
-    for graph in graphs:
-        for node in graph.node:
-            if node.domain == DOMAIN:
-                node.domain = ORT_DOMAIN
+    for node in seqrec_nodes(model):
+        node.domain = ORT_DOMAIN
     imports = {entry.domain for entry in model.opset_import}
     if ORT_DOMAIN not in imports:
         model.opset_import.append(onnx.helper.make_opsetid(ORT_DOMAIN, 1))
     return model.SerializeToString()
+
+
+def seqrec_nodes(model) -> list:
+    """The ``seqrec``-domain nodes of an onnx.ModelProto, in its graph and its local functions."""
+    graphs = [model.graph] + list(model.functions)
+    return [node for graph in graphs for node in graph.node if node.domain == DOMAIN]
 
 
 def _define_python_kernel(extensions) -> None:
