@@ -11,6 +11,8 @@ from seqrec.errors import ConfigError, ExportError, ExportMismatchError
 from seqrec.exporter import EXPORT_SPECS, OnnxRuntimeRunner, export_checkpoint, load_bundle, spec_for
 from seqrec.models import ENCODERS, HEADS
 
+from tensorrt_devices import requires_tensorrt
+
 PAIRS = [(model, head) for model in ENCODERS for head in HEADS]
 
 
@@ -87,6 +89,8 @@ def test_custom_pointer_op_is_one_seqrec_node_served_by_onnxruntime(exported, mo
     graph = onnx.load(str(out / "model.onnx")).graph
     custom = [node for node in graph.node if node.domain == "seqrec"]
     assert [node.op_type for node in custom] == ["CprScatter"]
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in custom[0].attribute}
+    assert attributes == {"plugin_namespace": b"seqrec", "aot": 1}  # what TensorRT's parser reads; ORT ignores
     assert json.loads((out / "manifest.json").read_text())["valid"]  # parity held through the custom kernel
     standard, _ = exported(model, "cpr")
     items = np.random.default_rng(5).integers(1, 40, (16, 12))  # few ids: duplicates in every row
@@ -120,19 +124,7 @@ def test_tensorrt_without_a_gpu_is_one_clear_line(tiny_checkpoints, tmp_path):
         export_checkpoint(tiny_checkpoints("sasrec", "cpr"), tmp_path / "b", ExportConfig(format="tensorrt"))
 
 
-def _tensorrt_missing() -> str | None:
-    import importlib.util
-
-    import torch
-
-    if not torch.cuda.is_available():
-        return "needs an NVIDIA GPU (TensorRT)"
-    if importlib.util.find_spec("tensorrt") is None:
-        return "needs tensorrt: pip install 'seqrec[gpu]'"
-    return None
-
-
-@pytest.mark.skipif(_tensorrt_missing() is not None, reason=str(_tensorrt_missing()))
+@requires_tensorrt
 @pytest.mark.parametrize("model,head", PAIRS)
 def test_tensorrt_engine_matches_pytorch(tiny_checkpoints, tmp_path, model, head):
     out = tmp_path / "bundle"
@@ -140,3 +132,11 @@ def test_tensorrt_engine_matches_pytorch(tiny_checkpoints, tmp_path, model, head
                                echo=lambda s: None)
     assert (out / "model.plan").is_file() and [r["backend"] for r in bundle.manifest["parity"]] == [
         "onnxruntime", "tensorrt"]
+
+
+@requires_tensorrt
+def test_tensorrt_engine_runs_the_custom_pointer_op(tiny_checkpoints, tmp_path):
+    config = ExportConfig(format="tensorrt", pointer_op="custom", validation_users=40)
+    bundle = export_checkpoint(tiny_checkpoints("sasrec", "cpr"), tmp_path / "bundle", config, echo=lambda s: None)
+    assert bundle.manifest["valid"]  # the plugin's engine held parity with PyTorch
+    assert [r["backend"] for r in bundle.manifest["parity"]] == ["onnxruntime", "tensorrt"]

@@ -5,6 +5,12 @@ carries (``seqrec export --precision`` casts inside the graph). One optimisation
 batch 1..``max_batch`` and history length 1..4 x window (the graph fits any length to its window).
 A timing cache beside the plan makes rebuilds fast. Imported lazily: without tensorrt or a GPU
 every entry point raises one line saying so.
+
+A ``--pointer-op custom`` graph holds one ``seqrec::CprScatter`` node: ``build_engine`` first
+registers the ``tensorrt.plugin`` of ``exporter/trt_plugin.py``, whose ahead-of-time Triton kernel
+(PTX) the plan is meant to carry, so the engine runs without Python. Verified so far only on a
+machine without a GPU: the PTX compile. The registration, the parse of the node, the engine build
+and its parity are unverified until ``benchmarks/gpu_check.py`` runs where a GPU is lent.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ def require_tensorrt():
 def build_engine(onnx_path: Path, plan_path: Path, inputs: tuple[str, ...], window: int) -> Path:
     """Parse ``onnx_path``, build a strongly typed engine with one dynamic profile, write ``plan_path``."""
     trt = require_tensorrt()
+    register_plugins(onnx_path, window)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
@@ -58,6 +65,19 @@ def build_engine(onnx_path: Path, plan_path: Path, inputs: tuple[str, ...], wind
     plan_path.write_bytes(bytes(serialized))
     cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
     return plan_path
+
+
+def register_plugins(onnx_path: Path, window: int) -> bool:
+    """Register the seqrec plugins before parsing when the graph holds seqrec-domain nodes; whether it did."""
+    from seqrec.exporter.custom_ops import seqrec_nodes
+
+    onnx = require_module("onnx", "reading an ONNX model", "pip install 'seqrec[onnx]'")
+    if not seqrec_nodes(onnx.load(str(onnx_path), load_external_data=False)):
+        return False
+    from seqrec.exporter.trt_plugin import register_cpr_scatter_plugin
+
+    register_cpr_scatter_plugin(history=window)
+    return True
 
 
 class TensorRTRunner(Runner):
