@@ -57,6 +57,7 @@ class Tiling:
     item_tile: int = 16384  # items scored per matrix product
     user_block: int = 256  # users per block: a tile's buffer is user_block x item_tile scores
     group: int = 16  # scores per maximum in the selection step
+    by_norm: bool = True  # visit the items by decreasing norm (a sorted copy of the table, cached)
 
     def __post_init__(self) -> None:
         for name in ("item_tile", "user_block", "group"):
@@ -75,40 +76,86 @@ def blocked_catalog_topk(queries: torch.Tensor, items_table: torch.Tensor, k: in
     if k == 0 or users == 0:
         return scores, ids
     buffer = queries.new_empty(min(tiling.user_block, users) * tiling.item_tile)  # one tile of scores
+    order = _norm_order(items_table) if tiling.by_norm else None
     for first in range(0, users, tiling.user_block):
         block = slice(first, first + tiling.user_block)
         blocked = exclude[block] if exclude is not None else None
-        scores[block], ids[block] = _block_topk(queries[block], items_table, k, blocked, tiling, buffer)
+        scores[block], ids[block] = _block_topk(queries[block], items_table, k, blocked, tiling, buffer, order)
     return scores, padding_where_ineligible(scores, ids)
 
 
+class NormOrder(NamedTuple):
+    """The table's rows by decreasing norm, the padding item last: the running k-th score rises sooner."""
+
+    rows: torch.Tensor  # (N + 1, D) the table's rows in this order
+    ids: torch.Tensor  # (N + 1,) int64: the item at each position
+    position: torch.Tensor  # (N + 1,) int64: the position of each item
+
+
+_ORDERS: list[tuple[torch.Tensor, tuple, NormOrder]] = []  # the last table, its version, its order
+
+
+def _norm_order(items_table: torch.Tensor) -> NormOrder:
+    """The table sorted by row norm, cached for the last table seen: the same tensor object (held here,
+    so its id cannot pass to another) at the same version and storage."""
+    version = (items_table._version, items_table.data_ptr(), tuple(items_table.shape), items_table.stride())
+    if not _ORDERS or _ORDERS[0][0] is not items_table or _ORDERS[0][1] != version:
+        _ORDERS.clear()  # one table at a time: a model scores with its own
+        norms = torch.linalg.vector_norm(items_table.float(), dim=1)  # (N + 1,)
+        norms[0] = NEG_INF
+        ids = norms.argsort(descending=True)  # (N + 1,) item 0 last
+        position = torch.empty_like(ids)
+        position[ids] = torch.arange(ids.shape[0], device=ids.device)
+        _ORDERS.append((items_table, version, NormOrder(items_table[ids], ids, position)))
+    return _ORDERS[0][2]
+
+
+class Tile(NamedTuple):
+    items: torch.Tensor  # (W, D) rows of the table
+    start: int  # column c is position start + c
+    order: NormOrder | None  # the order of positions (None: position = item id)
+
+
 def _block_topk(queries: torch.Tensor, items_table: torch.Tensor, k: int, exclude: torch.Tensor | None,
-                tiling: Tiling, buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                tiling: Tiling, buffer: torch.Tensor, order: NormOrder | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The sorted top-k of one block of users over the whole catalog: (M, k) scores, (M, k) ids."""
     rows = queries.shape[0]
+    exclude = eligible_exclusions(exclude, items_table.shape[0]) if exclude is not None else None
     best_scores = queries.new_full((rows, k), NEG_INF)  # (M, k) unsorted running top-k
     best_ids = torch.zeros((rows, k), dtype=torch.long, device=queries.device)  # (M, k)
-    exclude = eligible_exclusions(exclude, items_table.shape[0]) if exclude is not None else None
     lanes = torch.arange(tiling.group, device=queries.device)  # (G,)
-    for start in range(0, items_table.shape[0], tiling.item_tile):
-        tile = _tile_scores(queries, items_table[start : start + tiling.item_tile], start, exclude, tiling, buffer)
-        best_scores, best_ids = _merge_tile(best_scores, best_ids, tile, start, lanes)
+    table = order.rows if order is not None else items_table
+    for start in range(0, table.shape[0], tiling.item_tile):
+        tile = Tile(table[start : start + tiling.item_tile], start, order)
+        threshold = best_scores.amin(1, keepdim=True)  # (M, 1) running k-th score
+        if bool((threshold == NEG_INF).any()):  # the first tile(s): many groups beat -inf
+            scores = _tile_scores(queries, tile, exclude, tiling, buffer)
+            best_scores, best_ids = _merge_tile(best_scores, best_ids, scores, tile, lanes)
+        else:
+            scores = _tile_scores(queries, tile, None, tiling, buffer)
+            best_scores, best_ids = _merge_sparse(best_scores, best_ids, scores, tile, lanes, threshold, exclude)
     order = best_scores.argsort(dim=1, descending=True)  # (M, k)
     return best_scores.gather(1, order), best_ids.gather(1, order)
 
 
-def _tile_scores(queries: torch.Tensor, items: torch.Tensor, start: int, exclude: torch.Tensor | None,
-                 tiling: Tiling, buffer: torch.Tensor) -> torch.Tensor:
-    """Scores of one tile (M, W) with W a multiple of the group; -inf at padding, exclusions, the tail."""
-    rows, width = queries.shape[0], items.shape[0]
-    tile = buffer[: rows * width].view(rows, width)  # (M, W)
-    torch.mm(queries, items.T, out=tile)  # [M, D] x [D, W] -> [M, W]
-    if start == 0:
-        tile[:, 0] = NEG_INF  # the padding item
-    if exclude is not None:
-        _exclude_in_tile(tile, exclude - start)
+def _item_ids(columns: torch.Tensor, tile: Tile) -> torch.Tensor:
+    return tile.order.ids[columns + tile.start] if tile.order is not None else columns + tile.start
+
+
+def _tile_scores(queries: torch.Tensor, tile: Tile, exclude: torch.Tensor | None, tiling: Tiling,
+                 buffer: torch.Tensor) -> torch.Tensor:
+    """Scores of one tile (M, W) with W a multiple of the group; -inf at padding and the tail, and at
+    the exclusions if given."""
+    rows, width = queries.shape[0], tile.items.shape[0]
+    scores = buffer[: rows * width].view(rows, width)  # (M, W)
+    torch.mm(queries, tile.items.T, out=scores)  # [M, D] x [D, W] -> [M, W]
+    padding = tile.order.position.shape[0] - 1 - tile.start if tile.order is not None else -tile.start
+    if 0 <= padding < width:
+        scores[:, padding] = NEG_INF  # the padding item
+    if exclude is not None:  # padding and out-of-range ids are the padding item, -inf already
+        _exclude_in_tile(scores, (tile.order.position[exclude] if tile.order is not None else exclude) - tile.start)
     short = -width % tiling.group
-    return F.pad(tile, (0, short), value=NEG_INF) if short else tile  # (M, W rounded up to the group)
+    return F.pad(scores, (0, short), value=NEG_INF) if short else scores  # (M, W rounded up to the group)
 
 
 def _exclude_in_tile(tile: torch.Tensor, local: torch.Tensor) -> None:
@@ -121,7 +168,7 @@ def _exclude_in_tile(tile: torch.Tensor, local: torch.Tensor) -> None:
     tile[rows, local[rows, slots]] = NEG_INF
 
 
-def _merge_tile(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch.Tensor, start: int,
+def _merge_tile(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch.Tensor, where: Tile,
                 lanes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Running top-k (M, k) merged with one tile's scores (M, W); see the module docstring."""
     rows, width = tile.shape
@@ -139,9 +186,51 @@ def _merge_tile(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch.T
     entering, real = _compact(scores >= cutoff)  # (M, C) each: above the running k-th and the floor
     scores = scores.gather(1, entering).masked_fill_(~real, NEG_INF)  # (M, C)
     scores = torch.cat([best_scores, scores], dim=1)  # (M, k + C)
-    ids = torch.cat([best_ids, columns.gather(1, entering) + start], dim=1)  # (M, k + C)
+    ids = torch.cat([best_ids, _item_ids(columns.gather(1, entering), where)], dim=1)  # (M, k + C)
     top = scores.topk(best_scores.shape[1], dim=1, sorted=False)  # (M, k)
     return top.values, ids.gather(1, top.indices)
+
+
+def _merge_sparse(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch.Tensor, where: Tile,
+                  lanes: torch.Tensor, threshold: torch.Tensor,
+                  exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running top-k (M, k) merged with one tile's scores (M, W) once every row's k-th score is finite.
+
+    Few groups beat it, so they are found as flat (row, group) lists: maxima of groups of G
+    (M, W / G), maxima of G of those (M, W / G^2), ``nonzero`` on the small second level, then on
+    the G group maxima of each live super-group, then on the G scores of each live group. The
+    exclusions are checked on the few scores that pass, not set in the tile.
+    """
+    rows, width = tile.shape
+    group = lanes.shape[0]
+    stride = width // group  # group c holds columns c, c + stride, ...
+    maxima = tile.view(rows, group, stride).amax(1)  # (M, W / G)
+    if stride % group == 0:  # super-group s holds groups s, s + stride / G, ...
+        wide = stride // group
+        row, live = (maxima.view(rows, group, wide).amax(1) > threshold).nonzero(as_tuple=True)  # (L2,)
+        groups = (row * stride + live).unsqueeze(1) + lanes * wide  # (L2, G) flat indices into maxima
+        groups = groups.masked_select(maxima.take(groups) > threshold.view(-1)[row].unsqueeze(1))  # (L,)
+    else:
+        groups = (maxima > threshold).view(-1).nonzero().squeeze(1)  # (L,) flat indices into maxima
+    row = groups.div(stride, rounding_mode="floor")  # (L,)
+    flat = (groups + row * (width - stride)).unsqueeze(1) + lanes * stride  # (L, G) flat indices into the tile
+    scores = tile.take(flat)  # (L, G)
+    entering = scores > threshold.view(-1)[row].unsqueeze(1)  # (L, G)
+    scores, flat = scores.masked_select(entering), flat.masked_select(entering)  # (C,) each, rows still sorted
+    if flat.numel() == 0:
+        return best_scores, best_ids
+    row = flat.div(width, rounding_mode="floor")  # (C,)
+    ids = _item_ids(flat - row * width, where)  # (C,)
+    if exclude is not None:
+        scores.masked_fill_((exclude[row] == ids.unsqueeze(1)).any(1), NEG_INF)
+    counts = torch.bincount(row, minlength=rows)  # (M,)
+    slots = torch.arange(row.shape[0], device=row.device) - (counts.cumsum(0) - counts)[row]  # (C,)
+    wide_scores = best_scores.new_full((rows, int(counts.max())), NEG_INF)  # (M, most per row)
+    wide_scores[row, slots] = scores
+    wide_ids = best_ids.new_zeros((rows, wide_scores.shape[1]))
+    wide_ids[row, slots] = ids
+    top = torch.cat([best_scores, wide_scores], dim=1).topk(best_scores.shape[1], dim=1, sorted=False)  # (M, k)
+    return top.values, torch.cat([best_ids, wide_ids], dim=1).gather(1, top.indices)
 
 
 class GroupPick(NamedTuple):
