@@ -125,15 +125,15 @@ def _block_topk(queries: torch.Tensor, items_table: torch.Tensor, k: int, exclud
     best_ids = torch.zeros((rows, k), dtype=torch.long, device=queries.device)  # (M, k)
     lanes = torch.arange(tiling.group, device=queries.device)  # (G,)
     table = order.rows if order is not None else items_table
+    excluded = None if exclude is None else order.position[exclude] if order is not None else exclude  # positions
     for start in range(0, table.shape[0], tiling.item_tile):
         tile = Tile(table[start : start + tiling.item_tile], start, order)
         threshold = best_scores.amin(1, keepdim=True)  # (M, 1) running k-th score
+        scores = _tile_scores(queries, tile, excluded, tiling, buffer)
         if bool((threshold == NEG_INF).any()):  # the first tile(s): many groups beat -inf
-            scores = _tile_scores(queries, tile, exclude, tiling, buffer)
             best_scores, best_ids = _merge_tile(best_scores, best_ids, scores, tile, lanes)
         else:
-            scores = _tile_scores(queries, tile, None, tiling, buffer)
-            best_scores, best_ids = _merge_sparse(best_scores, best_ids, scores, tile, lanes, threshold, exclude)
+            best_scores, best_ids = _merge_sparse(best_scores, best_ids, scores, tile, lanes, threshold)
     order = best_scores.argsort(dim=1, descending=True)  # (M, k)
     return best_scores.gather(1, order), best_ids.gather(1, order)
 
@@ -152,8 +152,8 @@ def _tile_scores(queries: torch.Tensor, tile: Tile, exclude: torch.Tensor | None
     padding = tile.order.position.shape[0] - 1 - tile.start if tile.order is not None else -tile.start
     if 0 <= padding < width:
         scores[:, padding] = NEG_INF  # the padding item
-    if exclude is not None:  # padding and out-of-range ids are the padding item, -inf already
-        _exclude_in_tile(scores, (tile.order.position[exclude] if tile.order is not None else exclude) - tile.start)
+    if exclude is not None:  # positions; padding and out-of-range ids are the padding item, -inf already
+        _exclude_in_tile(scores, exclude - tile.start)
     short = -width % tiling.group
     return F.pad(scores, (0, short), value=NEG_INF) if short else scores  # (M, W rounded up to the group)
 
@@ -192,37 +192,29 @@ def _merge_tile(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch.T
 
 
 def _merge_sparse(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch.Tensor, where: Tile,
-                  lanes: torch.Tensor, threshold: torch.Tensor,
-                  exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                  lanes: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Running top-k (M, k) merged with one tile's scores (M, W) once every row's k-th score is finite.
 
-    Few groups beat it, so they are found as flat (row, group) lists: maxima of groups of G
-    (M, W / G), maxima of G of those (M, W / G^2), ``nonzero`` on the small second level, then on
-    the G group maxima of each live super-group, then on the G scores of each live group. The
-    exclusions are checked on the few scores that pass, not set in the tile.
+    Few groups beat it, so they are found as one flat list of (row, group) (``nonzero`` on the
+    maxima above the k-th score), their G scores read with ``take``, and those above it merged. The
+    exclusions are -inf in the tile already (set through their positions). A second level (maxima
+    of G group maxima) to shorten the ``nonzero`` measured slower: most super-groups were live.
     """
     rows, width = tile.shape
     group = lanes.shape[0]
     stride = width // group  # group c holds columns c, c + stride, ...
     maxima = tile.view(rows, group, stride).amax(1)  # (M, W / G)
-    if stride % group == 0:  # super-group s holds groups s, s + stride / G, ...
-        wide = stride // group
-        row, live = (maxima.view(rows, group, wide).amax(1) > threshold).nonzero(as_tuple=True)  # (L2,)
-        groups = (row * stride + live).unsqueeze(1) + lanes * wide  # (L2, G) flat indices into maxima
-        groups = groups.masked_select(maxima.take(groups) > threshold.view(-1)[row].unsqueeze(1))  # (L,)
-    else:
-        groups = (maxima > threshold).view(-1).nonzero().squeeze(1)  # (L,) flat indices into maxima
+    groups = (maxima > threshold).view(-1).nonzero()[:, 0]  # (L,) flat indices into maxima, row-major
     row = groups.div(stride, rounding_mode="floor")  # (L,)
     flat = (groups + row * (width - stride)).unsqueeze(1) + lanes * stride  # (L, G) flat indices into the tile
     scores = tile.take(flat)  # (L, G)
     entering = scores > threshold.view(-1)[row].unsqueeze(1)  # (L, G)
-    scores, flat = scores.masked_select(entering), flat.masked_select(entering)  # (C,) each, rows still sorted
+    entering = entering.view(-1).nonzero()[:, 0]  # (C,) rows still sorted
+    scores, flat = scores.view(-1)[entering], flat.view(-1)[entering]  # (C,) each
     if flat.numel() == 0:
         return best_scores, best_ids
     row = flat.div(width, rounding_mode="floor")  # (C,)
     ids = _item_ids(flat - row * width, where)  # (C,)
-    if exclude is not None:
-        scores.masked_fill_((exclude[row] == ids.unsqueeze(1)).any(1), NEG_INF)
     counts = torch.bincount(row, minlength=rows)  # (M,)
     slots = torch.arange(row.shape[0], device=row.device) - (counts.cumsum(0) - counts)[row]  # (C,)
     wide_scores = best_scores.new_full((rows, int(counts.max())), NEG_INF)  # (M, most per row)
