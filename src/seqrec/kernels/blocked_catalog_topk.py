@@ -1,27 +1,60 @@
 """Catalog top-k in blocked plain PyTorch: the fast path on the CPU, no (B, N) buffer.
 
 Users go in blocks of ``user_block`` rows; for each block the catalog goes by in tiles of
-``item_tile`` items. A tile's scores, (user_block, item_tile) floats, are one matrix product into a
-buffer reused for every tile (it stays in cache; the (B, N) product of the reference is written to
-and read back from memory). The running top-k of each user (scores and ids, unsorted) is merged
-with the tile's best as follows, exact up to ties:
+``item_tile`` items, by decreasing row norm (below). A tile's scores, (user_block, item_tile)
+floats, are one matrix product into a buffer reused for every tile (it stays in cache; the (B, N)
+product of the reference is written to and read back from memory). The padding item (id 0) and
+each user's excluded ids are set to -inf in the tile. The running top-k of each user (scores and
+ids, unsorted) is merged with the tile's best as follows, exact up to ties:
 
 1. Maxima of groups of ``group`` scores: (block, item_tile / group), one cheap reduction. A group
    is strided (columns c, c + item_tile / group, ...), so the reduction runs over whole rows of
    a (group, item_tile / group) view, which vectorises; a reduction over 16 consecutive scores
    does not and cost 8 times more here.
-2. Only a group whose maximum beats the user's running k-th score can contribute, and of those
-   only the k groups with the largest maxima: if a group is not among them, k other groups each
-   hold a score at least as large as every score of that group. While some row of the block has
-   k such groups, ``topk`` over the maxima picks k per row; later (the running k-th score rises
-   tile by tile) each row has few, and they are compacted with ``nonzero``.
-3. The picked groups' scores (block, take * group) and the running top-k go through one ``topk``.
+2. Only a group whose maximum beats the user's running k-th score can contribute.
+   - While some row's k-th score is -inf (the first tile), only the k groups with the largest
+     maxima can (k other groups each hold a score at least as large as every score of any other
+     group): ``topk`` over the maxima picks them, and the picked groups' scores (block, k * group)
+     and the running top-k go through one ``topk`` (``_merge_tile``).
+   - From then on (``_merge_sparse``) few groups beat it: ``nonzero`` on (maxima > k-th) gives one
+     flat list of (row, group), ``take`` reads their scores through flat indices, a second
+     ``nonzero`` keeps those above the k-th score (row-major, so each row's stay together), and
+     they are placed into a (block, most per row) matrix next to the running top-k for one
+     ``topk``.
 
 ``torch.topk`` over whole rows of scores was the cost to beat: on this project's CPU it takes
 longer than the matrix product that makes the scores (k = 160: about 5 ns per score against
-0.6 ns). Step 1 reads each score once, and after the first tiles ``take`` shrinks (the running
-k-th score rises), so most of the selection work disappears. The padding item (id 0) and each
-user's excluded ids are set to -inf in the tile before step 1.
+0.6 ns). Step 1 reads each score once; the selection work after it is proportional to the groups
+that beat the running k-th score, so the sooner that rises, the less there is.
+
+Norm order (``Tiling.by_norm``, on by default): items with large rows are the likeliest to score
+high, so the tiles visit a copy of the table sorted by decreasing row norm (padding item last).
+The first tile then holds the highest-norm items, the k-th score after it is higher than after an
+arbitrary tile, and the last tiles (small norms) rarely have a group above it. Exactness does not
+depend on the order. The sorted copy, its item ids and each item's position (N + 1 rows: D floats
+and two int64) are built on the first call for a table and cached for the last table seen, keyed on
+the tensor object (held, so its id cannot be reused), its ``_version`` (in-place updates such as
+an optimizer step), storage, shape and stride: one extra copy of the table in memory (256 MB at
+N = 1M, D = 64), no term in B x N. Exclusions are mapped to positions once per block.
+
+Measured on this project's 2-core machine (D = 64, B = 512, k = 110, a (B, 50) exclusion, random
+Gaussian table; single figures move by 10-20% between runs, and other jobs shared the machine for
+part of this work), interleaved with the previous version in one process: N = 1M 697-745 ms ->
+558-591 ms, N = 100k 95-122 ms -> 82-86 ms. What was tried and did not pay:
+
+- Seeding each user's threshold from the exact k-th of a probe of the P highest-norm items
+  (P = 4096, with a provable rounding margin) instead of reordering the whole catalog: the probe's
+  k-th was lower than the first tile's, and its ``topk`` cost about as much as a tile; N = 100k got
+  slower (0.89x), 1M barely faster (1.04x).
+- The highest-norm 16,384 items as an extra first tile, the rest in natural order with those items
+  masked: helped, but scores one tile more than the full order.
+- A second level of maxima (maxima of ``group`` group maxima) to shorten the first ``nonzero``:
+  4% slower at N = 1M; most super-groups were live.
+- ``masked_select`` for the survivors: slower than ``nonzero`` and 1-D indexing. Checking each
+  surviving score against the user's (S,) exclusions instead of setting them in the tile: up to
+  2 ms a tile in the first tiles, against a fixed ~0.1 ms.
+- Other tilings (item_tile 8k-64k, user_block 128-512, group 8-32): none beat 16,384 x 256 x 16
+  beyond this machine's noise at N = 100k and 1M.
 
 Threads: torch's intra-op threads parallelise each product, reduction and topk over the block's
 rows; nothing else is spawned. Two worker threads with one intra-op thread each, taking half the
@@ -33,7 +66,8 @@ prints all three), so bf16 or fp16 candidates rescored in float32 were not built
 
 ``kernel="auto"`` uses this path on the CPU when the catalog spans more than one tile: with
 B = 256, D = 64 it took 0.6-0.7x the reference's time at N = 16k, the same at 12k, and up to 4x
-the reference's time at 2k with k = 160 (the first tile's k x group candidates cover the catalog).
+the reference's time at 2k with k = 160 (the first tile's k x group candidates cover the catalog)
+(measured before the norm order and the sparse merge).
 """
 
 from __future__ import annotations
