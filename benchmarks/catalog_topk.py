@@ -15,6 +15,10 @@ pay only if the lower-precision product is faster, which the bf16/fp16 rates say
 
     python benchmarks/catalog_topk.py                    # D=64, N in {100k, 1M}, B in {256, 1024}, k in {10, 160}
     python benchmarks/catalog_topk.py --threads 2 --items 100000 --users 256 --repeats 2
+    python benchmarks/catalog_topk.py --threads 2 --items 100000 1000000 --users 512 --k 110 --exclude 50  # CPR's call
+
+``--exclude S`` passes each user S random ids to leave out (duplicates and padding included), as
+the SASRec-CPR head does with the user's history.
 
 The reference at N = 1M, B = 1024 holds a 4 GB score matrix; the default run takes about 75 s
 on the project's 2-core machine.
@@ -53,9 +57,9 @@ def matmul_rate(dim: int, dtype: torch.dtype, rounds: int = 5, repeats: int = 10
     return 2 * users * items * dim * repeats / best
 
 
-def run_path(path: str, queries: torch.Tensor, table: torch.Tensor, k: int):
+def run_path(path: str, queries: torch.Tensor, table: torch.Tensor, k: int, exclude: torch.Tensor | None = None):
     kernel = "pytorch" if path == "matmul+topk" else "blocked"
-    return catalog_topk(queries, table, k, kernel=kernel)
+    return catalog_topk(queries, table, k, exclude, kernel=kernel)
 
 
 def rss_bytes(field: str) -> int:
@@ -78,37 +82,43 @@ def peak_rise(fn):
     return result, rss_bytes("VmHWM") - before
 
 
-def blocked_bound(users: int, k: int, tiling: Tiling) -> int:
+def blocked_bound(users: int, k: int, tiling: Tiling, items: int, dim: int) -> int:
     """Bytes the blocked path can hold at once, counted generously: the tile buffer and a padded copy of
     the last tile, per-group maxima with their masks and nonzero indices, k gathered groups with their
-    columns, masks and compacted copies (about 50 bytes a score), and the outputs. No term in N x B."""
+    columns, masks and compacted copies (about 50 bytes a score), the sparse path's flat lists if every
+    group of a tile were live (int64 indices, scores, mask: 21 bytes a score), the outputs, and the
+    table's cached norm order (a sorted copy plus two int64 maps, built on the first call). No term in
+    N x B."""
     block = min(users, tiling.user_block)
-    tile = 2 * 4 * block * tiling.item_tile
+    tile = 2 * 4 * block * tiling.item_tile + 21 * block * tiling.item_tile
     maxima = block * (tiling.item_tile // tiling.group) * (4 + 1 + 16)
     gathered = block * k * tiling.group * 50
-    return tile + maxima + gathered + users * k * (4 + 8)
+    order = (items + 1) * (4 * dim + 16) if getattr(tiling, "by_norm", False) else 0
+    return tile + maxima + gathered + users * k * (4 + 8) + order
 
 
-def measure(items: int, users: int, dim: int, k: int, repeats: int) -> list[dict]:
+def measure(items: int, users: int, dim: int, k: int, repeats: int, history: int = 0) -> list[dict]:
     gen = torch.Generator().manual_seed(items + users + k)
     queries = torch.randn(users, dim, generator=gen)
     table = torch.randn(items + 1, dim, generator=gen)
+    exclude = torch.randint(0, items + 1, (users, history), generator=gen) if history else None  # 0: padding
     outputs, peaks = {}, {}
     for path in PATHS:  # the first run: warm-up and peak memory
-        outputs[path], peaks[path] = peak_rise(lambda path=path: run_path(path, queries, table, k))
+        outputs[path], peaks[path] = peak_rise(lambda path=path: run_path(path, queries, table, k, exclude))
     times = {path: [] for path in PATHS}
     for attempt in range(repeats):
         for path in PATHS[::-1] if attempt % 2 else PATHS:
             start = time.perf_counter()
-            run_path(path, queries, table, k)
+            run_path(path, queries, table, k, exclude)
             times[path].append(time.perf_counter() - start)
     agree = (outputs["blocked"][1] == outputs["matmul+topk"][1]).float().mean().item()
     return [{"N": items, "B": users, "k": k, "path": path, "seconds": statistics.median(times[path]),
              "peak": peaks[path], "agree": agree if path == "blocked" else 1.0} for path in PATHS]
 
 
-def print_table(rows: list[dict], dim: int, rates: dict[str, float], tiling: Tiling) -> None:
-    print(f"catalog_topk on cpu, D={dim}, float32, {torch.get_num_threads()} threads, tiling {tiling}")
+def print_table(rows: list[dict], dim: int, rates: dict[str, float], tiling: Tiling, history: int) -> None:
+    print(f"catalog_topk on cpu, D={dim}, float32, {torch.get_num_threads()} threads, tiling {tiling}, "
+          f"{history} exclusions per user")
     print("matmul rate, (256 x D) x (D x 16384): "
           + ", ".join(f"{name} {rate / 1e9:.0f} GFLOP/s" for name, rate in rates.items()))
     print(f"{'N':>8} {'B':>5} {'k':>4} {'path':>12} {'ms':>9} {'users/s':>9} {'x base':>7} {'roofline':>8} "
@@ -117,7 +127,7 @@ def print_table(rows: list[dict], dim: int, rates: dict[str, float], tiling: Til
         base = next(r for r in rows if (r["N"], r["B"], r["k"], r["path"]) == (row["N"], row["B"], row["k"],
                                                                                "matmul+topk"))
         flops = 2 * row["N"] * dim * row["B"]
-        bound = blocked_bound(row["B"], row["k"], tiling) / 2**20 if row["path"] == "blocked" else None
+        bound = blocked_bound(row["B"], row["k"], tiling, row["N"], dim) / 2**20 if row["path"] == "blocked" else None
         print(f"{row['N']:>8} {row['B']:>5} {row['k']:>4} {row['path']:>12} {row['seconds'] * 1e3:>9.0f} "
               f"{row['B'] / row['seconds']:>9.0f} {base['seconds'] / row['seconds']:>7.2f} "
               f"{flops / row['seconds'] / rates['float32']:>8.0%} {row['peak'] / 2**20:>8.0f} "
@@ -132,14 +142,15 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64, help="D, embedding width")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per path after the first")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--exclude", type=int, default=0, help="S, random ids left out per user (default none)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     rates = {str(dtype).removeprefix("torch."): matmul_rate(args.dim, dtype)
              for dtype in (torch.float32, torch.bfloat16, torch.float16)}
     rows = [row for items in args.items for users in args.users for k in args.k
-            for row in measure(items, users, args.dim, k, args.repeats)]
-    print_table(rows, args.dim, rates, Tiling())
+            for row in measure(items, users, args.dim, k, args.repeats, args.exclude)]
+    print_table(rows, args.dim, rates, Tiling(), args.exclude)
 
 
 if __name__ == "__main__":

@@ -121,10 +121,24 @@ def test_blocked_large_k():
 @settings(max_examples=60, deadline=None)
 def test_fuzz_blocked(users, items, dim, history, seed, data):
     k = data.draw(st.integers(0, items), label="k")
-    tiling = Tiling(item_tile=data.draw(st.sampled_from([8, 20, 24])), user_block=data.draw(st.integers(1, 4)),
-                    group=data.draw(st.sampled_from([4, 8])))
+    tiling = Tiling(item_tile=data.draw(st.sampled_from([8, 20, 24, 32, 64])),  # 32, 64: two levels of maxima
+                    user_block=data.draw(st.integers(1, 4)), group=data.draw(st.sampled_from([4, 8])),
+                    by_norm=data.draw(st.booleans()))
     queries, table, exclude = make_inputs(users, items, dim, history, seed=seed)
     assert_same_topk(blocked_catalog_topk(queries, table, k, exclude, tiling), queries, table, k, exclude)
+
+
+def test_blocked_norm_order_follows_the_table():
+    """The cached norm order is rebuilt when the table changes in place or another table comes."""
+    queries, table, exclude = make_inputs(6, 3000, 8, 20, seed=21)
+    tiling = Tiling(item_tile=256, group=4)
+    assert_same_topk(blocked_catalog_topk(queries, table, 30, exclude, tiling), queries, table, 30, exclude)
+    table[1:].mul_(torch.rand(3000, 1) * 3)  # new norms, same tensor
+    assert_same_topk(blocked_catalog_topk(queries, table, 30, exclude, tiling), queries, table, 30, exclude)
+    other = table.flip(1).contiguous()
+    assert_same_topk(blocked_catalog_topk(queries, other, 30, exclude, tiling), queries, other, 30, exclude)
+    plain = Tiling(item_tile=256, group=4, by_norm=False)
+    assert_same_topk(blocked_catalog_topk(queries, table, 30, exclude, plain), queries, table, 30, exclude)
 
 
 def test_known_rows():
@@ -178,6 +192,7 @@ def test_inputs_that_require_grad(kernel):
 def test_blocked_never_holds_users_by_catalog_scores():
     queries, table, exclude = make_inputs(64, 200_000, 8, 20, seed=6)
     tiling = Tiling(item_tile=4096)
+    blocked_catalog_topk(queries, table, 50, exclude, tiling)  # builds the table's norm order (N x D), cached
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profile:
         blocked_catalog_topk(queries, table, 50, exclude, tiling)
     largest = max(event.cpu_memory_usage for event in profile.events())

@@ -1,27 +1,60 @@
 """Catalog top-k in blocked plain PyTorch: the fast path on the CPU, no (B, N) buffer.
 
 Users go in blocks of ``user_block`` rows; for each block the catalog goes by in tiles of
-``item_tile`` items. A tile's scores, (user_block, item_tile) floats, are one matrix product into a
-buffer reused for every tile (it stays in cache; the (B, N) product of the reference is written to
-and read back from memory). The running top-k of each user (scores and ids, unsorted) is merged
-with the tile's best as follows, exact up to ties:
+``item_tile`` items, by decreasing row norm (below). A tile's scores, (user_block, item_tile)
+floats, are one matrix product into a buffer reused for every tile (it stays in cache; the (B, N)
+product of the reference is written to and read back from memory). The padding item (id 0) and
+each user's excluded ids are set to -inf in the tile. The running top-k of each user (scores and
+ids, unsorted) is merged with the tile's best as follows, exact up to ties:
 
 1. Maxima of groups of ``group`` scores: (block, item_tile / group), one cheap reduction. A group
    is strided (columns c, c + item_tile / group, ...), so the reduction runs over whole rows of
    a (group, item_tile / group) view, which vectorises; a reduction over 16 consecutive scores
    does not and cost 8 times more here.
-2. Only a group whose maximum beats the user's running k-th score can contribute, and of those
-   only the k groups with the largest maxima: if a group is not among them, k other groups each
-   hold a score at least as large as every score of that group. While some row of the block has
-   k such groups, ``topk`` over the maxima picks k per row; later (the running k-th score rises
-   tile by tile) each row has few, and they are compacted with ``nonzero``.
-3. The picked groups' scores (block, take * group) and the running top-k go through one ``topk``.
+2. Only a group whose maximum beats the user's running k-th score can contribute.
+   - While some row's k-th score is -inf (the first tile), only the k groups with the largest
+     maxima can (k other groups each hold a score at least as large as every score of any other
+     group): ``topk`` over the maxima picks them, and the picked groups' scores (block, k * group)
+     and the running top-k go through one ``topk`` (``_merge_tile``).
+   - From then on (``_merge_sparse``) few groups beat it: ``nonzero`` on (maxima > k-th) gives one
+     flat list of (row, group), ``take`` reads their scores through flat indices, a second
+     ``nonzero`` keeps those above the k-th score (row-major, so each row's stay together), and
+     they are placed into a (block, most per row) matrix next to the running top-k for one
+     ``topk``.
 
 ``torch.topk`` over whole rows of scores was the cost to beat: on this project's CPU it takes
 longer than the matrix product that makes the scores (k = 160: about 5 ns per score against
-0.6 ns). Step 1 reads each score once, and after the first tiles ``take`` shrinks (the running
-k-th score rises), so most of the selection work disappears. The padding item (id 0) and each
-user's excluded ids are set to -inf in the tile before step 1.
+0.6 ns). Step 1 reads each score once; the selection work after it is proportional to the groups
+that beat the running k-th score, so the sooner that rises, the less there is.
+
+Norm order (``Tiling.by_norm``, on by default): items with large rows are the likeliest to score
+high, so the tiles visit a copy of the table sorted by decreasing row norm (padding item last).
+The first tile then holds the highest-norm items, the k-th score after it is higher than after an
+arbitrary tile, and the last tiles (small norms) rarely have a group above it. Exactness does not
+depend on the order. The sorted copy, its item ids and each item's position (N + 1 rows: D floats
+and two int64) are built on the first call for a table and cached for the last table seen, keyed on
+the tensor object (held, so its id cannot be reused), its ``_version`` (in-place updates such as
+an optimizer step), storage, shape and stride: one extra copy of the table in memory (256 MB at
+N = 1M, D = 64), no term in B x N. Exclusions are mapped to positions once per block.
+
+Measured on this project's 2-core machine (D = 64, B = 512, k = 110, a (B, 50) exclusion, random
+Gaussian table; single figures move by 10-20% between runs, and other jobs shared the machine for
+part of this work), interleaved with the previous version in one process: N = 1M 697-745 ms ->
+558-591 ms, N = 100k 95-122 ms -> 82-86 ms. What was tried and did not pay:
+
+- Seeding each user's threshold from the exact k-th of a probe of the P highest-norm items
+  (P = 4096, with a provable rounding margin) instead of reordering the whole catalog: the probe's
+  k-th was lower than the first tile's, and its ``topk`` cost about as much as a tile; N = 100k got
+  slower (0.89x), 1M barely faster (1.04x).
+- The highest-norm 16,384 items as an extra first tile, the rest in natural order with those items
+  masked: helped, but scores one tile more than the full order.
+- A second level of maxima (maxima of ``group`` group maxima) to shorten the first ``nonzero``:
+  4% slower at N = 1M; most super-groups were live.
+- ``masked_select`` for the survivors: slower than ``nonzero`` and 1-D indexing. Checking each
+  surviving score against the user's (S,) exclusions instead of setting them in the tile: up to
+  2 ms a tile in the first tiles, against a fixed ~0.1 ms.
+- Other tilings (item_tile 8k-64k, user_block 128-512, group 8-32): none beat 16,384 x 256 x 16
+  beyond this machine's noise at N = 100k and 1M.
 
 Threads: torch's intra-op threads parallelise each product, reduction and topk over the block's
 rows; nothing else is spawned. Two worker threads with one intra-op thread each, taking half the
@@ -33,7 +66,8 @@ prints all three), so bf16 or fp16 candidates rescored in float32 were not built
 
 ``kernel="auto"`` uses this path on the CPU when the catalog spans more than one tile: with
 B = 256, D = 64 it took 0.6-0.7x the reference's time at N = 16k, the same at 12k, and up to 4x
-the reference's time at 2k with k = 160 (the first tile's k x group candidates cover the catalog).
+the reference's time at 2k with k = 160 (the first tile's k x group candidates cover the catalog)
+(measured before the norm order and the sparse merge).
 """
 
 from __future__ import annotations
@@ -57,6 +91,7 @@ class Tiling:
     item_tile: int = 16384  # items scored per matrix product
     user_block: int = 256  # users per block: a tile's buffer is user_block x item_tile scores
     group: int = 16  # scores per maximum in the selection step
+    by_norm: bool = True  # visit the items by decreasing norm (a sorted copy of the table, cached)
 
     def __post_init__(self) -> None:
         for name in ("item_tile", "user_block", "group"):
@@ -75,40 +110,86 @@ def blocked_catalog_topk(queries: torch.Tensor, items_table: torch.Tensor, k: in
     if k == 0 or users == 0:
         return scores, ids
     buffer = queries.new_empty(min(tiling.user_block, users) * tiling.item_tile)  # one tile of scores
+    order = _norm_order(items_table) if tiling.by_norm else None
     for first in range(0, users, tiling.user_block):
         block = slice(first, first + tiling.user_block)
         blocked = exclude[block] if exclude is not None else None
-        scores[block], ids[block] = _block_topk(queries[block], items_table, k, blocked, tiling, buffer)
+        scores[block], ids[block] = _block_topk(queries[block], items_table, k, blocked, tiling, buffer, order)
     return scores, padding_where_ineligible(scores, ids)
 
 
+class NormOrder(NamedTuple):
+    """The table's rows by decreasing norm, the padding item last: the running k-th score rises sooner."""
+
+    rows: torch.Tensor  # (N + 1, D) the table's rows in this order
+    ids: torch.Tensor  # (N + 1,) int64: the item at each position
+    position: torch.Tensor  # (N + 1,) int64: the position of each item
+
+
+_ORDERS: list[tuple[torch.Tensor, tuple, NormOrder]] = []  # the last table, its version, its order
+
+
+def _norm_order(items_table: torch.Tensor) -> NormOrder:
+    """The table sorted by row norm, cached for the last table seen: the same tensor object (held here,
+    so its id cannot pass to another) at the same version and storage."""
+    version = (items_table._version, items_table.data_ptr(), tuple(items_table.shape), items_table.stride())
+    if not _ORDERS or _ORDERS[0][0] is not items_table or _ORDERS[0][1] != version:
+        _ORDERS.clear()  # one table at a time: a model scores with its own
+        norms = torch.linalg.vector_norm(items_table.float(), dim=1)  # (N + 1,)
+        norms[0] = NEG_INF
+        ids = norms.argsort(descending=True)  # (N + 1,) item 0 last
+        position = torch.empty_like(ids)
+        position[ids] = torch.arange(ids.shape[0], device=ids.device)
+        _ORDERS.append((items_table, version, NormOrder(items_table[ids], ids, position)))
+    return _ORDERS[0][2]
+
+
+class Tile(NamedTuple):
+    items: torch.Tensor  # (W, D) rows of the table
+    start: int  # column c is position start + c
+    order: NormOrder | None  # the order of positions (None: position = item id)
+
+
 def _block_topk(queries: torch.Tensor, items_table: torch.Tensor, k: int, exclude: torch.Tensor | None,
-                tiling: Tiling, buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                tiling: Tiling, buffer: torch.Tensor, order: NormOrder | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The sorted top-k of one block of users over the whole catalog: (M, k) scores, (M, k) ids."""
     rows = queries.shape[0]
+    exclude = eligible_exclusions(exclude, items_table.shape[0]) if exclude is not None else None
     best_scores = queries.new_full((rows, k), NEG_INF)  # (M, k) unsorted running top-k
     best_ids = torch.zeros((rows, k), dtype=torch.long, device=queries.device)  # (M, k)
-    exclude = eligible_exclusions(exclude, items_table.shape[0]) if exclude is not None else None
     lanes = torch.arange(tiling.group, device=queries.device)  # (G,)
-    for start in range(0, items_table.shape[0], tiling.item_tile):
-        tile = _tile_scores(queries, items_table[start : start + tiling.item_tile], start, exclude, tiling, buffer)
-        best_scores, best_ids = _merge_tile(best_scores, best_ids, tile, start, lanes)
+    table = order.rows if order is not None else items_table
+    excluded = None if exclude is None else order.position[exclude] if order is not None else exclude  # positions
+    for start in range(0, table.shape[0], tiling.item_tile):
+        tile = Tile(table[start : start + tiling.item_tile], start, order)
+        threshold = best_scores.amin(1, keepdim=True)  # (M, 1) running k-th score
+        scores = _tile_scores(queries, tile, excluded, tiling, buffer)
+        if bool((threshold == NEG_INF).any()):  # the first tile(s): many groups beat -inf
+            best_scores, best_ids = _merge_tile(best_scores, best_ids, scores, tile, lanes)
+        else:
+            best_scores, best_ids = _merge_sparse(best_scores, best_ids, scores, tile, lanes, threshold)
     order = best_scores.argsort(dim=1, descending=True)  # (M, k)
     return best_scores.gather(1, order), best_ids.gather(1, order)
 
 
-def _tile_scores(queries: torch.Tensor, items: torch.Tensor, start: int, exclude: torch.Tensor | None,
-                 tiling: Tiling, buffer: torch.Tensor) -> torch.Tensor:
-    """Scores of one tile (M, W) with W a multiple of the group; -inf at padding, exclusions, the tail."""
-    rows, width = queries.shape[0], items.shape[0]
-    tile = buffer[: rows * width].view(rows, width)  # (M, W)
-    torch.mm(queries, items.T, out=tile)  # [M, D] x [D, W] -> [M, W]
-    if start == 0:
-        tile[:, 0] = NEG_INF  # the padding item
-    if exclude is not None:
-        _exclude_in_tile(tile, exclude - start)
+def _item_ids(columns: torch.Tensor, tile: Tile) -> torch.Tensor:
+    return tile.order.ids[columns + tile.start] if tile.order is not None else columns + tile.start
+
+
+def _tile_scores(queries: torch.Tensor, tile: Tile, exclude: torch.Tensor | None, tiling: Tiling,
+                 buffer: torch.Tensor) -> torch.Tensor:
+    """Scores of one tile (M, W) with W a multiple of the group; -inf at padding and the tail, and at
+    the exclusions if given."""
+    rows, width = queries.shape[0], tile.items.shape[0]
+    scores = buffer[: rows * width].view(rows, width)  # (M, W)
+    torch.mm(queries, tile.items.T, out=scores)  # [M, D] x [D, W] -> [M, W]
+    padding = tile.order.position.shape[0] - 1 - tile.start if tile.order is not None else -tile.start
+    if 0 <= padding < width:
+        scores[:, padding] = NEG_INF  # the padding item
+    if exclude is not None:  # positions; padding and out-of-range ids are the padding item, -inf already
+        _exclude_in_tile(scores, exclude - tile.start)
     short = -width % tiling.group
-    return F.pad(tile, (0, short), value=NEG_INF) if short else tile  # (M, W rounded up to the group)
+    return F.pad(scores, (0, short), value=NEG_INF) if short else scores  # (M, W rounded up to the group)
 
 
 def _exclude_in_tile(tile: torch.Tensor, local: torch.Tensor) -> None:
@@ -121,7 +202,7 @@ def _exclude_in_tile(tile: torch.Tensor, local: torch.Tensor) -> None:
     tile[rows, local[rows, slots]] = NEG_INF
 
 
-def _merge_tile(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch.Tensor, start: int,
+def _merge_tile(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch.Tensor, where: Tile,
                 lanes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Running top-k (M, k) merged with one tile's scores (M, W); see the module docstring."""
     rows, width = tile.shape
@@ -139,9 +220,43 @@ def _merge_tile(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch.T
     entering, real = _compact(scores >= cutoff)  # (M, C) each: above the running k-th and the floor
     scores = scores.gather(1, entering).masked_fill_(~real, NEG_INF)  # (M, C)
     scores = torch.cat([best_scores, scores], dim=1)  # (M, k + C)
-    ids = torch.cat([best_ids, columns.gather(1, entering) + start], dim=1)  # (M, k + C)
+    ids = torch.cat([best_ids, _item_ids(columns.gather(1, entering), where)], dim=1)  # (M, k + C)
     top = scores.topk(best_scores.shape[1], dim=1, sorted=False)  # (M, k)
     return top.values, ids.gather(1, top.indices)
+
+
+def _merge_sparse(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch.Tensor, where: Tile,
+                  lanes: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running top-k (M, k) merged with one tile's scores (M, W) once every row's k-th score is finite.
+
+    Few groups beat it, so they are found as one flat list of (row, group) (``nonzero`` on the
+    maxima above the k-th score), their G scores read with ``take``, and those above it merged. The
+    exclusions are -inf in the tile already (set through their positions). A second level (maxima
+    of G group maxima) to shorten the ``nonzero`` measured slower: most super-groups were live.
+    """
+    rows, width = tile.shape
+    group = lanes.shape[0]
+    stride = width // group  # group c holds columns c, c + stride, ...
+    maxima = tile.view(rows, group, stride).amax(1)  # (M, W / G)
+    groups = (maxima > threshold).view(-1).nonzero()[:, 0]  # (L,) flat indices into maxima, row-major
+    row = groups.div(stride, rounding_mode="floor")  # (L,)
+    flat = (groups + row * (width - stride)).unsqueeze(1) + lanes * stride  # (L, G) flat indices into the tile
+    scores = tile.take(flat)  # (L, G)
+    entering = scores > threshold.view(-1)[row].unsqueeze(1)  # (L, G)
+    entering = entering.view(-1).nonzero()[:, 0]  # (C,) rows still sorted
+    scores, flat = scores.view(-1)[entering], flat.view(-1)[entering]  # (C,) each
+    if flat.numel() == 0:
+        return best_scores, best_ids
+    row = flat.div(width, rounding_mode="floor")  # (C,)
+    ids = _item_ids(flat - row * width, where)  # (C,)
+    counts = torch.bincount(row, minlength=rows)  # (M,)
+    slots = torch.arange(row.shape[0], device=row.device) - (counts.cumsum(0) - counts)[row]  # (C,)
+    wide_scores = best_scores.new_full((rows, int(counts.max())), NEG_INF)  # (M, most per row)
+    wide_scores[row, slots] = scores
+    wide_ids = best_ids.new_zeros((rows, wide_scores.shape[1]))
+    wide_ids[row, slots] = ids
+    top = torch.cat([best_scores, wide_scores], dim=1).topk(best_scores.shape[1], dim=1, sorted=False)  # (M, k)
+    return top.values, torch.cat([best_ids, wide_ids], dim=1).gather(1, top.indices)
 
 
 class GroupPick(NamedTuple):
