@@ -101,9 +101,6 @@ def data_stats(path: str) -> None:
                                     "(k descending), each optionally +Mi  [default: CPR:100+Mi]")
 @click.option("--cpr-recency/--no-cpr-recency", default=None,
               help="CPR pointer scores get a learned bias by distance back (on by default; off = the published head)")
-@click.option("--cpr-count/--no-cpr-count", default=None,
-              help="CPR pointer scores get a learned weight x log(occurrences of the item in the history), "
-                   "which the published mean over occurrences cannot express (off by default)")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)

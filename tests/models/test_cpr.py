@@ -218,23 +218,3 @@ def test_custom_pointer_op_top_k_equals_standard(variant):
         custom = net.top_k(items, 12, pointer_op="custom")
     torch.testing.assert_close(custom[0], standard[0])
     assert torch.equal(custom[1], standard[1])
-
-
-def test_count_term_adds_weight_times_log_occurrences_to_history_logits():
-    items = torch.tensor([[0, 0, 5, 7, 5, 5, 9, 7, 2, 5]])  # 5 four times, 7 twice, 9 and 2 once
-    nets = {}
-    for count in (False, True):
-        torch.manual_seed(4)
-        nets[count] = build_model(ModelConfig(head="cpr", cpr_variant="CPR:6+Mi", cpr_count=count, num_items=30,
-                                              dim=8, heads=2, max_length=10, dropout=0.0)).eval()
-    with torch.no_grad():
-        nets[True].head.pointer_count.fill_(0.7)
-        plain, counted = nets[False](items), nets[True](items)  # (1, 31) full logits each
-        added = counted - plain
-        expected = {5: 0.7 * math.log(4), 7: 0.7 * math.log(2), 9: 0.0, 2: 0.0}
-        for item, gain in expected.items():
-            assert added[0, item].item() == pytest.approx(gain, abs=1e-5)
-        scores, ids = nets[True].top_k(items, 5, False)
-        ref_scores, ref_ids = nets[True].top_k_reference(items, 5, False)
-    torch.testing.assert_close(scores, ref_scores, rtol=1e-5, atol=1e-5)
-    assert torch.equal(ids, ref_ids)

@@ -13,10 +13,6 @@ new items that suit them; softmax-CPR gives each partition of the catalog its ow
   prediction point and the slot. RecBole's right-padded SASRec gives every state an absolute
   position, so q_t . g_P(q_j) can tell how far back slot j is; our states carry positions relative
   to the prediction point only, so the pointer gets that distance explicitly (``cpr_recency``);
-- count (ours, off by default: ``cpr_count``): p_j also gets w log(occurrences of v_j in the
-  history), w learned from 0. The published pointer averages over an item's occurrences, so it
-  cannot tell an item seen five times from one seen once; the mean of p_j + w log c(v) is
-  mean(p_j) + w log c(v), so the scatter stays a mean;
 - history logits replace whatever the earlier partitions gave (merging by replacement);
 - Mi (multiple input hidden states): q = [h_t ; GELU(W [h_t, h_t-1, h_t-2 of the top two layers])]
   instead of q = h_t.
@@ -61,8 +57,6 @@ class CPRHead(nn.Module):
         self.pointer_key = _small_linear(width, dim) if self.variant.pointer else None
         self.pointer_recency = (nn.Parameter(torch.zeros(cfg.max_length))
                                 if self.variant.pointer and cfg.cpr_recency else None)  # by distance t - j
-        self.pointer_count = (nn.Parameter(torch.zeros(()))
-                              if self.variant.pointer and cfg.cpr_count else None)  # x log(occurrences)
 
     def logits(self, layers: list[torch.Tensor], items: torch.Tensor,
                rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -160,11 +154,9 @@ class CPRHead(nn.Module):
             values = values + self.pointer_query(asking) @ self.pointer_key(queries).transpose(1, 2)  # (B, R, L)
         if self.pointer_recency is not None:
             values = values + self.pointer_recency[_distances(asking.shape[1], items.shape[1], items.device)]
-        ids, values = (items, values[:, 0]) if rows is None else (causal_histories(items)[rows], values[rows])
-        if self.pointer_count is not None:  # later slots of a prefix are id 0 and do not count
-            occurrences = (ids.unsqueeze(2) == ids.unsqueeze(1)).sum(2).clamp_min(1)  # (M, L)
-            values = values + self.pointer_count * occurrences.to(values.dtype).log()
-        return ids, values
+        if rows is None:
+            return items, values[:, 0]
+        return causal_histories(items)[rows], values[rows]  # later slots of each prefix are id 0
 
     @torch.no_grad()
     def _rerank_stages(self, facets: torch.Tensor) -> torch.Tensor | None:
