@@ -41,10 +41,12 @@ MATMUL_SHAPE = (256, 16384)  # (users, items) of the roofline product: 16 MB of 
 PATHS = ("matmul+topk", "blocked")
 
 
-def matmul_rate(dim: int, dtype: torch.dtype, rounds: int = 5, repeats: int = 10) -> float:
-    """FLOP/s of (256 x D) x (D x 16384) into a preallocated output, the product the blocked path tiles:
-    the best of ``rounds`` rounds, since a neighbour's burst on this shared machine only slows a round."""
-    users, items = MATMUL_SHAPE
+def matmul_rate(dim: int, dtype: torch.dtype, shape: tuple[int, int] = MATMUL_SHAPE, rounds: int = 5,
+                repeats: int = 10) -> float:
+    """FLOP/s of (rows x D) x (D x columns) into a preallocated output; by default (256 x D) x (D x 16384),
+    the product the blocked path tiles: the best of ``rounds`` rounds, since a neighbour's burst on
+    this shared machine only slows a round. benchmarks/roofline.py takes its rates from here too."""
+    users, items = shape
     queries, table = torch.randn(users, dim, dtype=dtype), torch.randn(items, dim, dtype=dtype)
     out = torch.empty(users, items, dtype=dtype)
     torch.mm(queries, table.T, out=out)

@@ -5,8 +5,10 @@
 The head roofline is the work of the user-by-item product alone, 2 N d FLOP per user, at this
 machine's float32 matrix-multiply rate. In one run, for each catalog size N:
 
-1. the rate is measured on the head's own product shape ([B, d] x [d, N], the best of a few
-   repeats) and on a large square product (the machine's peak), both in float32, and in bf16;
+1. the rate is measured on the head's product as the fused op tiles it ([256, d] x [d, 16384] into
+   a preallocated output, the best of a few rounds: the same function and shape as
+   benchmarks/catalog_topk.py) and on a large square product (the machine's peak), in float32
+   and in bf16;
 2. a SASRec-CPR checkpoint (d ``--dim``, window ``--length``, random weights: speed does not
    depend on them) scores ``--users`` synthetic histories with ``seqrec score`` per backend
    (``torch``, ``torch-bf16``, ``onnxruntime``; each its own process, as a nightly job runs);
@@ -25,39 +27,25 @@ import json
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from catalog_topk import matmul_rate  # noqa: E402  (one definition of the rate for both benchmarks)
 from score import build_model, generate, run_seqrec  # noqa: E402  (the same data and model as issue 6)
 
 
-def matmul_rate(rows: int, inner: int, columns: int, dtype, seconds: float = 1.5) -> float:
-    """Best FLOP/s of ``[rows, inner] x [inner, columns]`` over repeats filling about ``seconds``."""
+def measure_rates(dim: int) -> dict[str, float]:
+    """The head's product as the fused op tiles it ((256 x d) x (d x 16384), the same rate
+    benchmarks/catalog_topk.py reports) and a large square product (the machine's peak)."""
     import torch
 
-    left = torch.randn(rows, inner).to(dtype)  # (B, d)
-    right = torch.randn(columns, inner).to(dtype)  # (N, d)
-    out = torch.empty(rows, columns, dtype=dtype)  # (B, N): the product alone, no allocation timed
-    torch.matmul(left, right.T, out=out)
-    best, deadline = float("inf"), time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        started = time.perf_counter()
-        torch.matmul(left, right.T, out=out)
-        best = min(best, time.perf_counter() - started)
-    return 2.0 * rows * inner * columns / best
-
-
-def measure_rates(items: int, dim: int, batch: int) -> dict[str, float]:
-    import torch
-
-    tile = min(items, 65_536)  # the head's shape, one cache-friendly slice of the catalog
-    return {"fp32_head_shape": matmul_rate(batch, dim, tile, torch.float32),
-            "fp32_square": matmul_rate(2048, 2048, 2048, torch.float32),
-            "bf16_head_shape": matmul_rate(batch, dim, tile, torch.bfloat16),
-            "bf16_square": matmul_rate(2048, 2048, 2048, torch.bfloat16)}
+    square = (2048, 2048)
+    return {"fp32_head_shape": matmul_rate(dim, torch.float32),
+            "fp32_square": matmul_rate(2048, torch.float32, square, repeats=2),
+            "bf16_head_shape": matmul_rate(dim, torch.bfloat16),
+            "bf16_square": matmul_rate(2048, torch.bfloat16, square, repeats=2)}
 
 
 def child(args) -> None:
@@ -86,7 +74,7 @@ def catalog(args, items: int) -> dict:
     work = Path(args.work) / f"n{items}"
     generate(work / "histories", args.users, items, args.length, args.users, args.seed)
     build_model(work, items, args.length, args.top_k, dim=args.dim, export="onnxruntime" in args.backends)
-    rates = measure_rates(items, args.dim, args.batch_size)
+    rates = measure_rates(args.dim)
     head_flop = 2.0 * items * args.dim
     runs = {name: measure(args, name, items) for name in args.backends.split(",")}
     for row in runs.values():
