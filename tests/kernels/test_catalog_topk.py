@@ -104,7 +104,7 @@ def test_blocked_matches_reference(users, items, dim, history, k, tiling):
     assert_same_topk(blocked_catalog_topk(queries, table, k, exclude, tiling), queries, table, k, exclude)
 
 
-@pytest.mark.parametrize("kernel", ["pytorch", "blocked", "auto"])
+@pytest.mark.parametrize("kernel", ["pytorch", "blocked", "int8", "auto"])
 def test_public_op_matches_reference(kernel):
     queries, table, exclude = make_inputs(11, 20_001, 24, 30, seed=3)  # more than one default tile
     for k, excluded in ((10, exclude), (160, None)):
@@ -206,7 +206,9 @@ def test_auto_chooses_by_device_and_catalog_size():
     queries, table, _ = make_inputs(3, 100, 4, 0)
     assert choose_kernel("auto", queries, table, 5, None) == "pytorch"  # one tile: nothing to gain
     big = torch.zeros(Tiling().item_tile + 1, 4)
-    assert choose_kernel("auto", queries, big, 5, None) == "blocked"
+    assert choose_kernel("auto", queries, big, 5, None) == "int8"  # float32 on the CPU, numba installed
+    assert choose_kernel("auto", queries.double(), big.double(), 5, None) == "blocked"
+    assert choose_kernel("auto", queries, big.bfloat16(), 5, None) == "blocked"
 
 
 # --- Triton, interpreted on CPU ---------------------------------------------------------------
@@ -268,7 +270,7 @@ def test_public_op_errors():
     with pytest.raises(ValueError, match=r"catalog_topk devices \| received \['cpu', 'meta'\]"):
         catalog_topk(queries, table.to("meta"), 2)
     with pytest.raises(ConfigError, match=r"catalog_topk kernel \| received 'cuda', expected one of auto, "
-                                          r"pytorch, blocked, triton"):
+                                          r"pytorch, blocked, int8, triton"):
         catalog_topk(queries, table, 2, kernel="cuda")
 
 

@@ -60,11 +60,14 @@ Threads: torch's intra-op threads parallelise each product, reduction and topk o
 rows; nothing else is spawned. Two worker threads with one intra-op thread each, taking half the
 users, measured the same within this shared machine's noise (B = 1024, N = 1M).
 
-Lower precision does not pay here: on this CPU (AVX-512 bf16, no AMX) a bf16 product runs at
+Lower float precision does not pay here: on this CPU (AVX-512 bf16, no AMX) a bf16 product runs at
 0.7x the float32 rate, and fp16 at 1.1-1.3x on the product alone (benchmarks/catalog_topk.py
-prints all three), so bf16 or fp16 candidates rescored in float32 were not built.
+prints all three). int8 does: ``torch._int_mm`` runs about 3x the float32 rate, and
+``seqrec.kernels.int8_catalog_topk`` builds on this module's norm order with int8 candidates, a
+proven error bound and float32 rescoring; ``kernel="auto"`` takes it on the CPU for float32 inputs.
 
-``kernel="auto"`` uses this path on the CPU when the catalog spans more than one tile: with
+``kernel="auto"`` used this path on the CPU when the catalog spans more than one tile (it still
+does for other dtypes, or without numba): with
 B = 256, D = 64 it took 0.6-0.7x the reference's time at N = 16k, the same at 12k, and up to 4x
 the reference's time at 2k with k = 160 (the first tile's k x group candidates cover the catalog)
 (measured before the norm order and the sparse merge).
@@ -73,7 +76,7 @@ the reference's time at 2k with k = 160 (the first tile's k x group candidates c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -110,7 +113,7 @@ def blocked_catalog_topk(queries: torch.Tensor, items_table: torch.Tensor, k: in
     if k == 0 or users == 0:
         return scores, ids
     buffer = queries.new_empty(min(tiling.user_block, users) * tiling.item_tile)  # one tile of scores
-    order = _norm_order(items_table) if tiling.by_norm else None
+    order = norm_order(items_table) if tiling.by_norm else None
     for first in range(0, users, tiling.user_block):
         block = slice(first, first + tiling.user_block)
         blocked = exclude[block] if exclude is not None else None
@@ -126,22 +129,38 @@ class NormOrder(NamedTuple):
     position: torch.Tensor  # (N + 1,) int64: the position of each item
 
 
-_ORDERS: list[tuple[torch.Tensor, tuple, NormOrder]] = []  # the last table, its version, its order
+class TableCache:
+    """One value derived from the last items table seen (a model scores with its own table), rebuilt
+    when the table changes: another tensor object (held here, so its id cannot pass to another), an
+    in-place update (``_version``, as after an optimizer step), another storage, shape or stride."""
+
+    def __init__(self, build: Callable[[torch.Tensor], Any]) -> None:
+        self._build = build
+        self._entry: tuple[torch.Tensor, tuple, Any] | None = None
+
+    def get(self, items_table: torch.Tensor) -> Any:
+        version = (items_table._version, items_table.data_ptr(), tuple(items_table.shape), items_table.stride())
+        if self._entry is None or self._entry[0] is not items_table or self._entry[1] != version:
+            self._entry = None  # one table at a time: free the old value before building the new one
+            self._entry = (items_table, version, self._build(items_table))
+        return self._entry[2]
 
 
-def _norm_order(items_table: torch.Tensor) -> NormOrder:
-    """The table sorted by row norm, cached for the last table seen: the same tensor object (held here,
-    so its id cannot pass to another) at the same version and storage."""
-    version = (items_table._version, items_table.data_ptr(), tuple(items_table.shape), items_table.stride())
-    if not _ORDERS or _ORDERS[0][0] is not items_table or _ORDERS[0][1] != version:
-        _ORDERS.clear()  # one table at a time: a model scores with its own
-        norms = torch.linalg.vector_norm(items_table.float(), dim=1)  # (N + 1,)
-        norms[0] = NEG_INF
-        ids = norms.argsort(descending=True)  # (N + 1,) item 0 last
-        position = torch.empty_like(ids)
-        position[ids] = torch.arange(ids.shape[0], device=ids.device)
-        _ORDERS.append((items_table, version, NormOrder(items_table[ids], ids, position)))
-    return _ORDERS[0][2]
+def _build_norm_order(items_table: torch.Tensor) -> NormOrder:
+    norms = torch.linalg.vector_norm(items_table.float(), dim=1)  # (N + 1,)
+    norms[0] = NEG_INF
+    ids = norms.argsort(descending=True)  # (N + 1,) item 0 last
+    position = torch.empty_like(ids)
+    position[ids] = torch.arange(ids.shape[0], device=ids.device)
+    return NormOrder(items_table[ids], ids, position)
+
+
+_NORM_ORDERS = TableCache(_build_norm_order)
+
+
+def norm_order(items_table: torch.Tensor) -> NormOrder:
+    """The table sorted by row norm, the padding item last; cached for the last table seen."""
+    return _NORM_ORDERS.get(items_table)
 
 
 class Tile(NamedTuple):

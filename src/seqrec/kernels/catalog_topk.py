@@ -16,10 +16,12 @@ exclusions, ``torch.topk``; ``seqrec.kernels.reference.pt_catalog_topk``) with t
 * exclusion ids outside 1..N are ignored like padding.
 
 Kernels (``kernel=``): "pytorch" is the reference; "blocked" tiles the catalog in plain PyTorch
-(``seqrec.kernels.blocked_catalog_topk``; the CPU fast path, any device); "triton" runs the Triton
-kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1 for tests; k + S at most
-``MAX_TRITON_CANDIDATES``); "auto" picks Triton on CUDA, the blocked path on the CPU when the
-catalog spans more than one tile, and the reference for smaller catalogs.
+(``seqrec.kernels.blocked_catalog_topk``; any device); "int8" generates candidates from int8
+products with a proven error bound and rescores them in float32 (``seqrec.kernels.int8_catalog_topk``;
+float32 on the CPU, needs numba; the CPU fast path); "triton" runs the Triton kernel (CUDA, or CPU
+tensors under TRITON_INTERPRET=1 for tests; k + S at most ``MAX_TRITON_CANDIDATES``); "auto" picks
+Triton on CUDA, on the CPU the int8 path when the catalog spans more than one tile (the blocked
+path if numba is missing or the inputs are not float32), and the reference for smaller catalogs.
 
 Registered operators, as for ``cpr_scatter``:
 
@@ -41,10 +43,11 @@ import torch
 
 from seqrec.errors import ConfigError, received_expected
 from seqrec.kernels.blocked_catalog_topk import Tiling, blocked_catalog_topk
+from seqrec.kernels.int8_catalog_topk import int8_catalog_topk, numba_available
 from seqrec.kernels.reference.pt_catalog_topk import pt_catalog_topk
 from seqrec.kernels.triton import MAX_TRITON_CANDIDATES, triton_available, triton_interpreting
 
-KERNELS = ("auto", "pytorch", "blocked", "triton")
+KERNELS = ("auto", "pytorch", "blocked", "int8", "triton")
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -60,6 +63,8 @@ def catalog_topk(queries: torch.Tensor, items_table: torch.Tensor, k: int, exclu
             return triton_catalog_topk(queries, items_table, k, exclude)
         if chosen == "blocked":
             return blocked_catalog_topk(queries, items_table, k, exclude)
+        if chosen == "int8":
+            return int8_catalog_topk(queries, items_table, k, exclude)
         return pt_catalog_topk(queries, items_table, k, exclude)
 
 
@@ -94,11 +99,15 @@ def choose_kernel(kernel: str, queries: torch.Tensor, items_table: torch.Tensor,
         raise ConfigError(received_expected("catalog_topk kernel", repr(kernel), f"one of {', '.join(KERNELS)}"))
     if kernel == "triton":
         _check_triton_can_run(queries, items_table, k, exclude)
+    if kernel == "int8":
+        _check_int8_can_run(queries, items_table)
     if kernel != "auto":
         return kernel
     if queries.is_cuda and triton_available() and _triton_refusal(queries, items_table, k, exclude) is None:
         return "triton"
-    return "blocked" if queries.is_cuda or items_table.shape[0] > Tiling().item_tile else "pytorch"
+    if queries.is_cuda or items_table.shape[0] <= Tiling().item_tile:
+        return "blocked" if queries.is_cuda else "pytorch"
+    return "int8" if _int8_refusal(queries, items_table) is None else "blocked"
 
 
 def triton_candidates(k: int, exclude: torch.Tensor | None) -> int:
@@ -128,6 +137,23 @@ def _check_triton_can_run(queries: torch.Tensor, items_table: torch.Tensor, k: i
     refusal = _triton_refusal(queries, items_table, k, exclude)
     if refusal is not None:
         raise ValueError(refusal)
+
+
+def _int8_refusal(queries: torch.Tensor, items_table: torch.Tensor) -> str | None:
+    """Why the int8 path cannot take these inputs (an error message), or None if it can."""
+    if not numba_available():
+        return received_expected("catalog_topk kernel 'int8'", "numba not installed",
+                                 "numba (pip install numba), or kernel='blocked'")
+    if queries.device.type != "cpu" or {queries.dtype, items_table.dtype} != {torch.float32}:
+        return received_expected("catalog_topk int8 inputs", f"{queries.dtype} queries, {items_table.dtype} table on "
+                                 f"{queries.device}", "float32 queries and table on the CPU (use kernel='blocked')")
+    return None
+
+
+def _check_int8_can_run(queries: torch.Tensor, items_table: torch.Tensor) -> None:
+    refusal = _int8_refusal(queries, items_table)
+    if refusal is not None:
+        raise ConfigError(refusal) if "numba" in refusal else ValueError(refusal)
 
 
 def _without_autocast(device: torch.device):
