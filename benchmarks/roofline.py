@@ -1,6 +1,6 @@
 """End-to-end scoring throughput as a fraction of the head's matrix-multiply roofline (issue 7).
 
-    python benchmarks/roofline.py --items 100000,1000000 --users 20000 --threads 2
+    python benchmarks/roofline.py --items 100000,1000000 --users 100000 --threads 2 --backends torch
 
 The head roofline is the work of the user-by-item product alone, 2 N d FLOP per user, at this
 machine's float32 matrix-multiply rate. In one run, for each catalog size N:
@@ -99,7 +99,9 @@ def report(result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", default="100000,1000000", help="catalog sizes N, comma separated")
-    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--users", type=int, default=100_000,
+                        help="users scored per run; users/s counts the whole run, including the model load and the "
+                             "table's preparation (about 3 s at N = 1M), so small runs understate the steady rate")
     parser.add_argument("--length", type=int, default=50)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--top-k", type=int, default=10)

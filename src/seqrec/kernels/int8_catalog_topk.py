@@ -178,6 +178,7 @@ class Candidates(NamedTuple):
     counts: torch.Tensor  # (M,) int64
     floors: torch.Tensor  # (M,) int64
     overflow: torch.Tensor  # (M,) bool
+    kept: torch.Tensor  # (M,) int64: the count after the row's last compaction
 
 
 def _block_topk(queries: torch.Tensor, items_table: torch.Tensor, table: QuantizedTable, k: int,
@@ -212,7 +213,7 @@ def _candidates(quantized: QuantizedQueries, table: QuantizedTable, k: int, excl
     capacity = max(tiling.capacity, 4 * k)
     found = Candidates(torch.empty((rows, capacity), dtype=torch.int32), torch.empty((rows, capacity), dtype=torch.long),
                        torch.zeros(rows, dtype=torch.long), torch.full((rows,), loops.FIRST_FLOOR, dtype=torch.long),
-                       torch.zeros(rows, dtype=torch.bool))
+                       torch.zeros(rows, dtype=torch.bool), torch.zeros(rows, dtype=torch.long))
     arrays = [t.numpy() for t in found]
     slack = quantized.slack.numpy()
     buffer = torch.empty(rows * tiling.item_tile, dtype=torch.int32)
@@ -222,8 +223,8 @@ def _candidates(quantized: QuantizedQueries, table: QuantizedTable, k: int, excl
         maxima = scores.view(rows, tiling.group, -1).amax(1)  # (M, W / G): strided groups
         if start == 0:
             _seed_floors(found.floors, maxima, k, quantized.slack, loops)
-        loops.scan_tile(scores.numpy(), maxima.numpy(), start, arrays[3], arrays[0], arrays[1], arrays[2], k, slack,
-                        arrays[4])
+        loops.scan_tile(scores.numpy(), maxima.numpy(), start, arrays[3], arrays[0], arrays[1], arrays[2], arrays[5],
+                        k, slack, arrays[4])
     loops.finish_rows(arrays[0], arrays[1], arrays[2], k, slack)
     return found
 

@@ -25,14 +25,18 @@ HEADS: dict[str, type[nn.Module]] = {"softmax": SoftmaxHead, "cpr": CPRHead}
 
 
 class SequentialRecommender(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, initialise: bool = True) -> None:
+        """``initialise=False`` leaves the item table uninitialised, for weights that are loaded next:
+        drawing N x D normals costs about a second at N = 1M."""
         super().__init__()
         self.cfg = cfg
-        self.item_embedding = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=0)
+        table = None if initialise else torch.empty(cfg.num_items + 1, cfg.dim)  # (N + 1, D)
+        self.item_embedding = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=0, _weight=table)
         self.encoder = _lookup(ENCODERS, cfg.model, "model")(cfg)
         self.head = _lookup(HEADS, cfg.head, "head")(self.item_embedding, cfg=cfg,
                                                      mixed_layers=self.encoder.output_layers)
-        self.reset_item_embedding()
+        if initialise:
+            self.reset_item_embedding()
 
     def reset_item_embedding(self) -> None:
         """N(0, 1/D) so that sqrt(D)-scaled inputs have unit scale; the padding row stays zero."""
@@ -79,8 +83,8 @@ class SequentialRecommender(nn.Module):
         return logits.topk(k, dim=1)
 
 
-def build_model(cfg: ModelConfig) -> SequentialRecommender:
-    return SequentialRecommender(cfg)
+def build_model(cfg: ModelConfig, initialise: bool = True) -> SequentialRecommender:
+    return SequentialRecommender(cfg, initialise)
 
 
 def _lookup(table: dict[str, type[nn.Module]], name: str, what: str) -> type[nn.Module]:

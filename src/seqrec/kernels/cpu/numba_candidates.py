@@ -47,16 +47,20 @@ def exclude_in_tile(scores, excluded, start):  # pragma: no cover - compiled
                 scores[row, column] = INT32_MIN
 
 
+CHUNK = 64  # group maxima tested at once: a vectorised any() skips chunks with nothing live
+
+
 @njit(parallel=True, cache=True)
-def scan_tile(scores, maxima, start, floors, values, positions, counts, k, slacks, overflow):  # pragma: no cover
+def scan_tile(scores, maxima, start, floors, values, positions, counts, kept, k, slacks, overflow):  # pragma: no cover
     """Append to each row's candidates every score of the tile at or above its floor.
 
     scores (M, W) int32, maxima (M, W / G) int32: the maximum of each strided group (group g holds
-    columns g, g + W / G, ...), so a group below the floor is skipped without reading its scores.
-    A full row (capacity reached) is compacted to its k-th largest minus its slack, which raises the
-    floor; if that still leaves more than half the capacity, the row is marked in ``overflow`` and
-    closed (the caller scores it another way). Rows holding more than half the capacity at the end
-    of the tile are compacted too, so the floor keeps rising.
+    columns g, g + W / G, ...), so a group below the floor is skipped without reading its scores,
+    and a chunk of CHUNK groups all below it with one vectorised test. A full row (capacity
+    reached) is compacted to its k-th largest minus its slack, which raises the floor; if that
+    still leaves more than half the capacity, the row is marked in ``overflow`` and closed (the
+    caller scores it another way). At the end of the tile a row that has grown by half since its
+    last compaction (``kept``) is compacted too, so the floor keeps up with the running k-th.
     """
     rows, width = scores.shape
     stride = maxima.shape[1]
@@ -65,26 +69,35 @@ def scan_tile(scores, maxima, start, floors, values, positions, counts, k, slack
     for row in prange(rows):
         floor = floors[row]
         count = counts[row]
-        for g in range(stride):
-            if maxima[row, g] < floor:
+        for first in range(0, stride, CHUNK):
+            last = min(first + CHUNK, stride)
+            live = False
+            for g in range(first, last):
+                live |= maxima[row, g] >= floor
+            if not live:
                 continue
-            for lane in range(group):
-                column = g + lane * stride
-                value = scores[row, column]
-                if value < floor:
+            for g in range(first, last):
+                if maxima[row, g] < floor:
                     continue
-                if count == capacity:
-                    count, floor = _keep_within_slack(values[row], positions[row], count, k, slacks[row])
-                    if count > capacity // 2:
-                        overflow[row] = True
-                        floor = CLOSED
+                for lane in range(group):
+                    column = g + lane * stride
+                    value = scores[row, column]
                     if value < floor:
                         continue
-                values[row, count] = value
-                positions[row, count] = start + column
-                count += 1
-        if count > capacity // 2 and floor != CLOSED:
+                    if count == capacity:
+                        count, floor = _keep_within_slack(values[row], positions[row], count, k, slacks[row])
+                        kept[row] = count
+                        if count > capacity // 2:
+                            overflow[row] = True
+                            floor = CLOSED
+                        if value < floor:
+                            continue
+                    values[row, count] = value
+                    positions[row, count] = start + column
+                    count += 1
+        if count >= k and 2 * count >= 3 * kept[row] + 16 and floor != CLOSED:
             count, floor = _keep_within_slack(values[row], positions[row], count, k, slacks[row])
+            kept[row] = count
         floors[row] = floor
         counts[row] = count
 
