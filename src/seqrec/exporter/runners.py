@@ -7,6 +7,7 @@ subclasses implement ``activate_impl``, ``infer_impl`` and ``deactivate_impl``.
 
 from __future__ import annotations
 
+import abc
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from seqrec.errors import ExportError, MissingDependencyError, received_expected
 from seqrec.exporter.onnx_export import require_module
 
 
-class Runner:
+class Runner(abc.ABC):
     name = "runner"
 
     def __init__(self, inputs: tuple[str, ...]) -> None:
@@ -63,8 +64,9 @@ class Runner:
 
     def activate_impl(self) -> None: ...
     def deactivate_impl(self) -> None: ...
+    @abc.abstractmethod
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """Run the backend on a checked feed: every subclass implements this."""
 
 
 class TorchRunner(Runner):

@@ -43,7 +43,7 @@ import torch
 
 from seqrec.errors import ConfigError, received_expected
 from seqrec.kernels.blocked_catalog_topk import Tiling, blocked_catalog_topk
-from seqrec.kernels.int8_catalog_topk import int8_catalog_topk, numba_available
+from seqrec.kernels.int8_catalog_topk import check_int8_can_run, int8_catalog_topk, int8_refusal
 from seqrec.kernels.reference.pt_catalog_topk import pt_catalog_topk
 from seqrec.kernels.triton import MAX_TRITON_CANDIDATES, triton_available, triton_interpreting
 
@@ -100,14 +100,14 @@ def choose_kernel(kernel: str, queries: torch.Tensor, items_table: torch.Tensor,
     if kernel == "triton":
         _check_triton_can_run(queries, items_table, k, exclude)
     if kernel == "int8":
-        _check_int8_can_run(queries, items_table)
+        check_int8_can_run(queries, items_table)
     if kernel != "auto":
         return kernel
     if queries.is_cuda and triton_available() and _triton_refusal(queries, items_table, k, exclude) is None:
         return "triton"
     if queries.is_cuda or items_table.shape[0] <= Tiling().item_tile:
         return "blocked" if queries.is_cuda else "pytorch"
-    return "int8" if _int8_refusal(queries, items_table) is None else "blocked"
+    return "int8" if int8_refusal(queries, items_table) is None else "blocked"
 
 
 def triton_candidates(k: int, exclude: torch.Tensor | None) -> int:
@@ -137,23 +137,6 @@ def _check_triton_can_run(queries: torch.Tensor, items_table: torch.Tensor, k: i
     refusal = _triton_refusal(queries, items_table, k, exclude)
     if refusal is not None:
         raise ValueError(refusal)
-
-
-def _int8_refusal(queries: torch.Tensor, items_table: torch.Tensor) -> str | None:
-    """Why the int8 path cannot take these inputs (an error message), or None if it can."""
-    if not numba_available():
-        return received_expected("catalog_topk kernel 'int8'", "numba not installed",
-                                 "numba (pip install numba), or kernel='blocked'")
-    if queries.device.type != "cpu" or {queries.dtype, items_table.dtype} != {torch.float32}:
-        return received_expected("catalog_topk int8 inputs", f"{queries.dtype} queries, {items_table.dtype} table on "
-                                 f"{queries.device}", "float32 queries and table on the CPU (use kernel='blocked')")
-    return None
-
-
-def _check_int8_can_run(queries: torch.Tensor, items_table: torch.Tensor) -> None:
-    refusal = _int8_refusal(queries, items_table)
-    if refusal is not None:
-        raise ConfigError(refusal) if "numba" in refusal else ValueError(refusal)
 
 
 def _without_autocast(device: torch.device):

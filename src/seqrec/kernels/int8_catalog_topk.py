@@ -58,7 +58,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from seqrec.errors import ConfigError, received_expected
+from seqrec.errors import ConfigError, MissingDependencyError, received_expected
 from seqrec.kernels.blocked_catalog_topk import NormOrder, TableCache, Tiling, blocked_catalog_topk, norm_order
 from seqrec.kernels.reference.pt_catalog_topk import NEG_INF, eligible_exclusions, padding_where_ineligible
 
@@ -153,7 +153,7 @@ def int8_catalog_topk(queries: torch.Tensor, items_table: torch.Tensor, k: int,
                       tiling: Int8Tiling = Int8Tiling()) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 queries (B, D), items_table (N+1, D) on the CPU, exclude (B, S) or None
     -> scores (B, k) float32, ids (B, k), best first."""
-    _check_inputs(queries, items_table)
+    check_int8_can_run(queries, items_table)
     users = queries.shape[0]
     scores = queries.new_full((users, k), NEG_INF)  # (B, k)
     ids = torch.zeros((users, k), dtype=torch.long)  # (B, k)
@@ -173,11 +173,22 @@ def int8_catalog_topk(queries: torch.Tensor, items_table: torch.Tensor, k: int,
     return scores, padding_where_ineligible(scores, ids)
 
 
-def _check_inputs(queries: torch.Tensor, items_table: torch.Tensor) -> None:
-    for name, tensor in (("queries", queries), ("items_table", items_table)):
-        if tensor.dtype != torch.float32 or tensor.device.type != "cpu":
-            raise ValueError(received_expected(f"int8 catalog_topk {name}", f"{tensor.dtype} on {tensor.device}",
-                                               "torch.float32 on the CPU (use kernel='blocked')"))
+def int8_refusal(queries: torch.Tensor, items_table: torch.Tensor) -> str | None:
+    """Why this path cannot take these inputs (an error message), or None if it can."""
+    if not numba_available():
+        return received_expected("catalog_topk kernel 'int8'", "numba not installed",
+                                 "numba (pip install numba), or kernel='blocked'")
+    if queries.device.type != "cpu" or {queries.dtype, items_table.dtype} != {torch.float32}:
+        return received_expected("catalog_topk int8 inputs", f"{queries.dtype} queries, {items_table.dtype} table on "
+                                 f"{queries.device}", "float32 queries and table on the CPU (use kernel='blocked')")
+    return None
+
+
+def check_int8_can_run(queries: torch.Tensor, items_table: torch.Tensor) -> None:
+    """MissingDependencyError without numba, ValueError for inputs this path does not take."""
+    refusal = int8_refusal(queries, items_table)
+    if refusal is not None:
+        raise MissingDependencyError(refusal) if not numba_available() else ValueError(refusal)
 
 
 class Candidates(NamedTuple):
