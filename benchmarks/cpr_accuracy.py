@@ -33,7 +33,8 @@ TARGET_GAIN = {0.5: 0.10, 0.0: -0.02}
 
 def run_one(data, model: str, head: str, args) -> dict:
     options = {"epochs": args.epochs, "patience": args.patience, "eval_users": args.eval_users, "seed": 0,
-               "precision": args.precision, "max_minutes": args.max_minutes, "cpr_variant": args.variant}
+               "precision": args.precision, "max_minutes": args.max_minutes, "cpr_variant": args.variant,
+               "cpr_pooling": args.pooling}
     model_cfg, train_cfg = resolve_configs(model, head, options)
     started = time.perf_counter()
     ckpt = train_model(data, model_cfg, train_cfg, progress=args.progress)
@@ -51,6 +52,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--repeat-window", type=int, default=10, help="a repeat copies one of the last W items")
     parser.add_argument("--variant", default="CPR:100+Mi")
+    parser.add_argument("--pooling", default="mean", choices=["mean", "logsumexp"],
+                        help="CPR head: how an item's repeated history slots combine (models/cpr.py)")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--eval-users", type=int, default=1000)

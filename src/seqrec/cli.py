@@ -11,8 +11,8 @@ import sys
 
 import click
 
-from seqrec.config import (EXPORT_FORMATS, EXPORT_PRECISIONS, HEADS, LOSSES, MODELS, PC_ACTIVATIONS, POINTER_OPS,
-                           POSITIONS, PRECISIONS, PROFILE_PRECISIONS, SCORE_BACKENDS, SCORE_ENGINES, SCORE_LAYOUTS,
+from seqrec.config import (CPR_POOLINGS, EXPORT_FORMATS, EXPORT_PRECISIONS, HEADS, LOSSES, MODELS, PC_ACTIVATIONS,
+                           POINTER_OPS, POSITIONS, PRECISIONS, PROFILE_PRECISIONS, SCORE_BACKENDS, SCORE_ENGINES, SCORE_LAYOUTS,
                            resolve_configs)
 from seqrec.errors import SeqrecError, received_expected
 
@@ -101,6 +101,9 @@ def data_stats(path: str) -> None:
                                     "(k descending), each optionally +Mi  [default: CPR:100+Mi]")
 @click.option("--cpr-recency/--no-cpr-recency", default=None,
               help="CPR pointer scores get a learned bias by distance back (on by default; off = the published head)")
+@click.option("--cpr-pooling", type=click.Choice(CPR_POOLINGS),
+              help="how an item's repeated history slots combine: mean (published) or logsumexp (counts "
+                   "occurrences, as a copy distribution does)  [default: mean]")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)

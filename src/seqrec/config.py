@@ -23,6 +23,7 @@ EXPORT_FORMATS = ("onnx", "tensorrt")
 EXPORT_PRECISIONS = ("fp32", "fp16", "bf16")
 POINTER_OPS = ("standard", "custom")
 PC_ACTIVATIONS = ("softplus", "sigmoid", "tanh", "relu", "identity")
+CPR_POOLINGS = ("mean", "logsumexp")
 SCORE_BACKENDS = ("torch", "onnxruntime", "tensorrt")
 SCORE_LAYOUTS = ("list", "long")
 SCORE_ENGINES = ("local", "ray")
@@ -95,6 +96,7 @@ class ModelConfig(_JsonConfig):
     positions: str = "relative"  # relative: bias by distance back from the prediction point
     cpr_variant: str = "CPR:100+Mi"  # softmax-CPR partitions (head cpr only), see models/cpr.py
     cpr_recency: bool = True  # CPR pointer scores get a learned bias by distance back (models/cpr.py)
+    cpr_pooling: str = "mean"  # how an item's repeated history slots combine: mean (published) or logsumexp
     l2_normalize: bool = False  # softmax head: cosine of hidden state and item embedding (HSTU recipe)
     pc_steps: int = 2  # PCRec: predictive-coding steps unrolled in every layer (0 = plain HSTU)
     pc_alpha: float = 0.5  # PCRec: Hebbian rate of theta (normalised, stable in [0, 2])
@@ -106,6 +108,7 @@ class ModelConfig(_JsonConfig):
         _check_choice("positions", self.positions, POSITIONS)
         if self.head == "cpr":
             parse_cpr_variant(self.cpr_variant)
+        _check_choice("cpr_pooling", self.cpr_pooling, CPR_POOLINGS)
         _check_range("num_items", self.num_items, 1)
         _check_range("dim", self.dim, 1)
         _check_range("layers", self.layers, 1)

@@ -10,6 +10,7 @@ from seqrec.config import ExportConfig
 from seqrec.errors import ConfigError, ExportError, ExportMismatchError
 from seqrec.exporter import EXPORT_SPECS, OnnxRuntimeRunner, export_checkpoint, load_bundle, spec_for
 from seqrec.models import ENCODERS, HEADS
+from seqrec.training import load_checkpoint
 
 from tensorrt_devices import requires_tensorrt
 
@@ -99,6 +100,23 @@ def test_custom_pointer_op_is_one_seqrec_node_served_by_onnxruntime(exported, mo
         mine, theirs = fast.infer({"items": items}), plain.infer({"items": items})
     np.testing.assert_array_equal(mine["top_items"], theirs["top_items"])
     np.testing.assert_allclose(mine["top_scores"], theirs["top_scores"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pointer_op", ["standard", "custom"])
+def test_logsumexp_pooling_exports_and_holds_parity(tiny_checkpoints, tmp_path, pointer_op):
+    checkpoint = tiny_checkpoints("gru4rec", "cpr", cpr_pooling="logsumexp")
+    out = tmp_path / "bundle"
+    export_checkpoint(checkpoint, out, ExportConfig(top_k=7, validation_users=40, pointer_op=pointer_op),
+                      echo=lambda line: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["valid"]  # parity with PyTorch on every case, "all repeats" included
+    items = torch.tensor([[3, 3, 3, 9, 3, 1, 1, 3, 3, 9, 9, 3]])  # item 3 seven times, 9 three times, 1 twice
+    with OnnxRuntimeRunner(out / "model.onnx", ("items",), custom_ops=pointer_op == "custom") as runner:
+        top = runner.infer({"items": items.numpy()})["top_scores"]
+    net = load_checkpoint(checkpoint).model
+    with torch.no_grad():
+        expected = net(items).topk(7).values.numpy()
+    np.testing.assert_allclose(top, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_fp16_export_keeps_the_top_k(exported):

@@ -45,6 +45,7 @@ def literal_cpr(head, all_hidden_states: list[torch.Tensor], item_seq: torch.Ten
     """RecBole 1.2 SASRecCPR.calculate_loss_prob restated line by line (logits at the last slot).
 
     scatter_add of context + pointer scores and of counts over the whole catalog, divide, replace.
+    With ``cpr_pooling="logsumexp"`` (ours): scatter_add of exp(context + pointer), then log.
     """
     variant, weight = head.variant, head.item_embedding.weight
     hidden_emb_arr = []
@@ -78,10 +79,14 @@ def literal_cpr(head, all_hidden_states: list[torch.Tensor], item_seq: torch.Ten
             if head.pointer_recency is not None:  # our extension: a learned bias by distance back from the end
                 pointer = pointer + head.pointer_recency[torch.arange(seq_len_2 - 1, -1, -1)]
         index = item_seq.unsqueeze(1)  # (bsz, 1, L)
-        only_new = torch.zeros_like(lm_logits).scatter_add(2, index, context + pointer)
-        count = torch.zeros_like(only_new) + 1e-15
-        count = count.scatter_add(2, index, torch.ones_like(index, dtype=count.dtype))
-        only_new = only_new / count
+        if head.pooling == "logsumexp":
+            summed = torch.zeros_like(lm_logits).scatter_add(2, index, (context + pointer).exp())
+            only_new = torch.where(summed > 0, summed.log(), summed)  # 0 off the history, as below
+        else:
+            only_new = torch.zeros_like(lm_logits).scatter_add(2, index, context + pointer)
+            count = torch.zeros_like(only_new) + 1e-15
+            count = count.scatter_add(2, index, torch.ones_like(index, dtype=count.dtype))
+            only_new = only_new / count
         lm_logits = lm_logits.scatter(2, index, torch.zeros_like(index, dtype=lm_logits.dtype)) + only_new
         lm_logits[:, :, 0] = -math.inf  # item 0 is never a result (RecBole leaves it to the softmax)
     return lm_logits.squeeze(1)
@@ -106,9 +111,25 @@ def test_head_without_recency_is_the_published_algorithm():
                                    rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["C", "CP+Mi", "CPR:7+Mi"])
+@pytest.mark.parametrize("model", ["sasrec", "gru4rec"])
+def test_logsumexp_pooling_matches_the_literal_sum_of_probabilities(variant, model):
+    net = cpr_model(variant, model, cpr_pooling="logsumexp")
+    items = histories_with_repeats(9, 10, seed=len(variant) + 3)
+    with torch.no_grad():
+        ours = net(items)
+        torch.testing.assert_close(ours, literal_cpr(net.head, net.encode_layers(items), items), rtol=1e-5, atol=1e-5)
+        mean = cpr_model(variant, model)(items)  # same weights, published pooling
+    count = torch.zeros_like(ours).scatter_add(1, items, torch.ones_like(items, dtype=ours.dtype))  # (B, N+1)
+    count[:, 0] = 0
+    assert (ours[count > 1] > mean[count > 1]).all()  # log-sum-exp of several slots exceeds their mean
+    torch.testing.assert_close(ours[count <= 1], mean[count <= 1])  # one slot or none: the same logit
+
+
 @pytest.mark.parametrize("variant", ["CP+Mi", "CPR:7+Mi", "CPR:20,9,4"])
-def test_every_prefix_row_matches_scoring_that_prefix_alone(variant):
-    net = cpr_model(variant, layers=3)
+@pytest.mark.parametrize("pooling", ["mean", "logsumexp"])
+def test_every_prefix_row_matches_scoring_that_prefix_alone(variant, pooling):
+    net = cpr_model(variant, layers=3, cpr_pooling=pooling)
     items = histories_with_repeats(5, 10, seed=3)
     rows = items > 0
     with torch.no_grad():
@@ -118,9 +139,11 @@ def test_every_prefix_row_matches_scoring_that_prefix_alone(variant):
         torch.testing.assert_close(packed, net(prefixes), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", ["softmax+Mi", "C", "CP", "CPR:7+Mi", "CPR:20,9,4+Mi"])
-def test_sampled_columns_equal_the_full_logits(variant):
-    net = cpr_model(variant)
+@pytest.mark.parametrize("variant,pooling", [("softmax+Mi", "mean"), ("C", "mean"), ("CP", "mean"),
+                                             ("CPR:7+Mi", "mean"), ("CPR:20,9,4+Mi", "mean"),
+                                             ("CP", "logsumexp"), ("CPR:7+Mi", "logsumexp")])
+def test_sampled_columns_equal_the_full_logits(variant, pooling):
+    net = cpr_model(variant, cpr_pooling=pooling)
     items = histories_with_repeats(6, 10, seed=4)
     rows = items > 0
     targets = torch.randint(1, 7, (int(rows.sum()),), generator=torch.Generator().manual_seed(1))
@@ -160,10 +183,10 @@ def test_variants_parse_and_bad_ones_are_rejected():
         ModelConfig(head="cpr", cpr_variant="CPR:20,100")
 
 
-def big_cpr_model(variant: str, model: str = "sasrec"):
+def big_cpr_model(variant: str, model: str = "sasrec", pooling: str = "mean"):
     torch.manual_seed(1)
     cfg = ModelConfig(model=model, head="cpr", cpr_variant=variant, num_items=503, dim=12, heads=2,
-                      max_length=10, dropout=0.0)
+                      max_length=10, dropout=0.0, cpr_pooling=pooling)
     net = build_model(cfg).eval()
     with torch.no_grad():
         for module in net.head.modules():
@@ -172,11 +195,13 @@ def big_cpr_model(variant: str, model: str = "sasrec"):
     return net
 
 
-@pytest.mark.parametrize("variant", ["softmax", "C+Mi", "CP", "CPR:40+Mi", "CPR:60,20,7"])
+@pytest.mark.parametrize("variant,pooling", [("softmax", "mean"), ("C+Mi", "mean"), ("CP", "mean"),
+                                             ("CPR:40+Mi", "mean"), ("CPR:60,20,7", "mean"),
+                                             ("CP", "logsumexp"), ("CPR:40+Mi", "logsumexp")])
 @pytest.mark.parametrize("exclude_seen", [False, True])
 @pytest.mark.parametrize("model", ["sasrec", "gru4rec"])
-def test_candidate_top_k_equals_full_logits_top_k(variant, exclude_seen, model):
-    net = big_cpr_model(variant, model)
+def test_candidate_top_k_equals_full_logits_top_k(variant, pooling, exclude_seen, model):
+    net = big_cpr_model(variant, model, pooling)
     gen = torch.Generator().manual_seed(7)
     items = torch.randint(1, 504, (11, 14), generator=gen)  # longer than max_length 10
     items[:, 6:] = torch.where(torch.rand(11, 8, generator=gen) < 0.5, items[:, 5:13], items[:, 6:])  # repeats
@@ -207,9 +232,10 @@ def test_candidate_top_k_when_the_history_covers_most_of_a_tiny_catalog(variant,
     assert torch.equal(ids, ref_ids) and (ids > 0).all()
 
 
-@pytest.mark.parametrize("variant", ["C", "CP+Mi", "CPR:60,20,7"])
-def test_custom_pointer_op_top_k_equals_standard(variant):
-    net = big_cpr_model(variant)
+@pytest.mark.parametrize("variant,pooling", [("C", "mean"), ("CP+Mi", "mean"), ("CPR:60,20,7", "mean"),
+                                             ("CPR:60,20,7", "logsumexp")])
+def test_custom_pointer_op_top_k_equals_standard(variant, pooling):
+    net = big_cpr_model(variant, pooling=pooling)
     gen = torch.Generator().manual_seed(3)
     items = torch.randint(1, 40, (9, 10), generator=gen)  # small id range: duplicates and candidate overlap
     items[2, :7] = 0

@@ -132,3 +132,20 @@ def test_by_repeat_groups_partition_the_users(tiny_checkpoint, synth_parquet):
     excluded = evaluate_checkpoint(tiny_checkpoint, synth_parquet, "test", exclude_history=True, by_repeat=True)
     assert excluded["repeat"]["hr@50"] == 0.0 and excluded["all"]["top10_repeat_share"] == 0.0
     assert 0.0 < grouped["all"]["top10_repeat_share"] <= 1.0
+
+
+def test_cpr_recency_bias_trains_at_its_own_learning_rate():
+    from seqrec.config import ModelConfig
+    from seqrec.models import build_model
+    from seqrec.models.cpr import RECENCY_LR_SCALE
+    from seqrec.training.loop import parameter_groups
+
+    net = build_model(ModelConfig(head="cpr", num_items=30, dim=8, heads=2, max_length=6))
+    groups = parameter_groups(net, lr=1e-3)
+    assert [group["lr"] for group in groups] == [1e-3, 1e-3 * RECENCY_LR_SCALE]
+    assert groups[1]["params"] == [net.head.pointer_recency]
+    assert sum(len(group["params"]) for group in groups) == len(list(net.parameters()))
+    optimizer = torch.optim.AdamW(groups, lr=1e-3)
+    net.head.pointer_recency.grad = torch.ones(6)
+    optimizer.step()  # Adam's first step moves each entry by its group's lr
+    torch.testing.assert_close(net.head.pointer_recency.detach(), torch.full((6,), -1e-3 * RECENCY_LR_SCALE))

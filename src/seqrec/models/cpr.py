@@ -13,6 +13,10 @@ new items that suit them; softmax-CPR gives each partition of the catalog its ow
   prediction point and the slot. RecBole's right-padded SASRec gives every state an absolute
   position, so q_t . g_P(q_j) can tell how far back slot j is; our states carry positions relative
   to the prediction point only, so the pointer gets that distance explicitly (``cpr_recency``);
+- pooling of an item's occurrences: the published head takes the mean of c(v) + p_j over v's
+  slots; ``cpr_pooling="logsumexp"`` takes log sum_j exp(c(v) + p_j) instead, the logit of a copy
+  distribution that adds the probabilities of every slot holding v (RepeatNet's repeat decoder
+  does the same), so an item met three times in the recent window outranks one met once;
 - history logits replace whatever the earlier partitions gave (merging by replacement);
 - Mi (multiple input hidden states): q = [h_t ; GELU(W [h_t, h_t-1, h_t-2 of the top two layers])]
   instead of q = h_t.
@@ -36,6 +40,7 @@ from seqrec.models.heads import catalog_candidates, causal_histories, mask_paddi
 
 WINDOW = 3  # Mi reads h_t, h_t-1, h_t-2
 MIXED_LAYERS = 2  # ... of the top two layers (fewer if the encoder returns fewer)
+RECENCY_LR_SCALE = 20.0  # the bias by distance trains at 20 x lr: at lr 1e-3 Adam moves it ~0.02 a step
 
 
 class CPRHead(nn.Module):
@@ -57,6 +62,9 @@ class CPRHead(nn.Module):
         self.pointer_key = _small_linear(width, dim) if self.variant.pointer else None
         self.pointer_recency = (nn.Parameter(torch.zeros(cfg.max_length))
                                 if self.variant.pointer and cfg.cpr_recency else None)  # by distance t - j
+        if self.pointer_recency is not None:
+            self.pointer_recency.lr_scale = RECENCY_LR_SCALE  # read by training.loop.parameter_groups
+        self.pooling = cfg.cpr_pooling  # mean (published) or logsumexp over an item's slots
 
     def logits(self, layers: list[torch.Tensor], items: torch.Tensor,
                rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -154,9 +162,10 @@ class CPRHead(nn.Module):
             values = values + self.pointer_query(asking) @ self.pointer_key(queries).transpose(1, 2)  # (B, R, L)
         if self.pointer_recency is not None:
             values = values + self.pointer_recency[_distances(asking.shape[1], items.shape[1], items.device)]
-        if rows is None:
-            return items, values[:, 0]
-        return causal_histories(items)[rows], values[rows]  # later slots of each prefix are id 0
+        ids, values = (items, values[:, 0]) if rows is None else (causal_histories(items)[rows], values[rows])
+        if self.pooling == "logsumexp":  # every slot of an item then holds the pooled value: its mean is that value
+            values = pool_occurrences(ids, values).to(values.dtype)
+        return ids, values  # (M, L): later slots of each prefix are id 0
 
     @torch.no_grad()
     def _rerank_stages(self, facets: torch.Tensor) -> torch.Tensor | None:
@@ -208,6 +217,16 @@ def _with_history_columns(logits: torch.Tensor, columns: torch.Tensor, ids: torc
     history = means.to(logits.dtype).masked_fill(~keep, float("-inf"))  # (M, L)
     void = torch.cat([torch.zeros_like(targets, dtype=torch.bool), in_history], dim=1)  # (M, 1+S)
     return torch.cat([logits, history], dim=1), torch.cat([columns.masked_fill(void, 0), ids * keep], dim=1)
+
+
+def pool_occurrences(ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Each slot's value -> log-sum-exp of the values of every slot of its row holding the same id (M, L).
+
+    Computed in float32. Padding slots (id 0) pool among themselves; callers ignore them.
+    """
+    same = ids.unsqueeze(2) == ids.unsqueeze(1)  # (M, L, L): [m, j, k] = slots j and k hold one id
+    spread = values.float().unsqueeze(1).expand(same.shape)  # (M, L, L): [m, j, k] = values[m, k]
+    return spread.masked_fill(~same, float("-inf")).logsumexp(-1)  # (M, L)
 
 
 def slot_means(ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -63,9 +63,21 @@ def train_model(data: TrainingData, model_cfg: ModelConfig, train_cfg: TrainConf
     return ckpt
 
 
+def parameter_groups(model: torch.nn.Module, lr: float) -> list[dict]:
+    """One optimizer group per learning-rate scale: a parameter's ``lr_scale`` attribute (default 1).
+
+    Adam moves every parameter by about ``lr`` per step whatever its gradient, so a bias that has
+    to travel several nats (CPR's pointer bias by distance) gets a larger step this way.
+    """
+    groups: dict[float, list] = {}
+    for param in model.parameters():
+        groups.setdefault(float(getattr(param, "lr_scale", 1.0)), []).append(param)
+    return [{"params": params, "lr": lr * scale} for scale, params in sorted(groups.items())]
+
+
 def fit(model: SequentialRecommender, data: TrainingData, cfg: TrainConfig, progress: bool = True) -> dict:
     """Epoch loop with early stopping; leaves the best weights in ``model``; returns a summary."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.lr), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     valid = _validation_subset(data.split.valid, cfg.eval_users, rng)
     windows = train_windows(data.seqs, data.split, model.cfg.max_length)
