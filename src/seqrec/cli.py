@@ -102,8 +102,8 @@ def data_stats(path: str) -> None:
 @click.option("--cpr-recency/--no-cpr-recency", default=None,
               help="CPR pointer scores get a learned bias by distance back (on by default; off = the published head)")
 @click.option("--cpr-pooling", type=click.Choice(CPR_POOLINGS),
-              help="how an item's repeated history slots combine: mean (published) or logsumexp (counts "
-                   "occurrences, as a copy distribution does)  [default: mean]")
+              help="how an item's repeated history slots combine: logsumexp (counts occurrences, as a copy "
+                   "distribution does) or mean (the published head)  [default: logsumexp]")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)

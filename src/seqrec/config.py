@@ -96,7 +96,7 @@ class ModelConfig(_JsonConfig):
     positions: str = "relative"  # relative: bias by distance back from the prediction point
     cpr_variant: str = "CPR:100+Mi"  # softmax-CPR partitions (head cpr only), see models/cpr.py
     cpr_recency: bool = True  # CPR pointer scores get a learned bias by distance back (models/cpr.py)
-    cpr_pooling: str = "mean"  # how an item's repeated history slots combine: mean (published) or logsumexp
+    cpr_pooling: str = "logsumexp"  # how an item's repeated history slots combine: logsumexp or mean (published)
     l2_normalize: bool = False  # softmax head: cosine of hidden state and item embedding (HSTU recipe)
     pc_steps: int = 2  # PCRec: predictive-coding steps unrolled in every layer (0 = plain HSTU)
     pc_alpha: float = 0.5  # PCRec: Hebbian rate of theta (normalised, stable in [0, 2])

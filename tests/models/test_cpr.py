@@ -95,7 +95,7 @@ def literal_cpr(head, all_hidden_states: list[torch.Tensor], item_seq: torch.Ten
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("model", ["sasrec", "gru4rec"])
 def test_head_matches_the_literal_algorithm(variant, model):
-    net = cpr_model(variant, model)
+    net = cpr_model(variant, model, cpr_pooling="mean")
     items = histories_with_repeats(9, 10, seed=len(variant))
     layers = net.encode_layers(items)
     with torch.no_grad():
@@ -103,7 +103,7 @@ def test_head_matches_the_literal_algorithm(variant, model):
 
 
 def test_head_without_recency_is_the_published_algorithm():
-    net = cpr_model("CPR:7+Mi", cpr_recency=False)
+    net = cpr_model("CPR:7+Mi", cpr_recency=False, cpr_pooling="mean")
     assert net.head.pointer_recency is None
     items = histories_with_repeats(9, 10, seed=8)
     with torch.no_grad():
@@ -119,7 +119,7 @@ def test_logsumexp_pooling_matches_the_literal_sum_of_probabilities(variant, mod
     with torch.no_grad():
         ours = net(items)
         torch.testing.assert_close(ours, literal_cpr(net.head, net.encode_layers(items), items), rtol=1e-5, atol=1e-5)
-        mean = cpr_model(variant, model)(items)  # same weights, published pooling
+        mean = cpr_model(variant, model, cpr_pooling="mean")(items)  # same weights, published pooling
     count = torch.zeros_like(ours).scatter_add(1, items, torch.ones_like(items, dtype=ours.dtype))  # (B, N+1)
     count[:, 0] = 0
     assert (ours[count > 1] > mean[count > 1]).all()  # log-sum-exp of several slots exceeds their mean

@@ -13,10 +13,11 @@ new items that suit them; softmax-CPR gives each partition of the catalog its ow
   prediction point and the slot. RecBole's right-padded SASRec gives every state an absolute
   position, so q_t . g_P(q_j) can tell how far back slot j is; our states carry positions relative
   to the prediction point only, so the pointer gets that distance explicitly (``cpr_recency``);
-- pooling of an item's occurrences: the published head takes the mean of c(v) + p_j over v's
-  slots; ``cpr_pooling="logsumexp"`` takes log sum_j exp(c(v) + p_j) instead, the logit of a copy
-  distribution that adds the probabilities of every slot holding v (RepeatNet's repeat decoder
-  does the same), so an item met three times in the recent window outranks one met once;
+- pooling of an item's occurrences (ours, on by default): the published head takes the mean of
+  c(v) + p_j over v's slots (``cpr_pooling="mean"``); ``"logsumexp"`` takes log sum_j exp(c(v) + p_j),
+  the logit of a copy distribution that adds the probabilities of every slot holding v (RepeatNet's
+  repeat decoder does the same), so an item met three times in the recent window outranks one met
+  once. The bias by distance trains at ``RECENCY_LR_SCALE`` x lr: it has to travel nats;
 - history logits replace whatever the earlier partitions gave (merging by replacement);
 - Mi (multiple input hidden states): q = [h_t ; GELU(W [h_t, h_t-1, h_t-2 of the top two layers])]
   instead of q = h_t.
