@@ -129,6 +129,9 @@ def data_stats(path: str) -> None:
 @click.option("--patience", type=int, help="epochs without validation gain before stopping")
 @click.option("--max-minutes", type=float, help="stop after this much training time")
 @click.option("--eval-users", type=int, help="validate on a fixed random subset of users")
+@click.option("--refit/--no-refit", default=None,
+              help="after early stopping picks the epoch count, train a fresh model on every item but each "
+                   "user's test item for that many epochs (what a production model should see)")
 @click.option("--seed", type=int)
 @click.option("--device", type=str)
 @click.option("--precision", type=click.Choice(PRECISIONS), help="bf16 autocasts the matrix products")

@@ -141,6 +141,7 @@ class TrainConfig(_JsonConfig):
     device: str = "cpu"
     precision: str = "fp32"  # bf16: autocast matrix products (weights, optimizer and loss stay fp32)
     max_minutes: float | None = None
+    refit: bool = False  # after early stopping, retrain from scratch on train + validation items, as many epochs
     eval_users: int | None = None  # validate on a fixed random subset to save time; None = all
 
     def __post_init__(self) -> None:

@@ -149,3 +149,22 @@ def test_cpr_recency_bias_trains_at_its_own_learning_rate():
     net.head.pointer_recency.grad = torch.ones(6)
     optimizer.step()  # Adam's first step moves each entry by its group's lr
     torch.testing.assert_close(net.head.pointer_recency.detach(), torch.full((6,), -1e-3 * RECENCY_LR_SCALE))
+
+
+def test_refit_trains_on_the_validation_items_for_the_chosen_epochs(synth_parquet, make_configs):
+    from seqrec.training.loop import refit_split
+
+    data = prepare_data(synth_parquet)
+    moved = refit_split(data.split)
+    valid = data.split.valid
+    assert (moved.train_end[valid.users] == data.split.train_end[valid.users] + 1).all()
+    assert (data.seqs.items[moved.train_end[valid.users] - 1] == valid.targets).all()  # the valid target is in
+    assert (moved.train_end[valid.users] == data.split.test.history_end).all()  # the test target is not
+    model_cfg, train_cfg = make_configs(epochs=6, patience=2)
+    plain = train_model(data, model_cfg, train_cfg, progress=False)
+    refit = train_model(data, model_cfg, dataclasses.replace(train_cfg, refit=True), progress=False)
+    chosen = plain.meta["training"]["best_epoch"]
+    assert refit.meta["training"]["refit"]["epochs"] == chosen and len(refit.meta["training"]["refit"]["losses"]) == chosen
+    assert refit.meta["metrics"]["valid"] == plain.meta["metrics"]["valid"]  # the selection run's, not the refit's
+    assert refit.meta["metrics"]["test"] == evaluate(refit.model, data.seqs, data.split.test)
+    assert refit.meta["metrics"]["test"] != plain.meta["metrics"]["test"]

@@ -53,8 +53,13 @@ def train_model(data: TrainingData, model_cfg: ModelConfig, train_cfg: TrainConf
     model_cfg = dataclasses.replace(model_cfg, num_items=len(data.vocab))
     model = build_model(model_cfg).to(train_cfg.device)
     history = fit(model, data, train_cfg, progress)
-    metrics = {name: evaluate(model, data.seqs, getattr(data.split, name), device=train_cfg.device)
-               for name in ("valid", "test")}
+    metrics = {"valid": evaluate(model, data.seqs, data.split.valid, device=train_cfg.device)}
+    if train_cfg.refit:  # valid stays the selection run's: the refit model has trained on it
+        _seed_everything(train_cfg.seed)
+        model = build_model(model_cfg).to(train_cfg.device)
+        history["refit"] = fit_epochs(model, data.seqs, refit_split(data.split), train_cfg, history["best_epoch"],
+                                      progress)
+    metrics["test"] = evaluate(model, data.seqs, data.split.test, device=train_cfg.device)
     meta = {"data": {"source": data.source, "fingerprint": data.fingerprint, "users": len(data.seqs),
                      "items": len(data.vocab)}, "metrics": metrics, "training": history}
     ckpt = Checkpoint(model.eval(), model_cfg, train_cfg, data.vocab, meta)
@@ -103,6 +108,29 @@ def fit(model: SequentialRecommender, data: TrainingData, cfg: TrainConfig, prog
                       f"{best['ndcg@10']:.4f} at epoch {best['epoch']}")
     return {"epochs": len(losses), "best_epoch": best["epoch"], "best_valid_ndcg@10": best["ndcg@10"],
             "seconds": round(seconds, 1), "losses": [round(x, 5) for x in losses]}
+
+
+def refit_split(split: Split) -> Split:
+    """The same split with every validation target moved into training (each user's test item stays out)."""
+    train_end = split.train_end.copy()
+    train_end[split.valid.users] = split.valid.history_end + 1  # the validation target is items[history_end]
+    return dataclasses.replace(split, train_end=train_end)
+
+
+def fit_epochs(model: SequentialRecommender, seqs: UserSequences, split: Split, cfg: TrainConfig, epochs: int,
+               progress: bool = True) -> dict:
+    """Train for exactly ``epochs`` epochs on ``split``'s training items, nothing held out to stop on."""
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.lr), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    windows = train_windows(seqs, split, model.cfg.max_length)
+    started, losses = time.perf_counter(), []
+    for epoch in range(1, epochs + 1):
+        losses.append(train_epoch(model, optimizer, seqs, windows, cfg, rng, progress, epoch))
+        _report(progress, f"refit epoch {epoch:3d}/{epochs}  loss {losses[-1]:.4f}  "
+                          f"[{time.perf_counter() - started:.0f}s]")
+    seconds = time.perf_counter() - started
+    _report(progress, f"refit on training + validation items: {epochs} epochs in {seconds:.0f}s")
+    return {"epochs": epochs, "seconds": round(seconds, 1), "losses": [round(x, 5) for x in losses]}
 
 
 @dataclass
