@@ -68,6 +68,11 @@ def train_model(data: TrainingData, model_cfg: ModelConfig, train_cfg: TrainConf
     return ckpt
 
 
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over ``parameter_groups``: the selection run and the refit train alike."""
+    return torch.optim.AdamW(parameter_groups(model, cfg.lr), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def parameter_groups(model: torch.nn.Module, lr: float) -> list[dict]:
     """One optimizer group per learning-rate scale: a parameter's ``lr_scale`` attribute (default 1).
 
@@ -82,7 +87,7 @@ def parameter_groups(model: torch.nn.Module, lr: float) -> list[dict]:
 
 def fit(model: SequentialRecommender, data: TrainingData, cfg: TrainConfig, progress: bool = True) -> dict:
     """Epoch loop with early stopping; leaves the best weights in ``model``; returns a summary."""
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.lr), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     rng = np.random.default_rng(cfg.seed)
     valid = _validation_subset(data.split.valid, cfg.eval_users, rng)
     windows = train_windows(data.seqs, data.split, model.cfg.max_length)
@@ -120,7 +125,7 @@ def refit_split(split: Split) -> Split:
 def fit_epochs(model: SequentialRecommender, seqs: UserSequences, split: Split, cfg: TrainConfig, epochs: int,
                progress: bool = True) -> dict:
     """Train for exactly ``epochs`` epochs on ``split``'s training items, nothing held out to stop on."""
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.lr), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     rng = np.random.default_rng(cfg.seed)
     windows = train_windows(seqs, split, model.cfg.max_length)
     started, losses = time.perf_counter(), []
