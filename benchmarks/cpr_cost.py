@@ -1,10 +1,11 @@
 """Inference cost of the softmax-CPR head against the softmax head, per user, on this CPU (issue 3).
 
-Same SASRec encoder (d 64, 2 layers, L 50), same random left-padded histories with repeats. Two
-paths per head, all four timed in the same run at each catalog size, interleaved, best of
-``--repeats``: ``logits`` (encoder + head, the full B x (N + 1) logits, what evaluation uses) and
+Same SASRec encoder (d 64, 2 layers, L 50), same random left-padded histories with repeats. The
+CPR head twice, with each pooling of an item's history slots (``logsumexp``, the default, and the
+published ``mean``). Two paths per head, all six timed in the same run at each catalog size,
+interleaved, best of ``--repeats``: ``logits`` (encoder + head, the full B x (N + 1) logits, what evaluation uses) and
 ``top-10`` (``SequentialRecommender.top_k``: the exact top-10, what export and scoring use; for CPR
-from the top-(k_R + K + L) candidates). The ratios CPR / softmax are printed.
+from the top-(k_R + K + L) candidates). The ratios CPR / softmax are printed for both poolings.
 
     python benchmarks/cpr_cost.py --catalogs 10000 100000 1000000
 
@@ -24,6 +25,8 @@ from seqrec.config import ModelConfig
 from seqrec.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
+HEADS = {"softmax": {"head": "softmax"}, "cpr": {"head": "cpr", "cpr_pooling": "logsumexp"},
+         "cpr-mean": {"head": "cpr", "cpr_pooling": "mean"}}
 
 
 def histories(batch: int, length: int, num_items: int, seed: int = 0) -> torch.Tensor:
@@ -63,10 +66,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
-    print(f"{'items':>10s}{'path':>8s}{'softmax ms/user':>18s}{'cpr ms/user':>14s}{'cpr / softmax':>15s}")
+    print(f"{'items':>10s}{'path':>8s}{'softmax ms/user':>17s}{'cpr lse':>10s}{'cpr mean':>10s}"
+          f"{'lse / softmax':>15s}{'mean / softmax':>16s}")
     for num_items in args.catalogs:
-        models = {head: build_model(ModelConfig(num_items=num_items, head=head, cpr_variant=args.variant,
-                                                max_length=args.length)).eval() for head in ("softmax", "cpr")}
+        models = {name: build_model(ModelConfig(num_items=num_items, cpr_variant=args.variant, max_length=args.length,
+                                                **options)).eval() for name, options in HEADS.items()}
         items = histories(args.batch, args.length, num_items)
         calls = {(path, head): (lambda m=model: m(items)) if path == "logits" else (lambda m=model: m.top_k(items, 10))
                  for path in ("logits", "top-10") for head, model in models.items()}
@@ -74,8 +78,10 @@ def main() -> None:
         for path in ("logits", "top-10"):
             per_user = {head: 1000 * seconds[(path, head)] / args.batch for head in models}
             rows.append({"items": num_items, "path": path, "batch": args.batch, "ms_per_user": per_user,
-                         "ratio": per_user["cpr"] / per_user["softmax"]})
-            print(f"{num_items:10d}{path:>8s}{per_user['softmax']:18.4f}{per_user['cpr']:14.4f}{rows[-1]['ratio']:15.2f}")
+                         "ratio": per_user["cpr"] / per_user["softmax"],
+                         "ratio_mean_pooling": per_user["cpr-mean"] / per_user["softmax"]})
+            print(f"{num_items:10d}{path:>8s}{per_user['softmax']:17.4f}{per_user['cpr']:10.4f}"
+                  f"{per_user['cpr-mean']:10.4f}{rows[-1]['ratio']:15.2f}{rows[-1]['ratio_mean_pooling']:16.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"variant": args.variant, "threads": torch.get_num_threads(), "rows": rows},
                                    indent=2) + "\n")
