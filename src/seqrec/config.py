@@ -16,7 +16,7 @@ from seqrec.errors import ConfigError, received_expected
 SCHEMA_VERSION = 1
 MODELS = ("sasrec", "gru4rec", "hstu", "pcrec")
 HEADS = ("softmax", "cpr")
-POSITIONS = ("relative", "absolute", "none")
+POSITIONS = ("relative", "absolute", "both", "none")
 LOSSES = ("ce", "sampled")
 PRECISIONS = ("fp32", "bf16")
 EXPORT_FORMATS = ("onnx", "tensorrt")
@@ -93,7 +93,7 @@ class ModelConfig(_JsonConfig):
     ffn_multiplier: int = 1  # SASRec feed-forward width = ffn_multiplier * dim
     dropout: float = 0.5
     max_length: int = 50
-    positions: str = "relative"  # relative: bias by distance back from the prediction point
+    positions: str = "relative"  # relative: bias by distance back; absolute: embedding from the oldest; both
     cpr_variant: str = "CPR:100+Mi"  # softmax-CPR partitions (head cpr only), see models/cpr.py
     cpr_recency: bool = True  # CPR pointer scores get a learned bias by distance back (models/cpr.py)
     cpr_pooling: str = "logsumexp"  # how an item's repeated history slots combine: logsumexp or mean (published)

@@ -10,7 +10,7 @@ from seqrec.config import ExportConfig
 from seqrec.errors import ConfigError, ExportError, ExportMismatchError
 from seqrec.exporter import EXPORT_SPECS, OnnxRuntimeRunner, export_checkpoint, load_bundle, spec_for
 from seqrec.models import ENCODERS, HEADS
-from seqrec.training import load_checkpoint
+from seqrec.training import load_checkpoint, save_checkpoint
 
 from tensorrt_devices import requires_tensorrt
 
@@ -117,6 +117,27 @@ def test_logsumexp_pooling_exports_and_holds_parity(tiny_checkpoints, tmp_path, 
     with torch.no_grad():
         expected = net(items).topk(7).values.numpy()
     np.testing.assert_allclose(top, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("positions", ["absolute", "both"])  # relative, the default, is in every test above
+def test_position_embeddings_export_and_hold_parity(tiny_checkpoints, tmp_path, positions):
+    checkpoint = tiny_checkpoints("hstu", "softmax", positions=positions)
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt.model.encoder.relative_bias is not None:  # move the bias off its zero start so parity tests it
+        with torch.no_grad():
+            ckpt.model.encoder.relative_bias.normal_(0.0, 0.5)
+        checkpoint = save_checkpoint(tmp_path / "ckpt", ckpt)
+    out = tmp_path / "bundle"
+    export_checkpoint(checkpoint, out, ExportConfig(top_k=7, validation_users=40), echo=lambda line: None)
+    assert json.loads((out / "manifest.json").read_text())["valid"]
+    spec = spec_for("hstu", "softmax")
+    feed = spec.sample_inputs(ckpt.model.cfg.num_items, batch=9, length=12, seed=3)  # irregular lengths, times
+    with OnnxRuntimeRunner(out / "model.onnx", spec.inputs) as runner:
+        top = runner.infer({name: tensor.numpy() for name, tensor in feed.items()})
+    with torch.no_grad():
+        expected = ckpt.model(**feed).topk(7)
+    np.testing.assert_array_equal(top["top_items"], expected.indices.numpy())
+    np.testing.assert_allclose(top["top_scores"], expected.values.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_fp16_export_keeps_the_top_k(exported):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from seqrec.config import ModelConfig
+from seqrec.config import POSITIONS, ModelConfig
 from seqrec.errors import ConfigError
 from seqrec.models import ENCODERS, HEADS, build_model
 
@@ -26,7 +26,7 @@ def random_histories(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     return items.masked_fill(slots < (length - lengths).unsqueeze(1), 0)
 
 
-ALL_MODELS = [(m, p, h) for m in ENCODERS for p in ("relative", "absolute", "none") for h in HEADS]
+ALL_MODELS = [(m, p, h) for m in ENCODERS for p in POSITIONS for h in HEADS]
 
 
 @pytest.mark.parametrize("model,positions,head", ALL_MODELS)

@@ -8,9 +8,11 @@ One layer, on the residual stream x (B, L, D):
 
 ``n`` is ``max_length``, a constant: dividing by the padded or the real length would make a user's
 scores depend on the batch or on the prefix. ``rab`` is a learned bias per head by the distance
-``t - s`` back from the query (``positions="relative"``, HSTU's own) plus, when timestamps are given,
-a learned bias per head by the log-bucketed gap |t_query - t_key|. Without timestamps the time bias
-is off, not fed zeros (zeros would put every pair in bucket 0 and train that bucket on nothing).
+``t - s`` back from the query (``positions="relative"``) plus, when timestamps are given, a learned
+bias per head by the log-bucketed gap |t_query - t_key|. Without timestamps the time bias is off,
+not fed zeros (zeros would put every pair in bucket 0 and train that bucket on nothing). HSTU's
+research code also adds a learned position embedding to the inputs, counted from the oldest item:
+``positions="both"`` gives that and the relative bias together.
 
 Padding is nothing, as in SASRec: padding keys are masked out of every real query's row (with no
 softmax a masked weight is simply 0), padding rows attend to nothing, and the state is zeroed at

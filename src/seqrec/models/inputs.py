@@ -2,8 +2,9 @@
 
 Item vectors are scaled by sqrt(D) to unit scale; ``positions="absolute"`` adds a learned embedding
 of the index counted from the oldest item in the window (padding gets none), ``"relative"`` keeps a
-learned per-head bias by the distance ``t - s`` from query to key for the encoder's attention, and
-``"none"`` leaves order to the causal mask. Dropout follows, and padding stays exactly zero.
+learned per-head bias by the distance ``t - s`` from query to key for the encoder's attention,
+``"both"`` does both (the input stage and attention bias of HSTU's research code), and ``"none"``
+leaves order to the causal mask. Dropout follows, and padding stays exactly zero.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ class AttentionInputs(nn.Module):
         self.cfg = cfg
         self.input_scale = math.sqrt(cfg.dim)
         self.position_embedding = (
-            nn.Embedding(cfg.max_length, cfg.dim) if cfg.positions == "absolute" else None
+            nn.Embedding(cfg.max_length, cfg.dim) if cfg.positions in ("absolute", "both") else None
         )
         self.relative_bias = (
-            nn.Parameter(torch.zeros(cfg.heads, cfg.max_length)) if cfg.positions == "relative" else None
+            nn.Parameter(torch.zeros(cfg.heads, cfg.max_length)) if cfg.positions in ("relative", "both") else None
         )
         self.input_dropout = nn.Dropout(cfg.dropout)
 

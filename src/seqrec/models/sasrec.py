@@ -5,12 +5,13 @@ its embedding is zero, it receives no position, it is masked out of every attent
 item, and its hidden state is zeroed after every block, so no output depends on how much padding
 surrounds a history or on which users share the batch.
 
-Positions come in three flavours (``ModelConfig.positions``):
+Positions come in four flavours (``ModelConfig.positions``):
 
 - ``relative`` (default): a learned per-head attention bias indexed by the distance ``t - s``
   between the query (the prediction point) and the key. Every prefix of a packed causal pass
   sees the same distances it will see at inference, which absolute positions cannot give.
 - ``absolute``: a learned embedding of the index counted from the oldest item in the window.
+- ``both``: the absolute embedding on the input and the relative bias in every attention.
 - ``none``: order comes from the causal mask only.
 """
 
