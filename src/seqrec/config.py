@@ -13,7 +13,7 @@ from typing import Any
 
 from seqrec.errors import ConfigError, received_expected
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: HSTU's Q K^T no longer divided by sqrt(d); HSTU/PCRec checkpoints of 1 are refused
 MODELS = ("sasrec", "gru4rec", "hstu", "pcrec")
 HEADS = ("softmax", "cpr")
 POSITIONS = ("relative", "absolute", "both", "none")

@@ -6,13 +6,14 @@ import json
 import pyarrow as pa
 import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 
 from seqrec.cli import main
 from seqrec.config import PC_ACTIVATIONS, ModelConfig, TrainConfig
 from seqrec.errors import ConfigError
 from seqrec.models import build_model
-from seqrec.models.hstu import HSTUEncoder
+from seqrec.models.hstu import HSTUEncoder, HSTULayer
 from seqrec.models.pcrec import PredictiveCoding
 from seqrec.training import prepare_data, train_model
 
@@ -45,6 +46,23 @@ def histories_and_times(batch: int, length: int, seed: int = 0) -> tuple[torch.T
 PC_MODELS = [("hstu", {}), ("pcrec", {"pc_steps": 2})] + [
     ("pcrec", {"pc_steps": 3, "pc_activation": name}) for name in PC_ACTIVATIONS
 ]
+
+
+def test_hstu_layer_is_the_published_formula():
+    """x + W_o(u * LayerNorm(silu(Q K^T + rab) * mask / n  V)), per head, Q K^T unscaled, restated literally."""
+    cfg = ModelConfig(model="hstu", num_items=NUM_ITEMS, dim=12, heads=3, max_length=7, dropout=0.0)
+    torch.manual_seed(1)
+    layer = HSTULayer(cfg).eval()
+    x, rab = torch.randn(2, 7, 12), torch.randn(1, 3, 7, 7)
+    allowed = (torch.rand(2, 1, 7, 7) > 0.3).float()
+    u, v, q, k = F.silu(F.linear(F.layer_norm(x, (12,), eps=1e-6), layer.uvqk.weight, layer.uvqk.bias)).chunk(4, -1)
+    heads = []
+    for h in range(3):
+        cols = slice(4 * h, 4 * h + 4)
+        a = F.silu(q[..., cols] @ k[..., cols].transpose(1, 2) + rab[:, h]) * allowed[:, 0] / 7  # (2, 7, 7)
+        heads.append(a @ v[..., cols])
+    expected = x + layer.out(u * F.layer_norm(torch.cat(heads, -1), (12,), eps=1e-6))
+    torch.testing.assert_close(layer(x, rab, allowed), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_zero_steps_is_hstu_exactly():

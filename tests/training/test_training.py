@@ -61,7 +61,7 @@ def test_checkpoint_round_trip(tiny_checkpoint, synth_parquet):
     files = sorted(p.name for p in tiny_checkpoint.iterdir())
     assert files == ["config.json", "meta.json", "vocab.parquet", "weights.safetensors"]
     config = json.loads((tiny_checkpoint / "config.json").read_text())
-    assert config["schema_version"] == 1 and config["model"]["model"] == "sasrec"
+    assert config["schema_version"] == 2 and config["model"]["model"] == "sasrec"
     meta = json.loads((tiny_checkpoint / "meta.json").read_text())
     assert len(meta["data"]["fingerprint"]) == 64 and "torch" in meta["versions"]
     ckpt = load_checkpoint(tiny_checkpoint)
@@ -98,6 +98,22 @@ def test_newer_schema_version_is_refused(tiny_checkpoint, tmp_path):
     (copy / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"schema_version \| received 99"):
         load_checkpoint(copy)
+
+
+@pytest.mark.parametrize("model", ["sasrec", "hstu"])
+def test_schema_1_loads_except_for_the_rescaled_hstu(tiny_checkpoints, tmp_path, model):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_checkpoints(model, "softmax"), copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["schema_version"] = 1
+    (copy / "config.json").write_text(json.dumps(config))
+    if model == "sasrec":
+        assert load_checkpoint(copy).model_config.model == "sasrec"
+    else:
+        with pytest.raises(CheckpointError, match=r"received 1 for a hstu model.*retrain"):
+            load_checkpoint(copy)
 
 
 @pytest.mark.parametrize("head", list(HEADS))

@@ -3,9 +3,11 @@
 One layer, on the residual stream x (B, L, D):
 
     U, V, Q, K = split(SiLU(W_uvqk LayerNorm(x)))                      fused projection
-    A = SiLU(Q K^T / sqrt(d) + rab) * causal_mask / n                 pointwise attention, no softmax
+    A = SiLU(Q K^T + rab) * causal_mask / n                           pointwise attention, no softmax
     x <- x + W_o Dropout(U * LayerNorm(A V))
 
+Q K^T is not divided by sqrt(d), as DESIGN.md and HSTU's research code have it (an earlier version
+here divided it; the Beauty figures of both are in benchmarks/RESULTS.md).
 ``n`` is ``max_length``, a constant: dividing by the padded or the real length would make a user's
 scores depend on the batch or on the prefix. ``rab`` is a learned bias per head by the distance
 ``t - s`` back from the query (``positions="relative"``) plus, when timestamps are given, a learned
@@ -85,7 +87,7 @@ class HSTULayer(nn.Module):
         projected = F.silu(self.uvqk(F.layer_norm(x, (dim,), eps=1e-6)))  # (B, L, 4D)
         u, v, q, k = projected.chunk(4, dim=-1)  # each (B, L, D)
         q, k, v = (t.view(batch, length, self.heads, dim // self.heads).transpose(1, 2) for t in (q, k, v))
-        scores = q @ k.transpose(-1, -2) * (dim // self.heads) ** -0.5  # [B,H,L,Dh] x [B,H,Dh,L] -> [B,H,L,L]
+        scores = q @ k.transpose(-1, -2)  # [B,H,L,Dh] x [B,H,Dh,L] -> [B,H,L,L]
         if bias is not None:
             scores = scores + bias
         weights = F.silu(scores) * allowed * self.length_scale  # (B, H, L, L)

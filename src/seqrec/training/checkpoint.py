@@ -56,6 +56,7 @@ def load_checkpoint(directory: str | Path, device: str = "cpu") -> Checkpoint:
         raise CheckpointError(received_expected(f"{directory / CONFIG_FILE} schema_version", version,
                                                 f"an integer <= {SCHEMA_VERSION}"))
     model_config = ModelConfig.from_dict(config["model"])
+    _refuse_changed_architecture(directory, version, model_config)
     model = build_model(model_config, initialise=False)  # every weight is loaded next
     missing, unexpected = safetensors.torch.load_model(model, str(directory / WEIGHTS_FILE), strict=False,
                                                        device=device)
@@ -76,6 +77,14 @@ def library_versions() -> dict[str, str]:
 
     return {"seqrec": seqrec.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "pyarrow": pyarrow.__version__, "python": platform.python_version()}
+
+
+def _refuse_changed_architecture(directory: Path, version: int, model_config: ModelConfig) -> None:
+    """Schema 1 HSTU and PCRec divided Q K^T by sqrt(d): their weights would now compute other scores."""
+    if version < 2 and model_config.model in ("hstu", "pcrec"):
+        raise CheckpointError(received_expected(
+            f"{directory / CONFIG_FILE} schema_version", f"{version} for a {model_config.model} model",
+            "2 or later: since schema 2 HSTU no longer divides Q K^T by sqrt(d), so retrain this model"))
 
 
 def _require_files(directory: Path) -> None:
