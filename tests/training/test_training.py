@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,27 +90,23 @@ def test_missing_checkpoint_file_is_a_typed_error(tiny_checkpoint, tmp_path):
         load_checkpoint(broken)
 
 
-def test_newer_schema_version_is_refused(tiny_checkpoint, tmp_path):
-    import shutil
+def copy_with_schema_version(checkpoint: Path, out: Path, version: int) -> Path:
+    shutil.copytree(checkpoint, out)
+    config = json.loads((out / "config.json").read_text())
+    config["schema_version"] = version
+    (out / "config.json").write_text(json.dumps(config))
+    return out
 
-    copy = tmp_path / "copy"
-    shutil.copytree(tiny_checkpoint, copy)
-    config = json.loads((copy / "config.json").read_text())
-    config["schema_version"] = 99
-    (copy / "config.json").write_text(json.dumps(config))
+
+def test_newer_schema_version_is_refused(tiny_checkpoint, tmp_path):
+    copy = copy_with_schema_version(tiny_checkpoint, tmp_path / "copy", 99)
     with pytest.raises(CheckpointError, match=r"schema_version \| received 99"):
         load_checkpoint(copy)
 
 
 @pytest.mark.parametrize("model", ["sasrec", "hstu"])
 def test_schema_1_loads_except_for_the_rescaled_hstu(tiny_checkpoints, tmp_path, model):
-    import shutil
-
-    copy = tmp_path / "copy"
-    shutil.copytree(tiny_checkpoints(model, "softmax"), copy)
-    config = json.loads((copy / "config.json").read_text())
-    config["schema_version"] = 1
-    (copy / "config.json").write_text(json.dumps(config))
+    copy = copy_with_schema_version(tiny_checkpoints(model, "softmax"), tmp_path / "copy", 1)
     if model == "sasrec":
         assert load_checkpoint(copy).model_config.model == "sasrec"
     else:
