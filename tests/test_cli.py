@@ -55,9 +55,12 @@ def test_print_config_resolves_model_defaults():
     assert config["model"]["model"] == "gru4rec" and config["train"]["lr"] == 0.01
     assert config["model"]["layers"] == 1  # gru4rec's own default, not the dataclass default
     assert config["train"]["refit"] is False and config["model"]["cpr_pooling"] == "logsumexp"
-    chosen = run("train", "--data", ".", "--out", "x", "--refit", "--cpr-pooling", "mean", "--print-config")
+    assert config["model"]["embedding_std"] is None
+    chosen = run("train", "--data", ".", "--out", "x", "--refit", "--cpr-pooling", "mean", "--embedding-std", 0.02,
+                 "--print-config")
     config = json.loads(chosen.output)
     assert config["train"]["refit"] is True and config["model"]["cpr_pooling"] == "mean"
+    assert config["model"]["embedding_std"] == 0.02
 
 
 def test_bad_option_value_is_a_typed_one_liner(synth_parquet, tmp_path):

@@ -114,6 +114,8 @@ def data_stats(path: str) -> None:
 @click.option("--heads", type=int, help="attention heads (SASRec, HSTU, PCRec)")
 @click.option("--ffn-multiplier", type=int, help="SASRec feed-forward width as a multiple of --dim")
 @click.option("--dropout", type=float)
+@click.option("--embedding-std", type=float,
+              help="std of the item table's initialisation  [default: 1/sqrt(dim), unit-scale inputs]")
 @click.option("--positions", type=click.Choice(POSITIONS))
 @click.option("--l2-normalize/--no-l2-normalize", default=None,
               help="score the cosine of hidden state and item embedding (pair with a small --temperature)")

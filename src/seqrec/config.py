@@ -92,6 +92,7 @@ class ModelConfig(_JsonConfig):
     heads: int = 1
     ffn_multiplier: int = 1  # SASRec feed-forward width = ffn_multiplier * dim
     dropout: float = 0.5
+    embedding_std: float | None = None  # item table initialised N(0, std^2); None = dim**-0.5 (unit-scale inputs)
     max_length: int = 50
     positions: str = "relative"  # relative: bias by distance back; absolute: embedding from the oldest; both
     cpr_variant: str = "CPR:100+Mi"  # softmax-CPR partitions (head cpr only), see models/cpr.py
@@ -115,6 +116,8 @@ class ModelConfig(_JsonConfig):
         _check_range("ffn_multiplier", self.ffn_multiplier, 1)
         _check_range("max_length", self.max_length, 1)
         _check_range("dropout", self.dropout, 0.0, 0.95)
+        if self.embedding_std is not None:
+            _check_range("embedding_std", self.embedding_std, 1e-6)
         _check_range("pc_steps", self.pc_steps, 0)
         _check_range("pc_alpha", self.pc_alpha, 0.0, 2.0)
         _check_choice("pc_activation", self.pc_activation, PC_ACTIVATIONS)

@@ -85,3 +85,13 @@ def test_bad_config_is_a_typed_error():
         ModelConfig(dim=10, heads=3)
     with pytest.raises(ConfigError, match=r"model \| received 'bert'"):
         ModelConfig(model="bert")
+    with pytest.raises(ConfigError, match=r"embedding_std \| received 0.0"):
+        ModelConfig(embedding_std=0.0)
+
+
+@pytest.mark.parametrize("std,expected", [(None, 16**-0.5), (0.02, 0.02)])
+def test_item_table_is_drawn_with_the_configured_std(std, expected):
+    torch.manual_seed(0)
+    table = build_model(ModelConfig(num_items=4000, dim=16, embedding_std=std)).item_embedding.weight
+    assert table[0].abs().sum() == 0  # padding row
+    assert table[1:].std().item() == pytest.approx(expected, rel=0.03)

@@ -39,9 +39,11 @@ class SequentialRecommender(nn.Module):
             self.reset_item_embedding()
 
     def reset_item_embedding(self) -> None:
-        """N(0, 1/D) so that sqrt(D)-scaled inputs have unit scale; the padding row stays zero."""
+        """N(0, 1/D) so that sqrt(D)-scaled inputs have unit scale, or N(0, embedding_std^2) when set
+        (HSTU's research code uses 0.02); the padding row stays zero."""
+        std = self.cfg.dim**-0.5 if self.cfg.embedding_std is None else self.cfg.embedding_std
         with torch.no_grad():
-            self.item_embedding.weight.normal_(0.0, self.cfg.dim**-0.5)
+            self.item_embedding.weight.normal_(0.0, std)
             self.item_embedding.weight[0].zero_()
 
     def encode_layers(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> list[torch.Tensor]:
