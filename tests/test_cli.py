@@ -56,17 +56,21 @@ def test_print_config_resolves_model_defaults():
     assert config["model"]["layers"] == 1  # gru4rec's own default, not the dataclass default
     assert config["train"]["refit"] is False and config["model"]["cpr_pooling"] == "logsumexp"
     assert config["model"]["embedding_std"] is None
+    assert config["train"]["cpr_base_weight"] == 0.0
     chosen = run("train", "--data", ".", "--out", "x", "--refit", "--cpr-pooling", "mean", "--embedding-std", 0.02,
-                 "--print-config")
+                 "--head", "cpr", "--cpr-base-weight", 0.5, "--print-config")
     config = json.loads(chosen.output)
     assert config["train"]["refit"] is True and config["model"]["cpr_pooling"] == "mean"
-    assert config["model"]["embedding_std"] == 0.02
+    assert config["model"]["embedding_std"] == 0.02 and config["train"]["cpr_base_weight"] == 0.5
 
 
 def test_bad_option_value_is_a_typed_one_liner(synth_parquet, tmp_path):
     result = CliRunner().invoke(main, ["train", "--data", str(synth_parquet), "--out", str(tmp_path / "c"),
                                        "--dim", "10", "--heads", "3"])
     assert result.exit_code == 1 and "dim / heads | received dim=10, heads=3" in result.output
+    result = CliRunner().invoke(main, ["train", "--data", str(synth_parquet), "--out", str(tmp_path / "c"),
+                                       "--cpr-base-weight", "1"])
+    assert result.exit_code == 1 and "cpr_base_weight | received 1.0 with head 'softmax'" in result.output
 
 
 @pytest.mark.slow

@@ -127,6 +127,9 @@ def data_stats(path: str) -> None:
 @click.option("--exclude-history/--no-exclude-history", default=None,
               help="leave each user's own history out of the training softmax and the validation ranking "
                    "(for data without repeats, evaluated with eval --exclude-history)")
+@click.option("--cpr-base-weight", type=float,
+              help="--head cpr: add this weight x a softmax loss on the base partition alone, so the user's "
+                   "own items stay its negatives (the history partitions take them away)  [default: 0]")
 @click.option("--temperature", type=float)
 @click.option("--patience", type=int, help="epochs without validation gain before stopping")
 @click.option("--max-minutes", type=float, help="stop after this much training time")

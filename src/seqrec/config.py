@@ -137,6 +137,7 @@ class TrainConfig(_JsonConfig):
     loss: str = "ce"
     negatives: int = 256
     exclude_history: bool = False  # leave each prefix's own items out of its training softmax
+    cpr_base_weight: float = 0.0  # CPR head: + this x the softmax loss of its base partition alone (see losses)
     temperature: float = 1.0
     patience: int = 10
     eval_every: int = 1
@@ -155,6 +156,7 @@ class TrainConfig(_JsonConfig):
         _check_range("lr", self.lr, 0.0)
         _check_range("negatives", self.negatives, 1)
         _check_range("temperature", self.temperature, 1e-6)
+        _check_range("cpr_base_weight", self.cpr_base_weight, 0.0)
         _check_range("patience", self.patience, 1)
 
 
@@ -300,4 +302,13 @@ def resolve_configs(model: str, head: str, options: dict) -> tuple[ModelConfig, 
     model_given = {key: value for key, value in given.items() if key in model_keys}
     train_given = {key: value for key, value in given.items() if key not in model_keys}
     model_cfg = ModelConfig.from_dict({**defaults.model, **model_given, "model": model, "head": head})
-    return model_cfg, TrainConfig.from_dict({**defaults.train, **train_given})
+    train_cfg = TrainConfig.from_dict({**defaults.train, **train_given})
+    check_trainable(model_cfg, train_cfg)
+    return model_cfg, train_cfg
+
+
+def check_trainable(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    """Settings that each config accepts alone but that do not go together."""
+    if train_cfg.cpr_base_weight > 0 and model_cfg.head != "cpr":
+        raise ConfigError(received_expected("cpr_base_weight", f"{train_cfg.cpr_base_weight} with head "
+                                            f"{model_cfg.head!r}", "0 unless the head is 'cpr'"))

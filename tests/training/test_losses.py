@@ -1,11 +1,16 @@
 """Losses against direct restatements on small random inputs."""
 
+import dataclasses
+
+import pytest
 import torch
 import torch.nn.functional as F
 
-from seqrec.config import ModelConfig
+from seqrec.config import ModelConfig, TrainConfig, check_trainable
+from seqrec.errors import ConfigError
 from seqrec.models import build_model
 from seqrec.models.heads import causal_histories
+from seqrec.training.loop import packed_loss
 from seqrec.training.losses import draw_negatives, full_cross_entropy, sampled_softmax
 
 
@@ -51,3 +56,75 @@ def test_sampled_softmax_masks_accidental_hits_and_seen_negatives():
 def test_prefix_histories_are_causal():
     inputs = torch.tensor([[0, 4, 5, 6]])
     assert causal_histories(inputs)[0].tolist() == [[0, 0, 0, 0], [0, 4, 0, 0], [0, 4, 5, 0], [0, 4, 5, 6]]
+
+
+def random_cpr(variant="CPR:7+Mi", num_items=29):
+    torch.manual_seed(0)
+    cfg = ModelConfig(head="cpr", cpr_variant=variant, num_items=num_items, dim=12, heads=2, layers=2, max_length=10)
+    net = build_model(cfg).eval()  # no dropout: two passes over one batch agree
+    with torch.no_grad():
+        for module in net.head.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0, 0.3)
+                module.bias.normal_(0, 0.3)
+    return net
+
+
+def batch_with_repeats(num_items=29):
+    """Left padded histories from few items (duplicates everywhere) and a target at every real slot."""
+    gen = torch.Generator().manual_seed(3)
+    inputs = torch.randint(1, 7, (5, 10), generator=gen)
+    lengths = torch.tensor([10, 1, 4, 7, 9])
+    inputs = inputs.masked_fill(torch.arange(10) < (10 - lengths).unsqueeze(1), 0)  # (5, 10)
+    targets = torch.randint(1, num_items + 1, (5, 10), generator=gen).masked_fill(inputs == 0, 0)
+    targets[0, -3:] = inputs[0, 2]  # some targets repeat a history item
+    return inputs, targets
+
+
+def base_queries(net, inputs, targets):
+    layers = net.encode_layers(inputs)
+    return net.head.softmax_facet(net.head.head_input(layers)[targets > 0])  # (M, D)
+
+
+def test_cpr_base_weight_adds_the_softmax_loss_of_the_unreplaced_base_logits():
+    net, (inputs, targets) = random_cpr(), batch_with_repeats()
+    cfg = TrainConfig(temperature=0.5)
+    with torch.no_grad():
+        plain = packed_loss(net, inputs, None, targets, cfg)
+        weighted = packed_loss(net, inputs, None, targets, dataclasses.replace(cfg, cpr_base_weight=0.3))
+        base = base_queries(net, inputs, targets) @ net.item_embedding.weight.T  # (M, N+1)
+        base[:, 0] = float("-inf")
+        cpr = net.head.logits(net.encode_layers(inputs), inputs, targets > 0)  # (M, N+1)
+    expected = 0.3 * F.cross_entropy(base / 0.5, targets[targets > 0])
+    torch.testing.assert_close(weighted - plain, expected, rtol=1e-5, atol=1e-6)
+    history = causal_histories(inputs)[targets > 0]  # (M, L): the history columns differ, so the term is new
+    assert not torch.allclose(base.gather(1, history)[history > 0], cpr.gather(1, history)[history > 0])
+
+
+def test_cpr_base_weight_with_sampled_softmax_keeps_history_items_as_negatives():
+    net, (inputs, targets) = random_cpr(), batch_with_repeats()
+    cfg = TrainConfig(loss="sampled", negatives=12)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        plain = packed_loss(net, inputs, None, targets, cfg)
+        torch.manual_seed(5)
+        weighted = packed_loss(net, inputs, None, targets, dataclasses.replace(cfg, cpr_base_weight=2.0))
+        torch.manual_seed(5)
+        drawn = draw_negatives(29, 12, "cpu").tolist()
+        queries = base_queries(net, inputs, targets)  # (M, D)
+    weights, rows = net.item_embedding.weight, []
+    histories, flat_targets = causal_histories(inputs)[targets > 0].tolist(), targets[targets > 0].tolist()
+    for query, history, target in zip(queries, histories, flat_targets):
+        own = sorted(set(history) - {0, target})  # the user's items: negatives of the base partition
+        others = [n for n in drawn if n != target and n not in history]
+        scores = query @ weights[[target] + others + own].T
+        rows.append(-F.log_softmax(scores, 0)[0])
+    torch.testing.assert_close(weighted - plain, 2.0 * torch.stack(rows).mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_cpr_base_weight_is_checked():
+    with pytest.raises(ConfigError, match="cpr_base_weight | received -0.5"):
+        TrainConfig(cpr_base_weight=-0.5)
+    with pytest.raises(ConfigError, match="with head 'softmax'"):
+        check_trainable(ModelConfig(num_items=5), TrainConfig(cpr_base_weight=1.0))
+    check_trainable(ModelConfig(num_items=5, head="cpr"), TrainConfig(cpr_base_weight=1.0))

@@ -30,6 +30,18 @@ def test_loss_decreases_and_beats_untrained(synth_parquet, make_configs, model, 
     assert ckpt.meta["metrics"]["valid"]["ndcg@10"] > untrained.meta["metrics"]["valid"]["ndcg@10"] + 0.02
 
 
+@pytest.mark.parametrize("loss", ["ce", "sampled"])
+def test_cpr_head_trains_with_the_base_partition_loss(synth_parquet, make_configs, loss):
+    data = prepare_data(synth_parquet)
+    model_cfg, train_cfg = make_configs(epochs=4, loss=loss, negatives=20, cpr_base_weight=1.0)
+    model_cfg = dataclasses.replace(model_cfg, head="cpr", cpr_variant="CPR:10+Mi")
+    ckpt = train_model(data, model_cfg, train_cfg, progress=False)
+    losses = ckpt.meta["training"]["losses"]
+    assert losses[-1] < losses[0] * 0.97 and ckpt.train_config.cpr_base_weight == 1.0
+    untrained = train_model(data, model_cfg, TrainConfig(epochs=1, lr=0.0, seed=0), progress=False)
+    assert ckpt.meta["metrics"]["valid"]["ndcg@10"] > untrained.meta["metrics"]["valid"]["ndcg@10"] + 0.02
+
+
 def test_same_seed_same_model(synth_parquet, make_configs):
     data = prepare_data(synth_parquet)
     first = train_model(data, *make_configs(epochs=2), progress=False)

@@ -146,6 +146,16 @@ class CPRHead(nn.Module):
         ids, values = self.history_scores(queries, items, rows)  # (M, L)
         return _with_history_columns(logits, columns, ids, values)
 
+    def base_logits(self, layers: list[torch.Tensor], rows: torch.Tensor | None,
+                    columns: torch.Tensor | None = None) -> torch.Tensor:
+        """The base partition alone, s = f_S(q) . E, before any replacement: over the whole catalog
+        (M, N + 1), or at ``columns`` (M, C) item ids (0 = void: -inf). Training's auxiliary loss."""
+        query = self.softmax_facet(select_rows(self.head_input(layers), rows))  # (M, D)
+        if columns is None:
+            return mask_padding(query @ self.item_embedding.weight.T)  # (M, N+1)
+        scores = _score(query, self.item_embedding(columns))  # (M, C)
+        return scores.masked_fill(columns == 0, float("-inf"))
+
     def head_input(self, layers: list[torch.Tensor]) -> torch.Tensor:
         """q at every slot: h (B, L, D), or with Mi [h ; GELU(W window)] (B, L, 2D)."""
         hidden = layers[-1]  # (B, L, D)

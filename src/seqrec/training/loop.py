@@ -15,7 +15,7 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from seqrec.config import ModelConfig, TrainConfig
+from seqrec.config import ModelConfig, TrainConfig, check_trainable
 from seqrec.data import (EvalExamples, Split, UserSequences, Vocabulary, build_sequences, leave_one_out, pad_left,
                          read_interactions, table_fingerprint)
 from seqrec.errors import DataError, received_expected
@@ -49,6 +49,7 @@ def prepare_data(source: str | Path | pa.Table, vocab: Vocabulary | None = None)
 def train_model(data: TrainingData, model_cfg: ModelConfig, train_cfg: TrainConfig,
                 out: str | Path | None = None, progress: bool = True) -> Checkpoint:
     """Train, restore the best validation weights, evaluate valid and test, save to ``out``."""
+    check_trainable(model_cfg, train_cfg)
     _seed_everything(train_cfg.seed)
     model_cfg = dataclasses.replace(model_cfg, num_items=len(data.vocab))
     model = build_model(model_cfg).to(train_cfg.device)
@@ -207,16 +208,34 @@ def _batch_loss(model: SequentialRecommender, inputs: torch.Tensor, timestamps: 
 
 def packed_loss(model: SequentialRecommender, inputs: torch.Tensor, timestamps: torch.Tensor | None,
                 targets: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """Loss of every real slot's next-item prediction in one causal pass; the head skips padding."""
+    """Loss of every real slot's next-item prediction in one causal pass; the head skips padding.
+
+    With ``cpr_base_weight`` the CPR head's base partition also trains as a softmax head of its own:
+    the history partitions replace the logits of the user's own items, so without it those items are
+    never the base partition's negatives, while a softmax head learns from them.
+    """
     layers = model.encode_layers(inputs, timestamps)  # [(B, L, D)]
     real = targets > 0  # (B, L)
     seen = causal_histories(inputs)[real] if cfg.exclude_history else None  # (M, L)
     targets = targets[real]  # (M,)
+    columns = None  # full softmax over the catalog
     if cfg.loss == "sampled":
         negatives = draw_negatives(model.cfg.num_items, cfg.negatives, inputs.device)  # (S,)
         logits, columns = model.head.sampled_logits(layers, inputs, real, targets, negatives)  # (M, C)
-        return sampled_softmax(logits / cfg.temperature, columns, targets, seen=seen)
-    return full_cross_entropy(model.head.logits(layers, inputs, real) / cfg.temperature, targets, seen=seen)
+    else:
+        logits = model.head.logits(layers, inputs, real)  # (M, N+1)
+    loss = _softmax_loss(logits, columns, targets, seen, cfg)
+    if cfg.cpr_base_weight > 0:
+        base = model.head.base_logits(layers, real, columns)  # (M, C) or (M, N+1)
+        loss = loss + cfg.cpr_base_weight * _softmax_loss(base, columns, targets, seen, cfg)
+    return loss
+
+
+def _softmax_loss(logits: torch.Tensor, columns: torch.Tensor | None, targets: torch.Tensor,
+                  seen: torch.Tensor | None, cfg: TrainConfig) -> torch.Tensor:
+    if columns is None:
+        return full_cross_entropy(logits / cfg.temperature, targets, seen=seen)
+    return sampled_softmax(logits / cfg.temperature, columns, targets, seen=seen)
 
 
 def _validation_subset(valid: EvalExamples, users: int | None, rng: np.random.Generator) -> EvalExamples:
