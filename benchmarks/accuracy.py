@@ -25,7 +25,7 @@ import torch
 
 from seqrec.config import HEADS, resolve_configs
 from seqrec.data import import_interactions
-from seqrec.training import evaluate, prepare_data, train_model
+from seqrec.training import evaluate, load_checkpoint, prepare_data, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BEAUTY = ROOT.parent / "shared" / "data" / "amazon-beauty.txt"
@@ -63,6 +63,22 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"accuracy_{args.model}{args.tag}.json").write_text(json.dumps(report, indent=2) + "\n")
     _print_table(args.model, args.head, plain, excluded, wall, report["training"])
+
+
+def checkpoint_on_beauty(checkpoint: Path, threads: int | None, field: str, expected: str):
+    """A checkpoint this script trained and Beauty prepared as it was, for the scripts that re-score one.
+
+    ``field`` of the model config must equal ``expected`` (e.g. model = pcrec, head = cpr).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    if not BEAUTY.exists():
+        raise SystemExit(f"skipped: {BEAUTY} not found (the shared data sets are not beside this checkout)")
+    ckpt = load_checkpoint(checkpoint)
+    received = getattr(ckpt.model.cfg, field)
+    if received != expected:
+        raise SystemExit(f"{checkpoint} has {field} {received}; expected {expected}")
+    return ckpt, prepare_data(import_interactions(BEAUTY, "s3rec"))
 
 
 def _print_table(model: str, head: str, plain: dict, excluded: dict, wall: float, training: dict) -> None:

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-import torch
-
-from seqrec.data import import_interactions
-from seqrec.training import evaluate, load_checkpoint, prepare_data
+from seqrec.training import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
-BEAUTY = ROOT.parent / "shared" / "data" / "amazon-beauty.txt"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from accuracy import checkpoint_on_beauty  # noqa: E402  (one loader for the scripts that re-score Beauty)
 
 
 def main() -> None:
@@ -32,14 +32,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "pc_steps.json")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not BEAUTY.exists():
-        raise SystemExit(f"skipped: {BEAUTY} not found (the shared data sets are not beside this checkout)")
-    ckpt = load_checkpoint(args.checkpoint)
-    if ckpt.model.cfg.model != "pcrec":
-        raise SystemExit(f"{args.checkpoint} holds a {ckpt.model.cfg.model} model; expected pcrec")
-    data = prepare_data(import_interactions(BEAUTY, "s3rec"))
+    ckpt, data = checkpoint_on_beauty(args.checkpoint, args.threads, "model", "pcrec")
     rows = [_score(ckpt.model, data, steps) for steps in args.steps]
     trained = ckpt.model.cfg.pc_steps
     print(f"\nPCRec trained with T = {trained}, NDCG@10 with the history excluded, by T at inference")
