@@ -137,7 +137,7 @@ class TrainConfig(_JsonConfig):
     loss: str = "ce"
     negatives: int = 256
     exclude_history: bool = False  # leave each prefix's own items out of its training softmax
-    cpr_base_weight: float = 0.0  # CPR head: + this x the softmax loss of its base partition alone (see losses)
+    cpr_base_weight: float = 0.0  # CPR head: + this x the softmax loss of its base partition alone (see loop.packed_loss)
     temperature: float = 1.0
     patience: int = 10
     eval_every: int = 1
