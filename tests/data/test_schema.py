@@ -112,7 +112,7 @@ def test_read_not_a_parquet_file(tmp_path) -> None:
     path = tmp_path / "log.parquet"
     path.write_text("user_id,item_id\n1,2\n")
     with pytest.raises(DataError, match=r"parquet input '.*log\.parquet' \| received an "
-                                        r"unreadable path"):
+                                        r"unreadable path.*seqrec data import SRC DST --format"):
         read_interactions(path)
 
 

@@ -52,7 +52,8 @@ def read_interactions(path: str | Path) -> pa.Table:
     except (OSError, pa.ArrowException, ValueError) as err:
         raise DataError(
             received_expected(f"parquet input '{path}'", f"an unreadable path ({err})",
-                              "a Parquet file or a directory of Parquet parts")
+                              "a Parquet file or a directory of Parquet parts (text logs convert with "
+                              "`seqrec data import SRC DST --format {recbole,sasrec,s3rec}`)")
         ) from err
     return validate_interactions(table, source=f"parquet input '{path}'")
 
