@@ -11,7 +11,8 @@ import sys
 
 import click
 
-from seqrec.config import (CPR_POOLINGS, EXPORT_FORMATS, EXPORT_PRECISIONS, HEADS, LOSSES, MODELS, PC_ACTIVATIONS,
+from seqrec.config import (CPR_POOLINGS, EXPORT_FORMATS, EXPORT_PRECISIONS, HEADS, IMPORT_FORMATS, LOSSES, MODELS,
+                           PC_ACTIVATIONS,
                            POINTER_OPS, POSITIONS, PRECISIONS, PROFILE_PRECISIONS, SCORE_BACKENDS, SCORE_ENGINES, SCORE_LAYOUTS,
                            resolve_configs)
 from seqrec.errors import SeqrecError, received_expected
@@ -57,7 +58,7 @@ def data() -> None:
 
 
 @data.command("import")
-@click.option("--format", "fmt", type=click.Choice(["parquet", "recbole", "sasrec", "s3rec"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(IMPORT_FORMATS), required=True)
 @click.argument("src", type=click.Path(exists=True, dir_okay=True))
 @click.argument("dst", type=click.Path(dir_okay=False))
 def data_import(fmt: str, src: str, dst: str) -> None:

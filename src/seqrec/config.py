@@ -19,6 +19,7 @@ HEADS = ("softmax", "cpr")
 POSITIONS = ("relative", "absolute", "both", "none")
 LOSSES = ("ce", "sampled")
 PRECISIONS = ("fp32", "bf16")
+IMPORT_FORMATS = ("parquet", "recbole", "sasrec", "s3rec")  # seqrec data import --format
 EXPORT_FORMATS = ("onnx", "tensorrt")
 EXPORT_PRECISIONS = ("fp32", "fp16", "bf16")
 POINTER_OPS = ("standard", "custom")

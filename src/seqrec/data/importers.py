@@ -14,10 +14,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from seqrec.config import IMPORT_FORMATS as FORMATS
 from seqrec.data.schema import read_interactions, validate_interactions
 from seqrec.errors import DataError, SchemaError, received_expected
-
-FORMATS = ("parquet", "recbole", "sasrec", "s3rec")
 
 _RECBOLE_FIELDS = ("user_id", "item_id", "timestamp")
 

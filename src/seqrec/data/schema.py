@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from seqrec.config import IMPORT_FORMATS
 from seqrec.errors import DataError, SchemaError, received_expected
 
 ID_COLUMNS = ("user_id", "item_id")
@@ -50,10 +51,11 @@ def read_interactions(path: str | Path) -> pa.Table:
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException, ValueError) as err:
+        text_formats = ",".join(fmt for fmt in IMPORT_FORMATS if fmt != "parquet")
         raise DataError(
             received_expected(f"parquet input '{path}'", f"an unreadable path ({err})",
                               "a Parquet file or a directory of Parquet parts (text logs convert with "
-                              "`seqrec data import SRC DST --format {recbole,sasrec,s3rec}`)")
+                              f"`seqrec data import SRC DST --format {{{text_formats}}}`)")
         ) from err
     return validate_interactions(table, source=f"parquet input '{path}'")
 
