@@ -99,6 +99,7 @@ class ModelConfig(_JsonConfig):
     cpr_variant: str = "CPR:100+Mi"  # softmax-CPR partitions (head cpr only), see models/cpr.py
     cpr_recency: bool = True  # CPR pointer scores get a learned bias by distance back (models/cpr.py)
     cpr_pooling: str = "logsumexp"  # how an item's repeated history slots combine: logsumexp or mean (published)
+    cpr_base_projection: bool = True  # False: the CPR base partition is the plain softmax head h . E (no f_S, no Mi)
     l2_normalize: bool = False  # softmax head: cosine of hidden state and item embedding (HSTU recipe)
     pc_steps: int = 2  # PCRec: predictive-coding steps unrolled in every layer (0 = plain HSTU)
     pc_alpha: float = 0.5  # PCRec: Hebbian rate of theta (normalised, stable in [0, 2])
@@ -139,6 +140,7 @@ class TrainConfig(_JsonConfig):
     negatives: int = 256
     exclude_history: bool = False  # leave each prefix's own items out of its training softmax
     cpr_base_weight: float = 0.0  # CPR head: + this x the softmax loss of its base partition alone (see loop.packed_loss)
+    cpr_base_detach: bool = False  # CPR head: the CPR loss takes the base logits as constants (needs cpr_base_weight)
     temperature: float = 1.0
     patience: int = 10
     eval_every: int = 1
@@ -313,3 +315,7 @@ def check_trainable(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
     if train_cfg.cpr_base_weight > 0 and model_cfg.head != "cpr":
         raise ConfigError(received_expected("cpr_base_weight", f"{train_cfg.cpr_base_weight} with head "
                                             f"{model_cfg.head!r}", "0 unless the head is 'cpr'"))
+    if train_cfg.cpr_base_detach and (model_cfg.head != "cpr" or train_cfg.cpr_base_weight <= 0):
+        raise ConfigError(received_expected("cpr_base_detach", f"True with head {model_cfg.head!r} and "
+                                            f"cpr_base_weight {train_cfg.cpr_base_weight}",
+                                            "head 'cpr' and cpr_base_weight > 0 (else the base never trains)"))

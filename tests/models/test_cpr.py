@@ -62,7 +62,8 @@ def literal_cpr(head, all_hidden_states: list[torch.Tensor], item_seq: torch.Ten
     else:
         raw = hidden_emb_arr[0]
     last = raw[:, -1, :].unsqueeze(1)  # (bsz, 1, W)
-    lm_logits = nn.functional.linear(head.softmax_facet(last), weight, None)  # (bsz, 1, N+1)
+    base = last[..., : weight.shape[1]] if head.softmax_facet is None else head.softmax_facet(last)  # ours: no f_S
+    lm_logits = nn.functional.linear(base, weight, None)  # (bsz, 1, N+1)
     lm_logits[:, :, 0] = -math.inf
     for k, facet in zip(variant.rerank, head.rerank_facets):
         k = min(k, NUM_ITEMS)  # RecBole fails when k > N; we cap it
@@ -111,6 +112,25 @@ def test_head_without_recency_is_the_published_algorithm():
                                    rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["softmax+Mi", "CP", "CPR:7+Mi", "CPR:20,9,4"])
+def test_plain_base_partition_is_the_softmax_heads_logits(variant):
+    net = cpr_model(variant, cpr_base_projection=False)
+    assert net.head.softmax_facet is None
+    items = histories_with_repeats(9, 10, seed=11)
+    rows = items > 0
+    with torch.no_grad():
+        layers = net.encode_layers(items)
+        torch.testing.assert_close(net(items), literal_cpr(net.head, layers, items), rtol=1e-5, atol=1e-5)
+        base = net.head.base_logits(layers, rows)  # (M, N+1)
+        plain = layers[-1][rows] @ net.item_embedding.weight.T  # (M, N+1): h . E, as the softmax head
+        torch.testing.assert_close(base[:, 1:], plain[:, 1:])
+        assert torch.isneginf(base[:, 0]).all()
+        scores, ids = net.top_k(items, 5, False)
+        ref_scores, ref_ids = net.top_k_reference(items, 5, False)
+    torch.testing.assert_close(scores, ref_scores, rtol=1e-5, atol=1e-5)
+    assert torch.equal(ids, ref_ids)
+
+
 @pytest.mark.parametrize("variant", ["C", "CP+Mi", "CPR:7+Mi"])
 @pytest.mark.parametrize("model", ["sasrec", "gru4rec"])
 def test_logsumexp_pooling_matches_the_literal_sum_of_probabilities(variant, model):
@@ -142,8 +162,9 @@ def test_every_prefix_row_matches_scoring_that_prefix_alone(variant, pooling):
 @pytest.mark.parametrize("variant,pooling", [("softmax+Mi", "mean"), ("C", "mean"), ("CP", "mean"),
                                              ("CPR:7+Mi", "mean"), ("CPR:20,9,4+Mi", "mean"),
                                              ("CP", "logsumexp"), ("CPR:7+Mi", "logsumexp")])
-def test_sampled_columns_equal_the_full_logits(variant, pooling):
-    net = cpr_model(variant, cpr_pooling=pooling)
+@pytest.mark.parametrize("base_projection", [True, False])
+def test_sampled_columns_equal_the_full_logits(variant, pooling, base_projection):
+    net = cpr_model(variant, cpr_pooling=pooling, cpr_base_projection=base_projection)
     items = histories_with_repeats(6, 10, seed=4)
     rows = items > 0
     targets = torch.randint(1, 7, (int(rows.sum()),), generator=torch.Generator().manual_seed(1))

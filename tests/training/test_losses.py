@@ -128,3 +128,50 @@ def test_cpr_base_weight_is_checked():
     with pytest.raises(ConfigError, match="with head 'softmax'"):
         check_trainable(ModelConfig(num_items=5), TrainConfig(cpr_base_weight=1.0))
     check_trainable(ModelConfig(num_items=5, head="cpr"), TrainConfig(cpr_base_weight=1.0))
+
+
+def _gradients(net, loss):
+    net.zero_grad()
+    loss.backward()
+    return {name: param.grad.clone() for name, param in net.named_parameters() if param.grad is not None}
+
+
+@pytest.mark.parametrize("loss", ["ce", "sampled"])
+def test_cpr_base_detach_leaves_the_base_to_its_own_loss(loss):
+    net, (inputs, targets) = random_cpr("CPR:7+Mi"), batch_with_repeats()
+    cfg = TrainConfig(loss=loss, negatives=12, cpr_base_weight=1.0)
+    torch.manual_seed(5)
+    attached = packed_loss(net, inputs, None, targets, cfg)
+    attached_grads = _gradients(net, attached)
+    net.head.base_gradient = False
+    torch.manual_seed(5)
+    detached = packed_loss(net, inputs, None, targets, cfg)
+    detached_grads = _gradients(net, detached)
+    torch.testing.assert_close(detached, attached)  # the same forward pass
+    partitions = ("head.context_facet.", "head.pointer_query.", "head.pointer_key.", "head.pointer_recency",
+                  "head.rerank_facets.")
+    for name, grad in attached_grads.items():  # partitions: the same gradient; the base facet: another
+        if name.startswith(partitions):
+            torch.testing.assert_close(detached_grads[name], grad)
+        elif name.startswith("head.softmax_facet."):
+            assert not torch.allclose(detached_grads[name], grad), name
+    # the base facet now learns from the base loss alone
+    base_only = dataclasses.replace(cfg, cpr_base_weight=0.0)
+    torch.manual_seed(5)
+    cpr_grads = _gradients(net, packed_loss(net, inputs, None, targets, base_only))
+    for name in ("head.softmax_facet.weight", "head.softmax_facet.bias"):  # no gradient, or only zeros
+        assert name not in cpr_grads or cpr_grads[name].abs().max() == 0
+    assert cpr_grads["head.context_facet.weight"].abs().max() > 0
+
+
+def test_cpr_base_detach_is_set_by_training_and_checked():
+    from seqrec.training.loop import trainable_model
+
+    model_cfg = ModelConfig(num_items=9, head="cpr", cpr_variant="C", dim=8, layers=1, max_length=4)
+    train_cfg = TrainConfig(cpr_base_detach=True, cpr_base_weight=1.0)
+    assert not trainable_model(model_cfg, train_cfg).head.base_gradient
+    assert trainable_model(model_cfg, TrainConfig()).head.base_gradient
+    with pytest.raises(ConfigError, match="cpr_base_detach.*cpr_base_weight 0.0"):
+        check_trainable(model_cfg, TrainConfig(cpr_base_detach=True))
+    with pytest.raises(ConfigError, match="with head 'softmax'"):
+        check_trainable(ModelConfig(num_items=5), train_cfg)

@@ -56,7 +56,10 @@ class CPRHead(nn.Module):
         self.topk_kernel = "auto"  # base candidates: matmul + topk when traced, else catalog_topk (see heads)
         self.mix = nn.Linear(dim * self.mixed_layers * WINDOW, dim) if self.variant.mixed_input else None
         width = 2 * dim if self.variant.mixed_input else dim
-        self.softmax_facet = _identity_on_hidden(width, dim)
+        self.dim = dim
+        self.softmax_facet = _identity_on_hidden(width, dim) if cfg.cpr_base_projection else None
+        self.base_gradient = True  # training switch (TrainConfig.cpr_base_detach): False = the base logits
+        # enter the CPR logits as constants, so only the auxiliary base loss trains the base partition
         self.rerank_facets = nn.ModuleList(_identity_on_hidden(width, dim) for _ in self.variant.rerank)
         self.context_facet = _identity_on_hidden(width, dim) if self.variant.context else None
         self.pointer_query = _small_linear(width, dim) if self.variant.pointer else None
@@ -72,7 +75,7 @@ class CPRHead(nn.Module):
         """Full-catalog logits (M, N + 1) at the chosen prediction points (see ``heads``)."""
         queries = self.head_input(layers)  # (B, L, W)
         query = select_rows(queries, rows)  # (M, W)
-        logits = mask_padding(self.softmax_facet(query) @ self.item_embedding.weight.T)  # (M, N+1)
+        logits = self._cut(mask_padding(self.base_query(query) @ self.item_embedding.weight.T))  # (M, N+1)
         for k, facet in zip(self.variant.rerank, self.rerank_facets):
             top = logits.topk(min(k, logits.shape[1] - 1), dim=1).indices  # (M, k)
             logits = _replace(logits, top, _score(facet(query), self.item_embedding(top)).to(logits.dtype))
@@ -96,7 +99,7 @@ class CPRHead(nn.Module):
         node in an ONNX export) instead of standard ops; the result is the same.
         """
         queries = self.head_input(layers)  # (B, L, W)
-        query, base_query = queries[:, -1], self.softmax_facet(queries[:, -1])  # (B, W), (B, D)
+        query, base_query = queries[:, -1], self.base_query(queries[:, -1])  # (B, W), (B, D)
         seen = items if (self.context_facet is not None or exclude_seen) else None
         count = min(sum(self.variant.rerank) + k, self.item_embedding.num_embeddings - 1)
         scores, candidates = catalog_candidates(base_query, self.item_embedding.weight, count, seen,
@@ -135,10 +138,12 @@ class CPRHead(nn.Module):
         """
         queries = self.head_input(layers)  # (B, L, W)
         query = select_rows(queries, rows)  # (M, W)
-        facets = torch.stack([self.softmax_facet(query)] + [f(query) for f in self.rerank_facets], 1)  # (M, 1+R, D)
+        facets = torch.stack([self.base_query(query)] + [f(query) for f in self.rerank_facets], 1)  # (M, 1+R, D)
         stage = self._rerank_stages(facets)  # (M, N+1) or None
-        positive = _staged(_score(facets, self.item_embedding(targets).unsqueeze(1)), stage, targets.unsqueeze(1))
-        negative = _staged(facets @ self.item_embedding(negatives).T, stage, negatives.expand(len(targets), -1))
+        positive = _staged(self._cut_base(_score(facets, self.item_embedding(targets).unsqueeze(1))), stage,
+                           targets.unsqueeze(1))
+        negative = _staged(self._cut_base(facets @ self.item_embedding(negatives).T), stage,
+                           negatives.expand(len(targets), -1))
         columns = torch.cat([targets.unsqueeze(1), negatives.expand(len(targets), -1)], dim=1)  # (M, 1+S)
         logits = torch.cat([positive, negative], dim=1)  # (M, 1+S)
         if self.context_facet is None:
@@ -150,11 +155,26 @@ class CPRHead(nn.Module):
                     columns: torch.Tensor | None = None) -> torch.Tensor:
         """The base partition alone, s = f_S(q) . E, before any replacement: over the whole catalog
         (M, N + 1), or at ``columns`` (M, C) item ids (0 = void: -inf). Training's auxiliary loss."""
-        query = self.softmax_facet(select_rows(self.head_input(layers), rows))  # (M, D)
+        query = self.base_query(select_rows(self.head_input(layers), rows))  # (M, D)
         if columns is None:
             return mask_padding(query @ self.item_embedding.weight.T)  # (M, N+1)
         scores = _score(query, self.item_embedding(columns))  # (M, C)
         return scores.masked_fill(columns == 0, float("-inf"))
+
+    def base_query(self, query: torch.Tensor) -> torch.Tensor:
+        """The base partition's query (..., D): f_S(q), or h itself when the head has no f_S."""
+        if self.softmax_facet is None:
+            return query[..., : self.dim]  # h: the first D channels of q
+        return self.softmax_facet(query)
+
+    def _cut(self, base: torch.Tensor) -> torch.Tensor:
+        return base if self.base_gradient else base.detach()
+
+    def _cut_base(self, scores: torch.Tensor) -> torch.Tensor:
+        """Scores (M, 1+R, C) of every facet with the base facet's row cut from the graph if asked."""
+        if self.base_gradient:
+            return scores
+        return torch.cat([scores[:, :1].detach(), scores[:, 1:]], dim=1)
 
     def head_input(self, layers: list[torch.Tensor]) -> torch.Tensor:
         """q at every slot: h (B, L, D), or with Mi [h ; GELU(W window)] (B, L, 2D)."""

@@ -52,12 +52,12 @@ def train_model(data: TrainingData, model_cfg: ModelConfig, train_cfg: TrainConf
     check_trainable(model_cfg, train_cfg)
     _seed_everything(train_cfg.seed)
     model_cfg = dataclasses.replace(model_cfg, num_items=len(data.vocab))
-    model = build_model(model_cfg).to(train_cfg.device)
+    model = trainable_model(model_cfg, train_cfg)
     history = fit(model, data, train_cfg, progress)
     metrics = {"valid": evaluate(model, data.seqs, data.split.valid, device=train_cfg.device)}
     if train_cfg.refit:  # valid stays the selection run's: the refit model has trained on it
         _seed_everything(train_cfg.seed)
-        model = build_model(model_cfg).to(train_cfg.device)
+        model = trainable_model(model_cfg, train_cfg)
         history["refit"] = fit_epochs(model, data.seqs, refit_split(data.split), train_cfg, history["best_epoch"],
                                       progress)
     metrics["test"] = evaluate(model, data.seqs, data.split.test, device=train_cfg.device)
@@ -67,6 +67,14 @@ def train_model(data: TrainingData, model_cfg: ModelConfig, train_cfg: TrainConf
     if out is not None:
         save_checkpoint(out, ckpt)
     return ckpt
+
+
+def trainable_model(model_cfg: ModelConfig, train_cfg: TrainConfig) -> SequentialRecommender:
+    """A fresh model on the training device, with the head's training-only switches set."""
+    model = build_model(model_cfg).to(train_cfg.device)
+    if train_cfg.cpr_base_detach:
+        model.head.base_gradient = False
+    return model
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
