@@ -49,7 +49,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if not BEAUTY.exists():
         raise SystemExit(f"skipped: {BEAUTY} not found (the shared data sets are not beside this checkout)")
-    overrides = {key: _number(value) for key, value in (item.split("=", 1) for item in args.set)}
+    overrides = {key: parse_value(value) for key, value in (item.split("=", 1) for item in args.set)}
     model_cfg, train_cfg = resolve_configs(args.model, args.head, {"max_minutes": args.max_minutes, **overrides})
     started = time.perf_counter()
     data = prepare_data(import_interactions(BEAUTY, "s3rec"))
@@ -92,7 +92,7 @@ def _print_table(model: str, head: str, plain: dict, excluded: dict, wall: float
     print(f"target ndcg@10 >= {TARGET[model]}: ratio to target {excluded['ndcg@10'] / TARGET[model]:.3f}")
 
 
-def _number(text: str):
+def parse_value(text: str):
     for cast in (int, float):
         try:
             return cast(text)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -31,13 +32,17 @@ from seqrec.training import prepare_data, train_model
 from seqrec.training.evaluation import evaluate_by_repeat
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from accuracy import parse_value  # noqa: E402  (one KEY=VALUE reader for the scripts' --set)
+
 TARGET_GAIN = {0.5: 0.10, 0.0: -0.02}
 
 
 def run_one(data, model: str, head: str, args, pooling: str = "mean") -> dict:
     options = {"epochs": args.epochs, "patience": args.patience, "eval_users": args.eval_users, "seed": 0,
                "precision": args.precision, "max_minutes": args.max_minutes, "cpr_variant": args.variant,
-               "cpr_pooling": pooling}
+               "cpr_pooling": pooling, **(args.cpr_options if head == "cpr" else {})}
     model_cfg, train_cfg = resolve_configs(model, head, options)
     started = time.perf_counter()
     ckpt = train_model(data, model_cfg, train_cfg, progress=args.progress)
@@ -57,6 +62,8 @@ def main() -> None:
     parser.add_argument("--variant", default="CPR:100+Mi")
     parser.add_argument("--poolings", nargs="+", default=["logsumexp", "mean"], choices=["mean", "logsumexp"],
                         help="CPR head: how an item's repeated history slots combine (models/cpr.py)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="cpr_set",
+                        help="more options for the CPR runs only, e.g. --set cpr_base_weight=1 cpr_base_detach=1")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--eval-users", type=int, default=1000)
@@ -66,6 +73,7 @@ def main() -> None:
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "cpr_accuracy.json")
     args = parser.parse_args()
+    args.cpr_options = {key: parse_value(value) for key, value in (item.split("=", 1) for item in args.cpr_set)}
     if args.threads:
         torch.set_num_threads(args.threads)
     results = []
@@ -80,7 +88,7 @@ def main() -> None:
             results.append({"repeat_prob": repeat_prob, "data": dataclasses.asdict(synth), **runs})
             _print_row(results[-1])
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"variant": args.variant, "results": results}, indent=2) + "\n")
+            args.out.write_text(json.dumps({"variant": args.variant, "cpr_options": args.cpr_options, "results": results}, indent=2) + "\n")
 
 
 def _print_row(result: dict) -> None:

@@ -56,10 +56,13 @@ def test_print_config_resolves_model_defaults():
     assert config["model"]["layers"] == 1  # gru4rec's own default, not the dataclass default
     assert config["train"]["refit"] is False and config["model"]["cpr_pooling"] == "logsumexp"
     assert config["model"]["embedding_std"] is None
-    assert config["train"]["cpr_base_weight"] == 0.0
+    assert config["train"]["cpr_base_weight"] == 0.0 and config["train"]["cpr_base_detach"] is False
+    assert config["model"]["cpr_base_projection"] is True
     chosen = run("train", "--data", ".", "--out", "x", "--refit", "--cpr-pooling", "mean", "--embedding-std", 0.02,
-                 "--head", "cpr", "--cpr-base-weight", 0.5, "--print-config")
+                 "--head", "cpr", "--cpr-base-weight", 0.5, "--cpr-base-detach", "--no-cpr-base-projection",
+                 "--print-config")
     config = json.loads(chosen.output)
+    assert config["train"]["cpr_base_detach"] is True and config["model"]["cpr_base_projection"] is False
     assert config["train"]["refit"] is True and config["model"]["cpr_pooling"] == "mean"
     assert config["model"]["embedding_std"] == 0.02 and config["train"]["cpr_base_weight"] == 0.5
 

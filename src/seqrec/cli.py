@@ -105,6 +105,9 @@ def data_stats(path: str) -> None:
 @click.option("--cpr-pooling", type=click.Choice(CPR_POOLINGS),
               help="how an item's repeated history slots combine: logsumexp (counts occurrences, as a copy "
                    "distribution does) or mean (the published head)  [default: logsumexp]")
+@click.option("--cpr-base-projection/--no-cpr-base-projection", default=None,
+              help="--head cpr: the base partition scores f_S(q) . E (on by default, the published head); off = "
+                   "the plain softmax head's h . E, without f_S and Mi")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
@@ -131,6 +134,9 @@ def data_stats(path: str) -> None:
 @click.option("--cpr-base-weight", type=float,
               help="--head cpr: add this weight x a softmax loss on the base partition alone, so the user's "
                    "own items stay its negatives (the history partitions take them away)  [default: 0]")
+@click.option("--cpr-base-detach/--no-cpr-base-detach", default=None,
+              help="--head cpr with --cpr-base-weight: the CPR loss takes the base logits as constants, so the "
+                   "base partition learns from its own softmax loss only")
 @click.option("--temperature", type=float)
 @click.option("--patience", type=int, help="epochs without validation gain before stopping")
 @click.option("--max-minutes", type=float, help="stop after this much training time")
