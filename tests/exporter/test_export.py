@@ -119,6 +119,17 @@ def test_logsumexp_pooling_exports_and_holds_parity(tiny_checkpoints, tmp_path, 
     np.testing.assert_allclose(top, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_plain_base_partition_exports_and_holds_parity(tiny_checkpoints, tmp_path):
+    checkpoint = tiny_checkpoints("sasrec", "cpr", cpr_base_projection=False)  # base logits h . E, no f_S
+    out = tmp_path / "bundle"
+    export_checkpoint(checkpoint, out, ExportConfig(top_k=7, validation_users=40), echo=lambda line: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["valid"]
+    cases = {case["name"]: case for case in manifest["parity"][0]["cases"]}
+    assert cases["no known item"]["undefined_users"] == 4  # h = 0: every base logit ties, any 20 may be reranked
+    assert all(case["undefined_users"] == 0 for name, case in cases.items() if name != "no known item")
+
+
 @pytest.mark.parametrize("positions", ["absolute", "both"])  # relative, the default, is in every test above
 def test_position_embeddings_export_and_hold_parity(tiny_checkpoints, tmp_path, positions):
     checkpoint = tiny_checkpoints("hstu", "softmax", positions=positions)
