@@ -21,6 +21,10 @@ new items that suit them; softmax-CPR gives each partition of the catalog its ow
 - history logits replace whatever the earlier partitions gave (merging by replacement);
 - Mi (multiple input hidden states): q = [h_t ; GELU(W [h_t, h_t-1, h_t-2 of the top two layers])]
   instead of q = h_t.
+- plain base (ours, off by default, ``cpr_base_projection=False``): s = h_t . E, the softmax head's
+  logits, with no f_S and no Mi; with ``TrainConfig.cpr_base_detach`` the CPR loss takes s as
+  constants (``base_gradient``), so the base learns from its own softmax loss only. On Beauty this
+  helps CPR:100+Mi when no item repeats; on repeats it gives up part of the gain (RESULTS.md).
 
 The reference (RecBole 1.2 SASRecCPR / GRU4RecCPR) reads the last slot of a right-padded batch;
 our batches are left padded, so the last slot is always the most recent item, as intended. Every
