@@ -3,8 +3,8 @@
 For every case the exported runner's top-K is compared with the slow PyTorch path (full logits in
 float32, ``torch.topk``). Scores must agree within the spec's tolerance; an item id may differ
 from PyTorch's at a rank only if PyTorch scores the returned item as high as its own choice there
-(a tie), so a genuinely wrong item always fails. A user whose answer PyTorch itself does not fix
-is left out and counted: a CPR head whose base logits tie at a reranker stage's boundary (the
+(a tie), so a genuinely wrong item always fails. A user on whom the backends disagree and whose
+answer PyTorch itself does not fix is left out and counted: a CPR head whose base logits tie at a reranker stage's boundary (the
 plain base partition h . E of a history with no known item scores every item 0) reranks whichever
 tied items a backend's TopK takes first.
 """
@@ -102,7 +102,8 @@ def compare_case(name: str, graph: ScoringGraph, spec: ExportSpec, feed: dict[st
     diff = (ref_scores - got_scores).abs().masked_fill(both_inf, 0.0)  # (B, K)
     same = got_items == ref_items
     wrong = ~same & ~_ties(graph, tensors, got_items, ref_scores, tolerance)  # (B, K)
-    undefined = _tied_rerank_boundary(graph, tensors, spec)  # (B,)
+    disagree = wrong.any(1) | (diff > tolerance).any(1)  # (B,)
+    undefined = disagree & _tied_rerank_boundary(graph, tensors, spec) if disagree.any() else disagree  # (B,)
     diff, wrong = diff.masked_fill(undefined.unsqueeze(1), 0.0), wrong & ~undefined.unsqueeze(1)
     return CaseResult(name, int(ref_items.shape[0]), int(tensors[0].shape[1]), float(diff.max()),
                       float(same.float().mean()), int(wrong.sum()), bool((diff <= tolerance).all()) and not wrong.any(),
