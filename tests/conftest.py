@@ -48,14 +48,14 @@ NUM_ITEMS = 300
 
 def write_tiny_checkpoint(directory: Path, model: str, head: str, **overrides) -> Path:
     torch.manual_seed(0)
-    cfg = ModelConfig(model=model, head=head, num_items=NUM_ITEMS, dim=16, heads=2, layers=2, max_length=12,
-                      dropout=0.1, cpr_variant="CPR:20+Mi", **overrides)
+    cfg = ModelConfig(**{"num_items": NUM_ITEMS, "dim": 16, "heads": 2, "layers": 2, "max_length": 12,
+                         "dropout": 0.1, "cpr_variant": "CPR:20+Mi", **overrides}, model=model, head=head)
     net = build_model(cfg).eval()
     with torch.no_grad():  # move the CPR projections off their identity start
         for name, param in net.head.named_parameters():
             if name != "item_embedding.weight":
                 param.add_(torch.randn_like(param) * 0.1)
-    vocab = Vocabulary.from_items(np.arange(1000, 1000 + NUM_ITEMS))
+    vocab = Vocabulary.from_items(np.arange(1000, 1000 + cfg.num_items))
     meta = {"data": {"fingerprint": "tiny"}, "metrics": {}}
     return save_checkpoint(directory, Checkpoint(net, cfg, TrainConfig(), vocab, meta))
 

@@ -130,6 +130,22 @@ def test_plain_base_partition_exports_and_holds_parity(tiny_checkpoints, tmp_pat
     assert all(case["undefined_users"] == 0 for name, case in cases.items() if name != "no known item")
 
 
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_cpr_export_on_a_catalog_smaller_than_the_reranker_holds_parity(tiny_checkpoints, tmp_path, exclude_seen):
+    """30 items under CPR:100: the reranker's first stage takes every item and its empty slots must stay empty."""
+    checkpoint = tiny_checkpoints("sasrec", "cpr", num_items=30, cpr_variant="CPR:100,5+Mi")
+    out = tmp_path / "bundle"
+    export_checkpoint(checkpoint, out, ExportConfig(top_k=7, validation_users=40, exclude_seen=exclude_seen),
+                      echo=lambda line: None)
+    assert json.loads((out / "manifest.json").read_text())["valid"]
+    items = np.random.default_rng(4).integers(1, 31, (16, 12))  # 12 slots of 30 items: many repeats
+    with OnnxRuntimeRunner(out / "model.onnx", ("items",)) as runner:
+        top = runner.infer({"items": items})["top_items"]
+    assert all(len(set(row)) == 7 for row in top.tolist()) and (top > 0).all()
+    if exclude_seen:
+        assert not (top[:, :, None] == items[:, None, :]).any()
+
+
 @pytest.mark.parametrize("positions", ["absolute", "both"])  # relative, the default, is in every test above
 def test_position_embeddings_export_and_hold_parity(tiny_checkpoints, tmp_path, positions):
     checkpoint = tiny_checkpoints("hstu", "softmax", positions=positions)

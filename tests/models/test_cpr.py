@@ -237,13 +237,16 @@ def test_candidate_top_k_equals_full_logits_top_k(variant, pooling, exclude_seen
         assert not (ids.unsqueeze(-1) == window.unsqueeze(1)).any()
 
 
-@pytest.mark.parametrize("variant", ["CPR:9+Mi", "CPR:20,5", "CPR:30+Mi"])
+@pytest.mark.parametrize("variant", ["CPR:9+Mi", "CPR:20,5", "CPR:30+Mi", "CPR:100+Mi"])
 @pytest.mark.parametrize("exclude_seen", [False, True])
-def test_candidate_top_k_when_the_history_covers_most_of_a_tiny_catalog(variant, exclude_seen):
-    """Fewer items outside the history than the reranker takes: its padding slots must not score item 0."""
+@pytest.mark.parametrize("topk_kernel", ["fused", "matmul"])
+def test_candidate_top_k_when_the_history_covers_most_of_a_tiny_catalog(variant, exclude_seen, topk_kernel):
+    """Fewer items outside the history than the reranker takes: its empty slots (item 0, a left-out
+    seen item, a repeated history slot) must stay unscored, on both catalog paths (eager and traced)."""
     torch.manual_seed(2)
     net = build_model(ModelConfig(head="cpr", cpr_variant=variant, num_items=13, dim=8, heads=2, max_length=10,
                                   dropout=0.0)).eval()
+    net.head.topk_kernel = topk_kernel
     items = torch.randint(1, 14, (7, 10), generator=torch.Generator().manual_seed(5))
     items[0] = torch.arange(1, 11)  # ten distinct items: three left outside the history
     with torch.no_grad():
@@ -251,6 +254,7 @@ def test_candidate_top_k_when_the_history_covers_most_of_a_tiny_catalog(variant,
         ref_scores, ref_ids = net.top_k_reference(items, 3, exclude_seen)
     torch.testing.assert_close(scores, ref_scores, rtol=1e-5, atol=1e-5)
     assert torch.equal(ids, ref_ids) and (ids > 0).all()
+    assert all(len(set(row.tolist())) == 3 for row in ids)  # no item twice
 
 
 @pytest.mark.parametrize("variant,pooling", [("C", "mean"), ("CP+Mi", "mean"), ("CPR:60,20,7", "mean"),

@@ -114,8 +114,11 @@ class CPRHead(nn.Module):
             scores = torch.cat([scores, history_base.masked_fill(~first_slots(items), float("-inf"))], dim=1)
         for j, (k_r, facet) in enumerate(zip(self.variant.rerank, self.rerank_facets)):
             slots = scores.topk(min(k_r, scores.shape[1]), dim=1).indices  # (B, k_R) positions among the candidates
-            chosen = candidates.gather(1, slots)  # (B, k_R): id 0 where a row has fewer items than k_R
-            rescored = _score(facet(query), self.item_embedding(chosen)).masked_fill(chosen == 0, float("-inf"))
+            chosen = candidates.gather(1, slots)  # (B, k_R)
+            # a row with fewer items than k_R fills its slots with nothing: id 0, a seen item left out of the
+            # catalog candidates (-inf), a repeated history slot (-inf); none of them may gain a score
+            empty = scores.gather(1, slots).isneginf() | (chosen == 0)  # (B, k_R)
+            rescored = _score(facet(query), self.item_embedding(chosen)).masked_fill(empty, float("-inf"))
             scores = scores.scatter(1, slots, rescored.to(scores.dtype))
         if seen is not None:  # a history item is scored by its history column (or not at all)
             scores = scores[:, :count]  # (B, C)
