@@ -167,8 +167,9 @@ def test_position_embeddings_export_and_hold_parity(tiny_checkpoints, tmp_path, 
     np.testing.assert_allclose(top["top_scores"], expected.values.numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_fp16_export_keeps_the_top_k(exported):
-    out, lines = exported("sasrec", "cpr", precision="fp16")
+@pytest.mark.parametrize("model,head", [("sasrec", "cpr"), ("pcrec", "softmax")])  # PCRec: its steps stay fp32
+def test_fp16_export_keeps_the_top_k(exported, model, head):
+    out, lines = exported(model, head, precision="fp16")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["valid"] and manifest["export"]["precision"] == "fp16"
     random_users = manifest["parity"][0]["cases"][0]

@@ -40,7 +40,8 @@ does not run; DESIGN.md asks for the consistent version):
   to theta[t, s]; dividing by P_t (normalised LMS) makes alpha independent of width, length and
   activation scale, and the update cannot increase |eps_t| (for fixed f) when 0 <= alpha <= 2.
 - **fp32.** gamma, theta, mu, eps and all their updates run with autocast disabled, in fp32, under
-  bf16 training; the refined state goes back to the layer's dtype.
+  bf16 training and in fp16 / bf16 exports (the rate's weights and theta_0 are read as fp32 there); the
+  refined state goes back to the layer's dtype.
 - **Static graph.** T is a Python int fixed at construction and the loop over it has no
   data-dependent branch, so ``torch.export`` unrolls it into one static graph. T = 0 is HSTU
   exactly (the PC modules are skipped; the HSTU layers are the same code and weights).
@@ -91,7 +92,7 @@ class PredictiveCoding(nn.Module):
             return states
         with torch.autocast(states.device.type, enabled=False):
             s = states.float()  # (B, L, D)
-            gamma = torch.sigmoid(self.rate(s))  # (B, L, D)
+            gamma = torch.sigmoid(F.linear(s, self.rate.weight.float(), self.rate.bias.float()))  # (B, L, D)
             pairs = _past_pairs(mask)  # (B, L, L) float: s < t, both real
             theta = self._initial_theta(pairs)  # (B, L, L)
             for step in range(self.steps):
@@ -106,7 +107,7 @@ class PredictiveCoding(nn.Module):
         """theta_0: each row a softmax over its real past of the learned logits by distance, (B, L, L)."""
         length = pairs.shape[-1]
         index = (distances(length, pairs.device) - 1).clamp(0, self.theta_0.shape[0] - 1)  # (L, L)
-        logits = self.theta_0[index].masked_fill(pairs == 0, -1e9)  # (B, L, L); a row with no past: all -1e9
+        logits = self.theta_0.float()[index].masked_fill(pairs == 0, -1e9)  # (B, L, L); a row with no past: all -1e9
         return torch.softmax(logits, dim=-1) * pairs  # (B, L, L), rows sum to 1 (0 with no past)
 
 
