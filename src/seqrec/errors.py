@@ -33,6 +33,10 @@ class ExportMismatchError(ExportError):
     """An exported graph disagrees with PyTorch beyond the stated tolerance."""
 
 
+class TrainingDivergedError(SeqrecError):
+    """The training loss became NaN or infinite: the weights can no longer learn."""
+
+
 class MissingDependencyError(SeqrecError, ImportError):
     """An optional dependency (onnxruntime, tensorrt, triton, ray) is not installed or has no device."""
 

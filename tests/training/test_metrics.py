@@ -23,6 +23,13 @@ def test_excluded_target_is_a_miss():
     assert target_ranks(logits, torch.tensor([1])).item() == 4
 
 
+def test_nan_scores_never_help_the_target():
+    nan = float("nan")
+    logits = torch.tensor([[float("-inf"), nan, nan, nan],  # a broken model: the target is a miss
+                           [float("-inf"), 0.5, nan, 0.1]])  # a NaN item counts ahead of the target
+    assert target_ranks(logits, torch.tensor([2, 1])).tolist() == [4, 1]
+
+
 def test_metrics_by_hand():
     m = ranking_metrics(np.array([0, 1, 4, 9, 10, 60]))
     assert m["hr@1"] == pytest.approx(1 / 6)

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from seqrec.config import TrainConfig
-from seqrec.errors import CheckpointError
+from seqrec.errors import CheckpointError, TrainingDivergedError
 from seqrec.models import ENCODERS, HEADS
 from seqrec.training import evaluate, evaluate_checkpoint, load_checkpoint, prepare_data, train_model
+from seqrec.training import loop
 from seqrec.training.loop import length_bucketed_batches, train_windows
 
 
@@ -194,3 +195,28 @@ def test_refit_trains_on_the_validation_items_for_the_chosen_epochs(synth_parque
     assert refit.meta["metrics"]["valid"] == plain.meta["metrics"]["valid"]  # the selection run's, not the refit's
     assert refit.meta["metrics"]["test"] == evaluate(refit.model, data.seqs, data.split.test)
     assert refit.meta["metrics"]["test"] != plain.meta["metrics"]["test"]
+
+
+def test_a_diverging_first_epoch_is_a_typed_error(synth_parquet, make_configs):
+    model_cfg, train_cfg = make_configs(epochs=3, lr=1e30)  # Adam moves every weight by ~1e30: the logits overflow
+    with pytest.raises(TrainingDivergedError, match=r"training loss at epoch 1, batch \d+ \| received nan"):
+        train_model(prepare_data(synth_parquet), model_cfg, train_cfg, progress=False)
+
+
+def test_a_loss_that_diverges_later_keeps_the_best_weights(synth_parquet, make_configs, monkeypatch):
+    real_epoch = loop.train_epoch
+
+    def break_at_epoch_3(model, *args):  # the weights go bad during epoch 3: its loss is NaN
+        if args[-1] == 3:
+            with torch.no_grad():
+                model.item_embedding.weight[5] = float("nan")
+        return real_epoch(model, *args)
+
+    monkeypatch.setattr(loop, "train_epoch", break_at_epoch_3)
+    data = prepare_data(synth_parquet)
+    ckpt = train_model(data, *make_configs(epochs=6), progress=False)
+    history = ckpt.meta["training"]
+    assert history["epochs"] == 2 and history["best_epoch"] in (1, 2)
+    assert "epoch 3, batch 1 | received nan" in history["stopped"]
+    assert all(torch.isfinite(p).all() for p in ckpt.model.parameters())
+    assert ckpt.meta["metrics"]["valid"]["ndcg@10"] == pytest.approx(history["best_valid_ndcg@10"])

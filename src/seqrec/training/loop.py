@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from seqrec.config import ModelConfig, TrainConfig, check_trainable
 from seqrec.data import (EvalExamples, Split, UserSequences, Vocabulary, build_sequences, leave_one_out, pad_left,
                          read_interactions, table_fingerprint)
-from seqrec.errors import DataError, received_expected
+from seqrec.errors import DataError, TrainingDivergedError, received_expected
 from seqrec.models import SequentialRecommender, build_model
 from seqrec.models.heads import causal_histories
 from seqrec.training.checkpoint import Checkpoint, save_checkpoint
@@ -95,15 +95,27 @@ def parameter_groups(model: torch.nn.Module, lr: float) -> list[dict]:
 
 
 def fit(model: SequentialRecommender, data: TrainingData, cfg: TrainConfig, progress: bool = True) -> dict:
-    """Epoch loop with early stopping; leaves the best weights in ``model``; returns a summary."""
+    """Epoch loop with early stopping; leaves the best weights in ``model``; returns a summary.
+
+    A NaN or infinite loss stops the loop and keeps the best weights so far (the summary says why in
+    ``stopped``); before any validation there is nothing to keep and ``TrainingDivergedError`` rises.
+    """
     optimizer = make_optimizer(model, cfg)
     rng = np.random.default_rng(cfg.seed)
     valid = _validation_subset(data.split.valid, cfg.eval_users, rng)
     windows = train_windows(data.seqs, data.split, model.cfg.max_length)
     best = {"ndcg@10": -1.0, "epoch": 0, "state": None}
     started, losses = time.perf_counter(), []
+    stopped = None
     for epoch in range(1, cfg.epochs + 1):
-        losses.append(train_epoch(model, optimizer, data.seqs, windows, cfg, rng, progress, epoch))
+        try:
+            losses.append(train_epoch(model, optimizer, data.seqs, windows, cfg, rng, progress, epoch))
+        except TrainingDivergedError as error:
+            if best["state"] is None:  # nothing worth keeping
+                raise
+            stopped = f"{error}; kept the weights of epoch {best['epoch']}"
+            _report(progress, f"stopped: {stopped}")
+            break
         if epoch % cfg.eval_every and epoch != cfg.epochs:
             continue
         score = evaluate(model, data.seqs, valid, exclude_history=cfg.exclude_history, device=cfg.device)["ndcg@10"]
@@ -120,8 +132,9 @@ def fit(model: SequentialRecommender, data: TrainingData, cfg: TrainConfig, prog
     seconds = time.perf_counter() - started
     _report(progress, f"trained {len(losses)} epochs in {seconds:.0f}s; best valid ndcg@10 "
                       f"{best['ndcg@10']:.4f} at epoch {best['epoch']}")
-    return {"epochs": len(losses), "best_epoch": best["epoch"], "best_valid_ndcg@10": best["ndcg@10"],
-            "seconds": round(seconds, 1), "losses": [round(x, 5) for x in losses]}
+    summary = {"epochs": len(losses), "best_epoch": best["epoch"], "best_valid_ndcg@10": best["ndcg@10"],
+               "seconds": round(seconds, 1), "losses": [round(x, 5) for x in losses]}
+    return summary if stopped is None else {**summary, "stopped": stopped}
 
 
 def refit_split(split: Split) -> Split:
@@ -186,6 +199,7 @@ def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer, 
     total, count = 0.0, 0
     for inputs, timestamps, targets in _padded_batches(seqs, windows, bar, model.cfg.max_length, cfg.device):
         loss = _batch_loss(model, inputs, timestamps, targets, cfg)
+        _check_finite(loss, cfg, epoch, count + 1)  # before the step: the weights stay those of the last good one
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -193,6 +207,13 @@ def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer, 
         if count % 20 == 0:
             bar.set_postfix(loss=f"{total / count:.4f}")
     return total / max(count, 1)
+
+
+def _check_finite(loss: torch.Tensor, cfg: TrainConfig, epoch: int, batch: int) -> None:
+    if not torch.isfinite(loss.detach()):
+        raise TrainingDivergedError(received_expected(
+            f"training loss at epoch {epoch}, batch {batch}", f"{loss.item()}",
+            f"a finite number (diverged at lr {cfg.lr:g}, precision {cfg.precision}: try a lower --lr)"))
 
 
 def _padded_batches(seqs: UserSequences, windows: TrainWindows, batches, max_length: int,

@@ -2,7 +2,8 @@
 
 Rank is 0-based and pessimistic under ties: every other item whose score is greater than or equal
 to the target's counts ahead of it, so a model that scores everything alike gains nothing. A target
-whose score is -inf (excluded as a history item) is always a miss.
+whose score is -inf (excluded as a history item) is always a miss. NaN scores never help: a NaN target
+is a miss and a NaN item counts ahead of the target, so a model that broke cannot look good.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ CUTOFFS = (1, 5, 10, 20, 50)
 def target_ranks(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """logits (B, N+1), targets (B,) -> 0-based pessimistic rank (B,)."""
     target_scores = logits.gather(1, targets.unsqueeze(1))  # (B, 1)
-    ahead = (logits >= target_scores).sum(1) - 1  # (B,) other items scoring at least as high
-    missed = torch.isneginf(target_scores.squeeze(1))
+    ahead = ((logits >= target_scores) | logits.isnan()).sum(1) - 1  # (B,) other items at least as high
+    missed = torch.isneginf(target_scores.squeeze(1)) | target_scores.squeeze(1).isnan()
     return ahead.masked_fill(missed, logits.shape[1])
 
 
