@@ -220,3 +220,11 @@ def test_a_loss_that_diverges_later_keeps_the_best_weights(synth_parquet, make_c
     assert "epoch 3, batch 1 | received nan" in history["stopped"]
     assert all(torch.isfinite(p).all() for p in ckpt.model.parameters())
     assert ckpt.meta["metrics"]["valid"]["ndcg@10"] == pytest.approx(history["best_valid_ndcg@10"])
+
+
+def test_saved_metrics_rank_as_the_selection_did(synth_parquet, make_configs):
+    """With --exclude-history the selection ranks without history items; so do the checkpoint's metrics."""
+    data = prepare_data(synth_parquet)
+    ckpt = train_model(data, *make_configs(epochs=2, exclude_history=True), progress=False)
+    assert ckpt.meta["metrics"]["valid"]["ndcg@10"] == pytest.approx(ckpt.meta["training"]["best_valid_ndcg@10"])
+    assert ckpt.meta["metrics"]["test"] == evaluate(ckpt.model, data.seqs, data.split.test, exclude_history=True)

@@ -54,13 +54,14 @@ def train_model(data: TrainingData, model_cfg: ModelConfig, train_cfg: TrainConf
     model_cfg = dataclasses.replace(model_cfg, num_items=len(data.vocab))
     model = trainable_model(model_cfg, train_cfg)
     history = fit(model, data, train_cfg, progress)
-    metrics = {"valid": evaluate(model, data.seqs, data.split.valid, device=train_cfg.device)}
+    ranked = {"exclude_history": train_cfg.exclude_history, "device": train_cfg.device}  # as the selection ranks
+    metrics = {"valid": evaluate(model, data.seqs, data.split.valid, **ranked)}
     if train_cfg.refit:  # valid stays the selection run's: the refit model has trained on it
         _seed_everything(train_cfg.seed)
         model = trainable_model(model_cfg, train_cfg)
         history["refit"] = fit_epochs(model, data.seqs, refit_split(data.split), train_cfg, history["best_epoch"],
                                       progress)
-    metrics["test"] = evaluate(model, data.seqs, data.split.test, device=train_cfg.device)
+    metrics["test"] = evaluate(model, data.seqs, data.split.test, **ranked)
     meta = {"data": {"source": data.source, "fingerprint": data.fingerprint, "users": len(data.seqs),
                      "items": len(data.vocab)}, "metrics": metrics, "training": history}
     ckpt = Checkpoint(model.eval(), model_cfg, train_cfg, data.vocab, meta)
