@@ -115,6 +115,7 @@ class ModelConfig(_JsonConfig):
         _check_range("num_items", self.num_items, 1)
         _check_range("dim", self.dim, 1)
         _check_range("layers", self.layers, 1)
+        _check_range("heads", self.heads, 1)
         _check_range("ffn_multiplier", self.ffn_multiplier, 1)
         _check_range("max_length", self.max_length, 1)
         _check_range("dropout", self.dropout, 0.0, 0.95)
@@ -161,6 +162,12 @@ class TrainConfig(_JsonConfig):
         _check_range("temperature", self.temperature, 1e-6)
         _check_range("cpr_base_weight", self.cpr_base_weight, 0.0)
         _check_range("patience", self.patience, 1)
+        _check_range("eval_every", self.eval_every, 1)
+        _check_range("weight_decay", self.weight_decay, 0.0)
+        if self.eval_users is not None:
+            _check_range("eval_users", self.eval_users, 1)
+        if self.max_minutes is not None:
+            _check_range("max_minutes", self.max_minutes, 0.0)
 
 
 @dataclass

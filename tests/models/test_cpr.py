@@ -269,3 +269,17 @@ def test_custom_pointer_op_top_k_equals_standard(variant, pooling):
         custom = net.top_k(items, 12, pointer_op="custom")
     torch.testing.assert_close(custom[0], standard[0])
     assert torch.equal(custom[1], standard[1])
+
+
+def test_rerank_inputs_are_the_running_logits_of_each_stage():
+    net = big_cpr_model("CPR:60,20,7")
+    items = torch.randint(1, 504, (5, 10), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        layers = net.encode_layers(items, None)
+        inputs = net.head.rerank_inputs(layers)  # [(B, N+1)] x 3
+        base = net.head.base_logits(layers, None)  # (B, N+1)
+    assert len(inputs) == 3
+    torch.testing.assert_close(inputs[0], base)
+    for before, after, k in zip(inputs, inputs[1:], (60, 20)):  # a stage changes its own top-k only
+        top = torch.zeros_like(before, dtype=torch.bool).scatter(1, before.topk(k, dim=1).indices, True)
+        assert (after != before).any(1).all() and not ((after != before) & ~top).any()

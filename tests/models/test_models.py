@@ -87,6 +87,8 @@ def test_bad_config_is_a_typed_error():
         ModelConfig(model="bert")
     with pytest.raises(ConfigError, match=r"embedding_std \| received 0.0"):
         ModelConfig(embedding_std=0.0)
+    with pytest.raises(ConfigError, match=r"heads \| received 0, expected >= 1"):
+        ModelConfig(heads=0)
 
 
 @pytest.mark.parametrize("std,expected", [(None, 16**-0.5), (0.02, 0.02)])

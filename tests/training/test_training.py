@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from seqrec.config import TrainConfig
-from seqrec.errors import CheckpointError, TrainingDivergedError
+from seqrec.errors import CheckpointError, ConfigError, TrainingDivergedError
 from seqrec.models import ENCODERS, HEADS
 from seqrec.training import evaluate, evaluate_checkpoint, load_checkpoint, prepare_data, train_model
 from seqrec.training import loop
@@ -228,3 +228,10 @@ def test_saved_metrics_rank_as_the_selection_did(synth_parquet, make_configs):
     ckpt = train_model(data, *make_configs(epochs=2, exclude_history=True), progress=False)
     assert ckpt.meta["metrics"]["valid"]["ndcg@10"] == pytest.approx(ckpt.meta["training"]["best_valid_ndcg@10"])
     assert ckpt.meta["metrics"]["test"] == evaluate(ckpt.model, data.seqs, data.split.test, exclude_history=True)
+
+
+@pytest.mark.parametrize("option,value", [("eval_every", 0), ("weight_decay", -0.1), ("eval_users", 0),
+                                          ("max_minutes", -1.0)])
+def test_bad_train_option_is_a_typed_error(option, value):
+    with pytest.raises(ConfigError, match=rf"{option} \| received {value}, expected >= "):
+        TrainConfig(**{option: value})

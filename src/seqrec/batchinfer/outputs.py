@@ -11,8 +11,9 @@ Both are written under a temporary name (``.<name>.inprogress``), flushed to dis
 into place, so a reader (or a restarted job) sees a whole part or none of it.
 
 **Duplicate users.** Within a part, the first row of a user wins, whatever it holds; every later
-row of that user is rejected as ``duplicate_user`` (even when the first row was itself rejected,
-say for an empty history): each user id gets exactly one verdict per part. Parts are expected to
+row of that user is rejected (even when the first row was itself rejected, say for an empty
+history), as ``duplicate_user`` or, when the row has a fault of its own (an empty history, say),
+for that fault: a user id is scored at most once per part. Parts are expected to
 hold disjoint users (as a partitioned export does); users are not compared across parts, which
 would need memory for every user of the input.
 """

@@ -123,17 +123,16 @@ def _ties(graph: ScoringGraph, tensors: list[torch.Tensor], got_items: torch.Ten
 
 
 def _tied_rerank_boundary(graph: ScoringGraph, tensors: list[torch.Tensor], spec: ExportSpec) -> torch.Tensor:
-    """(B,) bool: the head's base logits tie, within the score tolerance, at a reranker stage's size."""
+    """(B,) bool: the logits a reranker stage ranks tie, within the score tolerance, at the stage's size."""
     head = graph.model.head
     sizes = getattr(getattr(head, "variant", None), "rerank", ())
     items = fit_window(tensors[0], graph.length)
-    if not sizes:
-        return torch.zeros(items.shape[0], dtype=torch.bool)
-    timestamps = fit_window(tensors[1], graph.length) if len(tensors) > 1 else None
-    base = head.base_logits(graph.model.encode_layers(items, timestamps), None).float()  # (B, N+1)
-    ranked = base.sort(dim=1, descending=True).values  # (B, N+1)
     tied = torch.zeros(items.shape[0], dtype=torch.bool)
-    for size in sizes:
+    if not sizes:
+        return tied
+    timestamps = fit_window(tensors[1], graph.length) if len(tensors) > 1 else None
+    for size, running in zip(sizes, head.rerank_inputs(graph.model.encode_layers(items, timestamps))):
+        ranked = running.float().sort(dim=1, descending=True).values  # (B, N+1)
         if size < ranked.shape[1] - 1:  # a stage that takes every item has no boundary
             last_in, first_out = ranked[:, size - 1], ranked[:, size]
             tied |= (last_in - first_out).abs() <= spec.score_atol + spec.score_rtol * last_in.abs()

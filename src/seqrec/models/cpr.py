@@ -29,7 +29,8 @@ new items that suit them; softmax-CPR gives each partition of the catalog its ow
 The reference (RecBole 1.2 SASRecCPR / GRU4RecCPR) reads the last slot of a right-padded batch;
 our batches are left padded, so the last slot is always the most recent item, as intended. Every
 projection except the pointer's starts as the identity on h_t (zero on the Mi part), so a fresh
-CPR head scores exactly like the softmax head and the partitions only have to learn corrections.
+CPR head scores every item outside the history exactly like the softmax head and the partitions
+only have to learn corrections (history items start from small random pointer scores).
 The history scatter (mean over duplicates, replace) is the ``cpr_scatter`` kernel.
 """
 
@@ -80,13 +81,28 @@ class CPRHead(nn.Module):
         queries = self.head_input(layers)  # (B, L, W)
         query = select_rows(queries, rows)  # (M, W)
         logits = self._cut(mask_padding(self.base_query(query) @ self.item_embedding.weight.T))  # (M, N+1)
-        for k, facet in zip(self.variant.rerank, self.rerank_facets):
-            top = logits.topk(min(k, logits.shape[1] - 1), dim=1).indices  # (M, k)
-            logits = _replace(logits, top, _score(facet(query), self.item_embedding(top)).to(logits.dtype))
+        logits = self._rerank(logits, query)  # (M, N+1)
         if self.context_facet is None:
             return logits
         ids, values = self.history_scores(queries, items, rows)  # (M, L) each
         return cpr_scatter(logits, ids, values, kernel=self.scatter_kernel)
+
+    def rerank_inputs(self, layers: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The running logits (B, N + 1) each reranker stage takes its top-k from, at the last slot: the
+        base logits for the first stage, the first stage's output for the second, and so on."""
+        query = self.head_input(layers)[:, -1]  # (B, W)
+        inputs: list[torch.Tensor] = []
+        self._rerank(mask_padding(self.base_query(query) @ self.item_embedding.weight.T), query, inputs)
+        return inputs
+
+    def _rerank(self, logits: torch.Tensor, query: torch.Tensor, record: list | None = None) -> torch.Tensor:
+        """Each reranker stage re-scores the top-k of the running logits (M, N+1) by its own facet."""
+        for k, facet in zip(self.variant.rerank, self.rerank_facets):
+            if record is not None:
+                record.append(logits.clone())  # _replace may write in place
+            top = logits.topk(min(k, logits.shape[1] - 1), dim=1).indices  # (M, k)
+            logits = _replace(logits, top, _score(facet(query), self.item_embedding(top)).to(logits.dtype))
+        return logits
 
     def top_k(self, layers: list[torch.Tensor], items: torch.Tensor, k: int, exclude_seen: bool = False,
               pointer_op: str = "standard") -> tuple[torch.Tensor, torch.Tensor]:
