@@ -36,7 +36,10 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(received_expected(name, repr(value), f"one of {', '.join(choices)}"))
 
 
-def _check_range(name: str, value: float, low: float, high: float | None = None) -> None:
+def _check_range(name: str, value: float | None, low: float, high: float | None = None) -> None:
+    """value in [low, high] (high None: no upper bound); None passes: an optional setting left unset."""
+    if value is None:
+        return
     if value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ConfigError(received_expected(name, value, bound))
@@ -119,8 +122,7 @@ class ModelConfig(_JsonConfig):
         _check_range("ffn_multiplier", self.ffn_multiplier, 1)
         _check_range("max_length", self.max_length, 1)
         _check_range("dropout", self.dropout, 0.0, 0.95)
-        if self.embedding_std is not None:
-            _check_range("embedding_std", self.embedding_std, 1e-6)
+        _check_range("embedding_std", self.embedding_std, 1e-6)
         _check_range("pc_steps", self.pc_steps, 0)
         _check_range("pc_alpha", self.pc_alpha, 0.0, 2.0)
         _check_choice("pc_activation", self.pc_activation, PC_ACTIVATIONS)
@@ -164,10 +166,8 @@ class TrainConfig(_JsonConfig):
         _check_range("patience", self.patience, 1)
         _check_range("eval_every", self.eval_every, 1)
         _check_range("weight_decay", self.weight_decay, 0.0)
-        if self.eval_users is not None:
-            _check_range("eval_users", self.eval_users, 1)
-        if self.max_minutes is not None:
-            _check_range("max_minutes", self.max_minutes, 0.0)
+        _check_range("eval_users", self.eval_users, 1)
+        _check_range("max_minutes", self.max_minutes, 0.0)
 
 
 @dataclass
@@ -191,8 +191,7 @@ class ExportConfig(_JsonConfig):
         _check_range("top_k", self.top_k, 1, 3840)  # TensorRT's TopK limit
         _check_range("opset", self.opset, 18)
         _check_range("validation_users", self.validation_users, 1)
-        if self.max_length is not None:
-            _check_range("max_length", self.max_length, 1)
+        _check_range("max_length", self.max_length, 1)
 
 
 @dataclass
@@ -223,10 +222,8 @@ class ScoreConfig(_JsonConfig):
         _check_choice("precision", self.precision, PRECISIONS)
         _check_range("batch_size", self.batch_size, 1)
         _check_range("actors", self.actors, 1)
-        if self.top_k is not None:
-            _check_range("top_k", self.top_k, 1)
-        if self.threads is not None:
-            _check_range("threads", self.threads, 1)
+        _check_range("top_k", self.top_k, 1)
+        _check_range("threads", self.threads, 1)
 
 
 @dataclass
@@ -259,8 +256,7 @@ class ProfileConfig(_JsonConfig):
         for name in ("length", "top_k", "iterations", "threads"):
             if getattr(self, name) is not None:
                 _check_range(name, getattr(self, name), 1)
-        if self.seconds is not None:
-            _check_range("seconds", self.seconds, 1e-3)
+        _check_range("seconds", self.seconds, 1e-3)
 
 
 def _check_choices(name: str, values: tuple[str, ...], choices: tuple[str, ...]) -> tuple[str, ...]:
