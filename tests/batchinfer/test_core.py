@@ -127,3 +127,24 @@ def test_bf16_autocast_keeps_most_of_the_fp32_top_k(checkpoint, run_config, user
     assert overlap > 0.8 and fast != exact, overlap  # bf16 really ran
     with pytest.raises(ConfigError, match="--precision \\| received bf16, expected fp32 for the bundle"):
         open_model(run_config(models["onnxruntime"].source, precision="bf16"))
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_fewer_items_left_than_k_gives_a_shorter_list_not_padding(tiny_checkpoints, run_config, tmp_path, backend):
+    """30 items, --exclude-seen, K 25: a history of 12 distinct items leaves 18, and the list stops there."""
+    from seqrec.config import ExportConfig
+    from seqrec.exporter import export_checkpoint
+
+    source = tiny_checkpoints("sasrec", "softmax", num_items=30)
+    if backend == "onnxruntime":
+        export_checkpoint(source, tmp_path / "bundle", ExportConfig(top_k=25, exclude_seen=True, validation_users=20),
+                          echo=lambda line: None)
+        source = tmp_path / "bundle"
+    model = open_model(run_config(source, backend=backend, top_k=25, exclude_seen=True))
+    histories = [list(range(1000, 1012)), [1000, 1000, 1001], [1029]]  # 12 distinct, 2 distinct, 1
+    result = score_table(model, pa.table({"user_id": np.arange(3), "history": histories}), batch_size=2)
+    lists = result.column("items").to_pylist()
+    assert [len(top) for top in lists] == [18, 25, 25]
+    for history, top, scores in zip(histories, lists, result.column("scores").to_pylist()):
+        assert None not in top and not set(top) & set(history) and len(set(top)) == len(top)
+        assert np.isfinite(scores).all() and scores == sorted(scores, reverse=True)

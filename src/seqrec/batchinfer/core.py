@@ -84,13 +84,18 @@ class BatchScorer:
 
     def _assemble(self, batch: pa.RecordBatch, encoded: EncodedBatch, top_items: np.ndarray,
                   top_scores: np.ndarray) -> pa.RecordBatch:
-        rows, k = batch.num_rows, self.model.top_k
-        scored = np.zeros(rows, dtype=bool)
-        scored[encoded.rows] = True
-        offsets = pa.array(np.concatenate([[0], np.cumsum(np.where(scored, k, 0))]).astype(np.int32))
-        rejected = pa.array(~scored)
-        items = pa.ListArray.from_arrays(offsets, self.model.vocab.decode(top_items.reshape(-1)), mask=rejected)
-        scores = pa.ListArray.from_arrays(offsets, pa.array(top_scores.reshape(-1), pa.float32()), mask=rejected)
+        """One result row per input row. A -inf score is no item (fewer than K items outside the history
+        with --exclude-seen): the list is cut there, so padding or a seen item never reaches the output."""
+        lengths = np.zeros(batch.num_rows, dtype=np.int64)  # (rows,) 0 where rejected
+        available = np.isfinite(top_scores)  # (U, K), a prefix of each row: top-K is sorted
+        lengths[encoded.rows] = available.sum(1)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+        rejected = np.ones(batch.num_rows, dtype=bool)
+        rejected[encoded.rows] = False
+        values = self.model.vocab.decode(top_items[available])  # (sum of lengths,)
+        items = pa.ListArray.from_arrays(offsets, values, mask=pa.array(rejected))
+        scores = pa.ListArray.from_arrays(offsets, pa.array(top_scores[available], pa.float32()),
+                                          mask=pa.array(rejected))
         carried = [name for name in batch.schema.names if name not in SEQUENCE_COLUMNS]
         arrays = [batch.column(name) for name in carried] + [items, scores, encoded.reasons,
                                                              pa.array(encoded.unknown, pa.int32())]
