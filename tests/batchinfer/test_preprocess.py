@@ -53,3 +53,11 @@ def test_timestamps_follow_the_kept_items_and_misaligned_ones_are_rejected():
     encoded = encode([1, 2, 3], [[1000, 5, 1001], [1002, 1003, 1004], [1005]], timestamps=times)
     assert encoded.reasons.to_pylist() == [None, "wrong_type", "wrong_type"]
     assert encoded.items.tolist() == [1, 2] and encoded.timestamps.tolist() == [10, 30]
+
+
+def test_a_null_time_and_an_id_beyond_int64_are_a_wrong_type_not_a_crash():
+    times = pa.array([[10, None], [1, 2]], pa.list_(pa.int64()))
+    encoded = encode([1, 2], [[1000, 1001], [1002, 1003]], timestamps=times)
+    assert encoded.reasons.to_pylist() == ["wrong_type", None] and encoded.timestamps.tolist() == [1, 2]
+    huge = encode([1, 2], [[1000, 2**64 - 1], [1001]], pa.list_(pa.uint64()))
+    assert huge.reasons.to_pylist() == ["wrong_type", None] and huge.items.tolist() == [2]

@@ -7,8 +7,8 @@ Per row, in order of precedence (the first that applies is the reason):
 - ``null_history``: ``history`` is null;
 - ``empty_history``: ``history`` has no element;
 - ``wrong_type``: an element cannot be an id of the vocabulary's type (a string that is not an
-  integer, for an integer vocabulary), or ``timestamps`` are null or not aligned with ``history``
-  where the model reads them;
+  integer, or an unsigned integer above the int64 range, for an integer vocabulary), or
+  ``timestamps`` are null, hold a null or are not aligned with ``history`` where the model reads them;
 - ``all_unknown``: no element is in the vocabulary (nulls count as unknown).
 
 Unknown items inside an otherwise valid history are dropped and counted per row
@@ -92,6 +92,9 @@ def _as_vocab_type(values: pa.Array, raw_type: str) -> tuple[pa.Array, np.ndarra
         ok = pc.fill_null(pc.match_substring_regex(values, INTEGER_TEXT), True)
         parsed = pc.if_else(ok, values, pa.scalar("0")).cast(pa.int64())
         return parsed, ~ok.to_numpy(zero_copy_only=False)
+    if raw_type == "int64" and values.type == pa.uint64():  # above 2**63 - 1 no int64 id can match
+        ok = pc.fill_null(pc.less_equal(values, pa.scalar(np.iinfo(np.int64).max, pa.uint64())), True)
+        return pc.if_else(ok, values, pa.scalar(0, pa.uint64())).cast(pa.int64()), ~ok.to_numpy(zero_copy_only=False)
     return values, np.zeros(len(values), dtype=bool)
 
 
@@ -99,8 +102,11 @@ def _aligned_times(column: pa.Array, owner: np.ndarray, lengths: np.ndarray) -> 
     """Timestamps in seconds aligned with the history elements (T0,), and the rows whose list matches."""
     counts = pc.list_value_length(column)
     aligned = pc.fill_null(pc.equal(counts, pa.array(lengths)), False).to_numpy(zero_copy_only=False)  # (R,)
-    flat = pc.fill_null(seconds(pc.list_flatten(column)), 0).to_numpy()
+    flat_times = seconds(pc.list_flatten(column))
     time_owner = np.repeat(np.arange(len(column)), pc.fill_null(counts, 0).to_numpy())
+    missing = flat_times.is_null().to_numpy(zero_copy_only=False)  # a null time is no time, not 1970
+    aligned &= np.bincount(time_owner[missing], minlength=len(column)) == 0
+    flat = pc.fill_null(flat_times, 0).to_numpy()
     times = np.zeros(len(owner), dtype=np.int64)
     times[aligned[owner]] = flat[aligned[time_owner]]  # aligned rows hold as many times as items, in order
     return times, aligned
