@@ -8,7 +8,8 @@ wrong schema fails in one message naming the part and the column. Two forms (DES
   optionally ``timestamps`` (list, aligned with ``history``).
 - **long**: an interaction log, ``user_id``, ``item_id``, optionally ``timestamp``. Requirement:
   within a part, each user's rows are contiguous (a log sorted or clustered by user, as a
-  ``GROUP BY user`` export or ``seqrec data import`` writes it); their order is by ``timestamp``
+  ``GROUP BY user`` export writes it; ``seqrec data import`` keeps its source's row order, so an
+  interleaved source needs sorting first); their order is by ``timestamp``
   when present (ties keep file order), else file order. Grouping then streams with one user's rows
   carried between record batches, so memory does not grow with the part. A user whose rows come
   back later in the part is a second user row: a ``duplicate_user`` reject (see ``outputs``).
