@@ -61,3 +61,12 @@ def test_a_null_time_and_an_id_beyond_int64_are_a_wrong_type_not_a_crash():
     assert encoded.reasons.to_pylist() == ["wrong_type", None] and encoded.timestamps.tolist() == [1, 2]
     huge = encode([1, 2], [[1000, 2**64 - 1], [1001]], pa.list_(pa.uint64()))
     assert huge.reasons.to_pylist() == ["wrong_type", None] and huge.items.tolist() == [2]
+
+
+def test_text_ids_cover_the_whole_int64_range_and_nothing_beyond():
+    edge, low = 2**63 - 1, -(2**63)
+    vocab = Vocabulary.from_items(np.array([edge, low, 5], dtype=np.int64))
+    texts = [[str(edge)], [str(low)], [str(edge + 1)], [str(low - 1)], ["1" + "0" * 19], ["0005"]]
+    encoded = encode(list(range(6)), texts, pa.list_(pa.string()), vocab=vocab)
+    assert encoded.reasons.to_pylist() == [None, None, "wrong_type", "wrong_type", "wrong_type", None]
+    assert encoded.items.tolist() == vocab.encode(pa.array([edge, low, 5])).tolist()

@@ -28,7 +28,8 @@ from seqrec.data import Vocabulary
 
 REASONS = ("null_user_id", "null_history", "empty_history", "wrong_type", "all_unknown")
 DUPLICATE_USER = "duplicate_user"  # decided per part by the writer (outputs.FirstSeen), not per batch
-INTEGER_TEXT = r"^-?[0-9]{1,18}$"  # strings that are int64 ids (as Arrow parses them)
+INTEGER_TEXT = r"^-?[0-9]{1,18}$"  # strings that are int64 ids (as Arrow parses them) whatever their digits
+INT64_EDGES = {r"^[0-9]{19}$": str(np.iinfo(np.int64).max), r"^-[0-9]{19}$": str(np.iinfo(np.int64).min)}
 
 
 @dataclass
@@ -89,13 +90,23 @@ def _as_vocab_type(values: pa.Array, raw_type: str) -> tuple[pa.Array, np.ndarra
     if raw_type == "string" and not is_text:
         return values.cast(pa.string()), np.zeros(len(values), dtype=bool)
     if raw_type == "int64" and is_text:
-        ok = pc.fill_null(pc.match_substring_regex(values, INTEGER_TEXT), True)
+        ok = pc.fill_null(_int64_text(values), True)
         parsed = pc.if_else(ok, values, pa.scalar("0")).cast(pa.int64())
         return parsed, ~ok.to_numpy(zero_copy_only=False)
     if raw_type == "int64" and values.type == pa.uint64():  # above 2**63 - 1 no int64 id can match
         ok = pc.fill_null(pc.less_equal(values, pa.scalar(np.iinfo(np.int64).max, pa.uint64())), True)
         return pc.if_else(ok, values, pa.scalar(0, pa.uint64())).cast(pa.int64()), ~ok.to_numpy(zero_copy_only=False)
     return values, np.zeros(len(values), dtype=bool)
+
+
+def _int64_text(values: pa.Array) -> pa.Array:
+    """bool (T0,): the string is an int64 in decimal. 19 digits are compared with the range's edge as
+    text: digit strings of one length (after the same sign) compare as their magnitudes do."""
+    ok = pc.match_substring_regex(values, INTEGER_TEXT)
+    for pattern, edge in INT64_EDGES.items():
+        within = pc.and_(pc.match_substring_regex(values, pattern), pc.less_equal(values, pa.scalar(edge)))
+        ok = pc.or_(ok, within)
+    return ok
 
 
 def _aligned_times(column: pa.Array, owner: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
