@@ -82,3 +82,13 @@ def test_a_long_log_is_ordered_by_timestamp_within_a_user_ties_in_file_order():
     rows = pa.Table.from_batches(list(group_long(iter([batch]), timestamps=True))).to_pylist()
     assert rows[0] == {"user_id": "a", "history": [2, 4, 1, 3], "timestamps": [10, 20, 30, 30], "row": 0}
     assert [row["history"] for row in rows[1:]] == [[5], [6]]  # null user ids never merge
+
+
+def test_timestamps_become_seconds_as_training_reads_them():
+    from seqrec.batchinfer.inputs import seconds
+    from seqrec.data.schema import validate_interactions
+
+    times = pa.array([-1500, 1500, 0, None], pa.timestamp("ms", tz="UTC"))
+    assert seconds(times).to_pylist() == [-2, 1, 0, None]
+    table = pa.table({"user_id": [1, 1, 1], "item_id": [1, 2, 3], "timestamp": times.slice(0, 3)})
+    assert validate_interactions(table).column("timestamp").to_pylist() == seconds(times.slice(0, 3)).to_pylist()

@@ -20,7 +20,7 @@ ID_COLUMNS = ("user_id", "item_id")
 TIMESTAMP = "timestamp"
 CANONICAL_COLUMNS = ("user_id", "item_id", "timestamp")
 
-_UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
 def validate_interactions(table: pa.Table, source: str = "input") -> pa.Table:
@@ -122,7 +122,7 @@ def _timestamp_column(column: pa.ChunkedArray, source: str) -> pa.ChunkedArray:
         return _cast(column, pa.int64(), TIMESTAMP, source)
     if pa.types.is_timestamp(kind):
         raw = column.cast(pa.int64()).to_numpy()
-        seconds = np.floor_divide(raw, _UNIT_PER_SECOND[kind.unit])
+        seconds = np.floor_divide(raw, UNIT_PER_SECOND[kind.unit])
         return pa.chunked_array([pa.array(seconds, pa.int64())])
     if pa.types.is_floating(kind):
         return _whole_floats(column, source)
