@@ -254,8 +254,7 @@ class ProfileConfig(_JsonConfig):
         if self.iterations is not None and self.seconds is not None:
             raise ConfigError(received_expected("--iterations and --seconds", "both", "at most one of them"))
         for name in ("length", "top_k", "iterations", "threads"):
-            if getattr(self, name) is not None:
-                _check_range(name, getattr(self, name), 1)
+            _check_range(name, getattr(self, name), 1)
         _check_range("seconds", self.seconds, 1e-3)
 
 

@@ -92,10 +92,9 @@ class BatchScorer:
         offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
         rejected = np.ones(batch.num_rows, dtype=bool)
         rejected[encoded.rows] = False
-        values = self.model.vocab.decode(top_items[available])  # (sum of lengths,)
-        items = pa.ListArray.from_arrays(offsets, values, mask=pa.array(rejected))
-        scores = pa.ListArray.from_arrays(offsets, pa.array(top_scores[available], pa.float32()),
-                                          mask=pa.array(rejected))
+        rejected = pa.array(rejected)  # (rows,) null lists
+        items = pa.ListArray.from_arrays(offsets, self.model.vocab.decode(top_items[available]), mask=rejected)
+        scores = pa.ListArray.from_arrays(offsets, pa.array(top_scores[available], pa.float32()), mask=rejected)
         carried = [name for name in batch.schema.names if name not in SEQUENCE_COLUMNS]
         arrays = [batch.column(name) for name in carried] + [items, scores, encoded.reasons,
                                                              pa.array(encoded.unknown, pa.int32())]

@@ -28,8 +28,8 @@ from seqrec.data import Vocabulary
 
 REASONS = ("null_user_id", "null_history", "empty_history", "wrong_type", "all_unknown")
 DUPLICATE_USER = "duplicate_user"  # decided per part by the writer (outputs.FirstSeen), not per batch
-INTEGER_TEXT = r"^-?[0-9]{1,18}$"  # strings that are int64 ids (as Arrow parses them) whatever their digits
-INT64_EDGES = {r"^[0-9]{19}$": str(np.iinfo(np.int64).max), r"^-[0-9]{19}$": str(np.iinfo(np.int64).min)}
+INTEGER_TEXT = r"^-?[0-9]{1,18}$"  # up to 18 digits: always an int64 (as Arrow parses it)
+INT64_EDGES = {r"^[0-9]{19}$": str(np.iinfo(np.int64).max), r"^-[0-9]{19}$": str(np.iinfo(np.int64).min)}  # 19: <= edge
 
 
 @dataclass

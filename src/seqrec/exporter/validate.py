@@ -4,9 +4,9 @@ For every case the exported runner's top-K is compared with the slow PyTorch pat
 float32, ``torch.topk``). Scores must agree within the spec's tolerance; an item id may differ
 from PyTorch's at a rank only if PyTorch scores the returned item as high as its own choice there
 (a tie), so a genuinely wrong item always fails. A user on whom the backends disagree and whose
-answer PyTorch itself does not fix is left out and counted: a CPR head whose base logits tie at a reranker stage's boundary (the
-plain base partition h . E of a history with no known item scores every item 0) reranks whichever
-tied items a backend's TopK takes first.
+answer PyTorch itself does not fix is left out and counted: a CPR head whose running logits tie at
+a reranker stage's boundary (the plain base partition h . E of a history with no known item scores
+every item 0) reranks whichever tied items a backend's TopK takes first.
 """
 
 from __future__ import annotations

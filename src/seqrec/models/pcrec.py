@@ -107,7 +107,7 @@ class PredictiveCoding(nn.Module):
         """theta_0: each row a softmax over its real past of the learned logits by distance, (B, L, L)."""
         length = pairs.shape[-1]
         index = (distances(length, pairs.device) - 1).clamp(0, self.theta_0.shape[0] - 1)  # (L, L)
-        logits = self.theta_0.float()[index].masked_fill(pairs == 0, -1e9)  # (B, L, L); a row with no past: all -1e9
+        logits = self.theta_0.float()[index].masked_fill(pairs == 0, -1e9)  # (B, L, L); no past: all -1e9
         return torch.softmax(logits, dim=-1) * pairs  # (B, L, L), rows sum to 1 (0 with no past)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,21 +201,24 @@ def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer, 
     total, count = 0.0, 0
     for inputs, timestamps, targets in _padded_batches(seqs, windows, bar, model.cfg.max_length, cfg.device):
         loss = _batch_loss(model, inputs, timestamps, targets, cfg)
-        _check_finite(loss, cfg, epoch, count + 1)  # before the step: the weights stay those of the last good one
+        value = _finite_value(loss, cfg, epoch, count + 1)  # before the step: a bad batch leaves the weights alone
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total, count = total + loss.item(), count + 1
+        total, count = total + value, count + 1
         if count % 20 == 0:
             bar.set_postfix(loss=f"{total / count:.4f}")
     return total / max(count, 1)
 
 
-def _check_finite(loss: torch.Tensor, cfg: TrainConfig, epoch: int, batch: int) -> None:
-    if not torch.isfinite(loss.detach()):
+def _finite_value(loss: torch.Tensor, cfg: TrainConfig, epoch: int, batch: int) -> float:
+    """The loss as a float (the one device sync of a batch), or TrainingDivergedError if it is not finite."""
+    value = loss.item()
+    if not math.isfinite(value):
         raise TrainingDivergedError(received_expected(
-            f"training loss at epoch {epoch}, batch {batch}", f"{loss.item()}",
+            f"training loss at epoch {epoch}, batch {batch}", f"{value}",
             f"a finite number (diverged at lr {cfg.lr:g}, precision {cfg.precision}: try a lower --lr)"))
+    return value
 
 
 def _padded_batches(seqs: UserSequences, windows: TrainWindows, batches, max_length: int,

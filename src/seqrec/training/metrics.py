@@ -18,7 +18,7 @@ def target_ranks(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """logits (B, N+1), targets (B,) -> 0-based pessimistic rank (B,)."""
     target_scores = logits.gather(1, targets.unsqueeze(1))  # (B, 1)
     ahead = ((logits >= target_scores) | logits.isnan()).sum(1) - 1  # (B,) other items at least as high
-    missed = torch.isneginf(target_scores.squeeze(1)) | target_scores.squeeze(1).isnan()
+    missed = (target_scores.isneginf() | target_scores.isnan()).squeeze(1)  # (B,)
     return ahead.masked_fill(missed, logits.shape[1])
 
 
