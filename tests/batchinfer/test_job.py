@@ -52,6 +52,24 @@ def test_every_bad_row_kind_goes_to_the_rejects_with_its_reason(bundle, bad_rows
     assert summary["peak_rss_mb"] > 0 and summary["users_per_second"] > 0
 
 
+def test_uint64_ids_beyond_int64_keep_the_users_and_reject_the_items_in_both_forms(bundle, run_config, tmp_path):
+    huge = 2**64 - 1
+    users, items = pa.array([huge, 2, 3], pa.uint64()), pa.array([[1000, 1001], [1002, huge], [1003]], pa.list_(pa.uint64()))
+    (tmp_path / "lists").mkdir()
+    pq.write_table(pa.table({"user_id": users, "history": items}), tmp_path / "lists" / "a.parquet")
+    (tmp_path / "longs").mkdir()
+    pq.write_table(as_long_log(pq.read_table(tmp_path / "lists" / "a.parquet")), tmp_path / "longs" / "a.parquet")
+    for form in ("lists", "longs"):
+        cfg = run_config(bundle, tmp_path / form)
+        summary = score(cfg, echo=lambda line: None)
+        scored = pq.read_table(Path(cfg.output) / "a.parquet")
+        assert scored.schema.field("user_id").type == pa.uint64()
+        assert scored.column("user_id").to_pylist() == [huge, 3]
+        rejects = pq.read_table(Path(cfg.output) / "_rejects.parquet").to_pylist()
+        assert [(r["user_id"], r["reason"]) for r in rejects] == [(2, "wrong_type")], form
+        assert summary["users_scored"] == 2
+
+
 def test_long_layout_holds_the_list_layout_row_by_row(bundle, parts_dir, run_config):
     lists = run_config(bundle, parts_dir)
     longs = run_config(bundle, parts_dir, layout="long")

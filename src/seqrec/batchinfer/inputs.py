@@ -51,7 +51,7 @@ class InputPart:
 class InputPlan:
     parts: tuple[InputPart, ...]
     form: str  # LIST_FORM or LONG_FORM
-    user_type: pa.DataType  # int64 or string: the type of user_id in every output
+    user_type: pa.DataType  # int64, uint64 or string: the type of user_id in every output
     timestamps: bool  # the graph reads timestamps, so they are read too
 
     def columns(self) -> list[str]:
@@ -129,7 +129,7 @@ def seconds(values: pa.Array) -> pa.Array:
 
 
 def grouped_schema(part: InputPart, plan: InputPlan) -> pa.Schema:
-    """The schema ``read_part`` gives a long-form part (ids in int64 or string)."""
+    """The schema ``read_part`` gives a long-form part (ids in int64, uint64 or string)."""
     item_type = _id_type(pq.read_schema(part.path).field("item_id").type)
     fields = [("user_id", plan.user_type), ("history", pa.list_(item_type))]
     return pa.schema(fields + ([("timestamps", pa.list_(pa.int64()))] if plan.timestamps else []) + [("row", pa.int64())])
@@ -139,7 +139,7 @@ def _as_lists(table: pa.Table, starts: np.ndarray, first_row: int, timestamps: b
     """Rows [starts[g], starts[g + 1]) of ``table`` -> list-form row g, ordered by timestamp if given."""
     offsets = np.append(starts, table.num_rows)  # (G + 1,)
     items = table.column("item_id").combine_chunks()
-    items = items.cast(_id_type(items.type))  # int64 or string, whatever the part's integer width
+    items = items.cast(_id_type(items.type))  # int64, uint64 or string, whatever the part's integer width
     users = table.column("user_id").combine_chunks()
     columns = {"user_id": users.cast(_id_type(users.type)).take(pa.array(starts))}
     if timestamps:
@@ -205,6 +205,8 @@ def _check_column(path: str, schema: pa.Schema, name: str, check, expected: str)
 def _id_type(kind: pa.DataType) -> pa.DataType | None:
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
+    if kind == pa.uint64():  # kept: above 2**63 - 1 it has no int64 (user ids pass through, item ids are rejected)
+        return kind
     if pa.types.is_integer(kind):
         return pa.int64()
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
