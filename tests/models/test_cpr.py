@@ -184,6 +184,20 @@ def test_sampled_columns_equal_the_full_logits(variant, pooling, base_projection
                 assert cols.count(item) == 1, (row, item, cols)
 
 
+@pytest.mark.parametrize("variant", ["softmax", "C", "CPR:7+Mi", "CPR:20,9,4"])
+@pytest.mark.parametrize("base_projection", [True, False])
+@pytest.mark.parametrize("gradient", [True, False])
+def test_logits_and_base_from_one_product_equal_logits_and_base_logits(variant, base_projection, gradient):
+    net = cpr_model(variant, cpr_base_projection=base_projection)
+    items = histories_with_repeats(6, 10, seed=8)
+    rows = items > 0
+    with torch.set_grad_enabled(gradient):  # without gradient the rerank would write in place: not into base
+        layers = net.encode_layers(items)
+        logits, base = net.head.logits_and_base(layers, items, rows)  # (M, N+1) each
+        torch.testing.assert_close(logits, net.head.logits(layers, items, rows), rtol=0, atol=0)
+        torch.testing.assert_close(base, net.head.base_logits(layers, rows), rtol=0, atol=0)
+
+
 def test_fresh_head_scores_like_the_softmax_head():
     torch.manual_seed(0)
     softmax = build_model(ModelConfig(num_items=NUM_ITEMS, dim=12, heads=2, max_length=10)).eval()

@@ -78,14 +78,24 @@ class CPRHead(nn.Module):
     def logits(self, layers: list[torch.Tensor], items: torch.Tensor,
                rows: torch.Tensor | None = None) -> torch.Tensor:
         """Full-catalog logits (M, N + 1) at the chosen prediction points (see ``heads``)."""
+        return self._full_logits(layers, items, rows, keep_base=False)[0]
+
+    def logits_and_base(self, layers: list[torch.Tensor], items: torch.Tensor,
+                        rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``logits`` and ``base_logits`` (M, N + 1) each from one base product: training's full softmax
+        with the auxiliary base loss takes both."""
+        return self._full_logits(layers, items, rows, keep_base=True)
+
+    def _full_logits(self, layers: list[torch.Tensor], items: torch.Tensor, rows: torch.Tensor | None,
+                     keep_base: bool) -> tuple[torch.Tensor, torch.Tensor]:
         queries = self.head_input(layers)  # (B, L, W)
         query = select_rows(queries, rows)  # (M, W)
-        logits = self._cut(mask_padding(self.base_query(query) @ self.item_embedding.weight.T))  # (M, N+1)
-        logits = self._rerank(logits, query)  # (M, N+1)
-        if self.context_facet is None:
-            return logits
-        ids, values = self.history_scores(queries, items, rows)  # (M, L) each
-        return cpr_scatter(logits, ids, values, kernel=self.scatter_kernel)
+        base = mask_padding(self.base_query(query) @ self.item_embedding.weight.T)  # (M, N+1)
+        logits = self._rerank(self._cut(base), query, in_place=not keep_base)  # (M, N+1)
+        if self.context_facet is not None:
+            ids, values = self.history_scores(queries, items, rows)  # (M, L) each
+            logits = cpr_scatter(logits, ids, values, kernel=self.scatter_kernel)
+        return logits, base
 
     def rerank_inputs(self, layers: list[torch.Tensor]) -> list[torch.Tensor]:
         """The running logits (B, N + 1) each reranker stage takes its top-k from, at the last slot: the
@@ -95,13 +105,17 @@ class CPRHead(nn.Module):
         self._rerank(mask_padding(self.base_query(query) @ self.item_embedding.weight.T), query, inputs)
         return inputs
 
-    def _rerank(self, logits: torch.Tensor, query: torch.Tensor, record: list | None = None) -> torch.Tensor:
-        """Each reranker stage re-scores the top-k of the running logits (M, N+1) by its own facet."""
+    def _rerank(self, logits: torch.Tensor, query: torch.Tensor, record: list | None = None,
+                in_place: bool = True) -> torch.Tensor:
+        """Each reranker stage re-scores the top-k of the running logits (M, N+1) by its own facet;
+        ``in_place=False`` leaves the given logits as they are even where no gradient needs them."""
         for k, facet in zip(self.variant.rerank, self.rerank_facets):
             if record is not None:
                 record.append(logits.clone())  # _replace may write in place
             top = logits.topk(min(k, logits.shape[1] - 1), dim=1).indices  # (M, k)
-            logits = _replace(logits, top, _score(facet(query), self.item_embedding(top)).to(logits.dtype))
+            values = _score(facet(query), self.item_embedding(top)).to(logits.dtype)  # (M, k)
+            logits = _replace(logits, top, values) if in_place else logits.scatter(1, top, values)
+            in_place = True  # later stages replace in the new tensor
         return logits
 
     def top_k(self, layers: list[torch.Tensor], items: torch.Tensor, k: int, exclude_seen: bool = False,

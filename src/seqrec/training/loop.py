@@ -252,24 +252,28 @@ def packed_loss(model: SequentialRecommender, inputs: torch.Tensor, timestamps: 
     real = targets > 0  # (B, L)
     seen = causal_histories(inputs)[real] if cfg.exclude_history else None  # (M, L)
     targets = targets[real]  # (M,)
-    columns = None  # full softmax over the catalog
+    columns, base = None, None  # full softmax over the catalog; the CPR base partition's logits
     if cfg.loss == "sampled":
         negatives = draw_negatives(model.cfg.num_items, cfg.negatives, inputs.device)  # (S,)
         logits, columns = model.head.sampled_logits(layers, inputs, real, targets, negatives)  # (M, C)
+    elif cfg.cpr_base_weight > 0:
+        logits, base = model.head.logits_and_base(layers, inputs, real)  # (M, N+1) each, one base product
     else:
         logits = model.head.logits(layers, inputs, real)  # (M, N+1)
     loss = _softmax_loss(logits, columns, targets, seen, cfg)
     if cfg.cpr_base_weight > 0:
-        base = model.head.base_logits(layers, real, columns)  # (M, C) or (M, N+1)
+        base = model.head.base_logits(layers, real, columns) if base is None else base  # (M, C)
         loss = loss + cfg.cpr_base_weight * _softmax_loss(base, columns, targets, seen, cfg)
     return loss
 
 
 def _softmax_loss(logits: torch.Tensor, columns: torch.Tensor | None, targets: torch.Tensor,
                   seen: torch.Tensor | None, cfg: TrainConfig) -> torch.Tensor:
+    if cfg.temperature != 1.0:  # at 1 the division would only copy (M, N+1) twice, forward and backward
+        logits = logits / cfg.temperature
     if columns is None:
-        return full_cross_entropy(logits / cfg.temperature, targets, seen=seen)
-    return sampled_softmax(logits / cfg.temperature, columns, targets, seen=seen)
+        return full_cross_entropy(logits, targets, seen=seen)
+    return sampled_softmax(logits, columns, targets, seen=seen)
 
 
 def _validation_subset(valid: EvalExamples, users: int | None, rng: np.random.Generator) -> EvalExamples:
