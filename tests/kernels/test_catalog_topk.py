@@ -141,6 +141,19 @@ def test_blocked_norm_order_follows_the_table():
     assert_same_topk(blocked_catalog_topk(queries, table, 30, exclude, plain), queries, table, 30, exclude)
 
 
+@pytest.mark.parametrize("kernel", ["blocked", "int8"])
+def test_a_table_made_under_inference_mode_is_scored_and_followed(kernel):
+    """Batch scoring builds its (l2-normalised) table under inference_mode: no version counter to read."""
+    queries, weight, exclude = make_inputs(4, 3000, 8, 20, seed=23)
+    tiling = Tiling(item_tile=256, group=4)
+    with torch.inference_mode():
+        for scale in (1.0, -1.0):  # a new table object each time, as a head normalising its weight makes
+            table = torch.nn.functional.normalize(weight * scale, dim=1)
+            got = (blocked_catalog_topk(queries, table, 30, exclude, tiling) if kernel == "blocked"
+                   else catalog_topk(queries, table, 30, exclude, kernel="int8"))
+            assert_same_topk(got, queries, table, 30, exclude)
+
+
 def test_known_rows():
     table = torch.tensor([[0.0], [1.0], [3.0], [-2.0], [2.0]])  # items 1..4; row 0 padding
     queries = torch.tensor([[1.0], [-1.0], [1.0]])

@@ -132,14 +132,20 @@ class NormOrder(NamedTuple):
 class TableCache:
     """One value derived from the last items table seen (a model scores with its own table), rebuilt
     when the table changes: another tensor object (held here, so its id cannot pass to another), an
-    in-place update (``_version``, as after an optimizer step), another storage, shape or stride."""
+    in-place update (``_version``, as after an optimizer step), another storage, shape or stride.
+
+    Not seen: writes that bypass the version counter (through ``.data``, a NumPy view, or inside
+    ``torch.inference_mode`` on a table made there, which has no counter); such a table needs a new
+    tensor object (``clone()``) to be re-read.
+    """
 
     def __init__(self, build: Callable[[torch.Tensor], Any]) -> None:
         self._build = build
         self._entry: tuple[torch.Tensor, tuple, Any] | None = None
 
     def get(self, items_table: torch.Tensor) -> Any:
-        version = (items_table._version, items_table.data_ptr(), tuple(items_table.shape), items_table.stride())
+        counter = None if items_table.is_inference() else items_table._version  # inference tensors have none
+        version = (counter, items_table.data_ptr(), tuple(items_table.shape), items_table.stride())
         if self._entry is None or self._entry[0] is not items_table or self._entry[1] != version:
             self._entry = None  # one table at a time: free the old value before building the new one
             self._entry = (items_table, version, self._build(items_table))
