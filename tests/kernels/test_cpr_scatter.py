@@ -177,7 +177,7 @@ def test_plugin_kernel_takes_float32_only():
 
 def test_auto_runs_the_reference_on_cpu():
     logits, ids, values, _ = make_inputs(3, 5, 11)
-    assert not _use_triton("auto", logits, ids)
+    assert not _use_triton("auto", logits, ids, values.dtype)
     torch.testing.assert_close(cpr_scatter(logits, ids, values), pt_cpr_scatter(logits, ids, values))
 
 
@@ -196,6 +196,26 @@ def test_public_op_errors():
     with pytest.raises(ConfigError, match=r"cpr_scatter kernel \| received 'cuda', expected one of auto, "
                                           r"pytorch, triton"):
         cpr_scatter(logits, ids, values, kernel="cuda")
+    beyond = ids.clone()
+    beyond[1, 2] = 11  # logits have columns 0..10
+    for kernel in ("auto", "pytorch"):
+        with pytest.raises(ValueError, match=r"cpr_scatter ids \| received item id 11, expected ids in 0\.\.10"):
+            cpr_scatter(logits, beyond, values, kernel=kernel)
+
+
+def test_auto_takes_triton_only_for_what_its_launcher_accepts():
+    """Which path "auto" picks for CUDA tensors, seen on fake ones (no GPU needed to decide)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        ids = torch.zeros(2, 5, dtype=torch.long, device="cuda")
+        for logits_dtype, values_dtype, expected in [(torch.float32, torch.float32, True),
+                                                     (torch.bfloat16, torch.float32, True),
+                                                     (torch.float64, torch.float64, False),
+                                                     (torch.float32, torch.float64, False)]:
+            logits = torch.empty(2, 11, dtype=logits_dtype, device="cuda")
+            chosen = _use_triton("auto", logits, ids, values_dtype)
+            assert chosen == (expected and triton_available()), (logits_dtype, values_dtype)
 
 
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):

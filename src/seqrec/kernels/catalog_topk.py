@@ -45,10 +45,9 @@ from seqrec.errors import ConfigError, received_expected
 from seqrec.kernels.blocked_catalog_topk import Tiling, blocked_catalog_topk
 from seqrec.kernels.int8_catalog_topk import check_int8_can_run, int8_catalog_topk, int8_refusal
 from seqrec.kernels.reference.pt_catalog_topk import pt_catalog_topk
-from seqrec.kernels.triton import MAX_TRITON_CANDIDATES, triton_available, triton_interpreting
+from seqrec.kernels.triton import FLOAT_DTYPES, MAX_TRITON_CANDIDATES, triton_available, triton_interpreting
 
 KERNELS = ("auto", "pytorch", "blocked", "int8", "triton")
-TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def catalog_topk(queries: torch.Tensor, items_table: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
@@ -119,7 +118,7 @@ def _triton_refusal(queries: torch.Tensor, items_table: torch.Tensor, k: int,
                     exclude: torch.Tensor | None) -> str | None:
     """Why the Triton kernel cannot take these inputs (an error message), or None if it can."""
     dtype = torch.promote_types(queries.dtype, items_table.dtype)
-    if dtype not in TRITON_DTYPES:
+    if dtype not in FLOAT_DTYPES:
         return received_expected("catalog_topk triton dtype", dtype,
                                  "torch.float32, torch.bfloat16 or torch.float16 (use kernel='blocked')")
     if triton_candidates(k, exclude) > MAX_TRITON_CANDIDATES:

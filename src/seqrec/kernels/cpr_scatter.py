@@ -25,7 +25,7 @@ import torch
 
 from seqrec.errors import ConfigError, received_expected
 from seqrec.kernels.reference import pt_cpr_scatter, pt_cpr_scatter_backward
-from seqrec.kernels.triton import MAX_TRITON_HISTORY, triton_available, triton_interpreting
+from seqrec.kernels.triton import FLOAT_DTYPES, MAX_TRITON_HISTORY, triton_available, triton_interpreting
 
 KERNELS = ("auto", "pytorch", "triton")
 
@@ -34,7 +34,8 @@ def cpr_scatter(logits: torch.Tensor, ids: torch.Tensor, values: torch.Tensor,
                 kernel: str = "auto") -> torch.Tensor:
     """logits (M, N+1) float, ids (M, S) int64 in 0..N (0 = padding), values (M, S) -> (M, N+1)."""
     check_cpr_scatter_inputs(logits, ids, values)
-    if _use_triton(kernel, logits, ids):
+    check_cpr_scatter_ids(ids, logits.shape[1])
+    if _use_triton(kernel, logits, ids, values.dtype):
         from seqrec.kernels.triton.triton_cpr_scatter import triton_cpr_scatter
 
         return triton_cpr_scatter(logits.contiguous(), ids.contiguous(), values.contiguous())
@@ -51,11 +52,23 @@ def check_cpr_scatter_inputs(logits: torch.Tensor, ids: torch.Tensor, values: to
         raise TypeError(received_expected("cpr_scatter ids dtype", ids.dtype, "torch.int64"))
 
 
-def _use_triton(kernel: str, logits: torch.Tensor, ids: torch.Tensor) -> bool:
+def check_cpr_scatter_ids(ids: torch.Tensor, columns: int) -> None:
+    """Ids beyond the catalog are a ValueError, checked where it costs no device sync and no trace
+    break: eager CPU tensors. (On CUDA the Triton kernels skip such ids, as negative ids, padding.)"""
+    if ids.is_cuda or ids.numel() == 0 or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return
+    largest = int(ids.max())
+    if largest >= columns:
+        raise ValueError(received_expected("cpr_scatter ids", f"item id {largest}",
+                                           f"ids in 0..{columns - 1} (logits of {columns} columns)"))
+
+
+def _use_triton(kernel: str, logits: torch.Tensor, ids: torch.Tensor, values_dtype: torch.dtype) -> bool:
     if kernel not in KERNELS:
         raise ConfigError(received_expected("cpr_scatter kernel", repr(kernel), f"one of {', '.join(KERNELS)}"))
-    if kernel == "auto":
-        return logits.is_cuda and ids.shape[1] <= MAX_TRITON_HISTORY and triton_available()
+    if kernel == "auto":  # Triton where its launcher accepts the inputs, the reference anywhere else
+        return (logits.is_cuda and ids.is_cuda and logits.dtype in FLOAT_DTYPES and values_dtype in FLOAT_DTYPES
+                and ids.shape[1] <= MAX_TRITON_HISTORY and triton_available())
     if kernel == "triton" and logits.device.type == "cpu" and not triton_interpreting():
         raise ConfigError(received_expected("cpr_scatter kernel 'triton' on CPU tensors", "TRITON_INTERPRET unset",
                                             "CUDA tensors, or TRITON_INTERPRET=1 (Triton's interpreter, "
@@ -93,7 +106,7 @@ def save_for_cpr_backward(ctx, inputs: tuple, output: torch.Tensor) -> None:
 
 def _opaque_forward(logits: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     check_cpr_scatter_inputs(logits, ids, values)
-    if _use_triton("auto", logits, ids):
+    if _use_triton("auto", logits, ids, values.dtype):
         from seqrec.kernels.triton.triton_cpr_scatter import launch_cpr_scatter_fwd
 
         return launch_cpr_scatter_fwd(logits.contiguous(), ids.contiguous(), values.contiguous())
@@ -102,7 +115,7 @@ def _opaque_forward(logits: torch.Tensor, ids: torch.Tensor, values: torch.Tenso
 
 def _opaque_backward(grad: torch.Tensor, ids: torch.Tensor,
                      values_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    if _use_triton("auto", grad, ids):
+    if _use_triton("auto", grad, ids, values_dtype):
         from seqrec.kernels.triton.triton_cpr_scatter import launch_cpr_scatter_bwd
 
         return launch_cpr_scatter_bwd(grad.contiguous(), ids.contiguous(), values_dtype)

@@ -14,8 +14,11 @@ import importlib.util
 import os
 from types import ModuleType
 
+import torch
+
 INSTALL_HINT = "pip install 'seqrec[triton]'"
 MAX_TRITON_HISTORY = 4096  # longest history (S) a cpr_scatter program holds: BLOCK_S x BLOCK_K registers
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the kernels load and store
 MAX_TRITON_CANDIDATES = 512  # k + S a catalog_topk program keeps per user: BLOCK_M x 2 BLOCK_K int64 keys
 
 

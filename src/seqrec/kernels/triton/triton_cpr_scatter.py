@@ -33,12 +33,11 @@ import torch
 
 from seqrec.errors import received_expected
 from seqrec.kernels.cpr_scatter import check_cpr_scatter_inputs, save_for_cpr_backward
-from seqrec.kernels.triton import MAX_TRITON_HISTORY, require_triton
+from seqrec.kernels.triton import FLOAT_DTYPES, MAX_TRITON_HISTORY, require_triton
 
 triton = require_triton()
 import triton.language as tl  # noqa: E402  (after require_triton, so a missing triton names the install command)
 
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 CHUNK = 32  # BLOCK_K: history slots compared per step
 
 
