@@ -178,10 +178,11 @@ def eval_command(checkpoint: str, data_path: str, split: str, exclude_history: b
     metrics = evaluate_checkpoint(checkpoint, data_path, split, exclude_history, by_repeat=by_repeat)
     if as_json:
         click.echo(json.dumps(metrics))
-    elif by_repeat:
+        return
+    if by_repeat:
         click.echo(_repeat_table(metrics))
-    else:
-        for key, value in metrics.items():
+    for key, value in metrics.items():
+        if not isinstance(value, dict):  # the groups of --by-repeat are in the table above
             click.echo(f"{key:22s} {value:.4f}" if isinstance(value, float) else f"{key:22s} {value}")
 
 
@@ -285,7 +286,7 @@ def demo_command(out: str, **options) -> None:
 
 def _repeat_table(metrics: dict) -> str:
     groups = ("all", "repeat", "new")
-    keys = [key for key in metrics["all"] if key.startswith(("ndcg@", "hr@")) or key.endswith("share")]
+    keys = [key for key in metrics["all"] if key.startswith(("ndcg@", "hr@", "mrr@")) or key.endswith("share")]
     lines = [f"{'':22s}" + "".join(f"{g:>10s}" for g in groups), f"{'users':22s}" +
              "".join(f"{metrics[g]['users']:>10d}" for g in groups)]
     lines += [f"{key:22s}" + "".join(f"{metrics[g][key]:>10.4f}" for g in groups) for key in keys]
