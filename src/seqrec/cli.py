@@ -122,7 +122,8 @@ def data_stats(path: str) -> None:
               help="std of the item table's initialisation  [default: 1/sqrt(dim), unit-scale inputs]")
 @click.option("--positions", type=click.Choice(POSITIONS))
 @click.option("--l2-normalize/--no-l2-normalize", default=None,
-              help="score the cosine of hidden state and item embedding (pair with a small --temperature)")
+              help="softmax head: score the cosine of hidden state and item embedding (pair with a small "
+                   "--temperature)")
 @click.option("--pc-steps", type=int, help="PCRec: predictive-coding steps per layer (0 = HSTU)")
 @click.option("--pc-alpha", type=float, help="PCRec: Hebbian rate of theta, in [0, 2]")
 @click.option("--pc-activation", type=click.Choice(PC_ACTIVATIONS), help="PCRec: f in mu = theta f(s)")

@@ -317,6 +317,9 @@ def check_trainable(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
     if train_cfg.cpr_base_weight > 0 and model_cfg.head != "cpr":
         raise ConfigError(received_expected("cpr_base_weight", f"{train_cfg.cpr_base_weight} with head "
                                             f"{model_cfg.head!r}", "0 unless the head is 'cpr'"))
+    if model_cfg.l2_normalize and model_cfg.head != "softmax":  # the CPR head scores dot products only
+        raise ConfigError(received_expected("l2_normalize", f"True with head {model_cfg.head!r}",
+                                            "the softmax head (the CPR head's partitions score dot products)"))
     if train_cfg.cpr_base_detach and (model_cfg.head != "cpr" or train_cfg.cpr_base_weight <= 0):
         raise ConfigError(received_expected("cpr_base_detach", f"True with head {model_cfg.head!r} and "
                                             f"cpr_base_weight {train_cfg.cpr_base_weight}",

@@ -176,6 +176,15 @@ def test_fp16_export_keeps_the_top_k(exported, model, head):
     assert random_users["wrong_items"] == 0 and random_users["top_k_agreement"] > 0.95
 
 
+def test_fp16_export_of_an_l2_normalised_head(tiny_checkpoints, tmp_path):
+    """A history with no known item gives h = 0: its unit vector must stay 0 in fp16, not 0 / 0."""
+    ckpt = tiny_checkpoints("sasrec", "softmax", l2_normalize=True)
+    export_checkpoint(ckpt, tmp_path / "b", ExportConfig(top_k=7, validation_users=40, precision="fp16"),
+                      echo=lambda line: None)
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["valid"] and all(case["wrong_items"] == 0 for case in manifest["parity"][0]["cases"])
+
+
 def test_bf16_needs_tensorrt(tiny_checkpoints, tmp_path):
     with pytest.raises(ConfigError, match="bf16 with --format onnx"):
         export_checkpoint(tiny_checkpoints("sasrec", "softmax"), tmp_path / "b", ExportConfig(precision="bf16"))

@@ -130,6 +130,12 @@ def test_cpr_base_weight_is_checked():
     check_trainable(ModelConfig(num_items=5, head="cpr"), TrainConfig(cpr_base_weight=1.0))
 
 
+def test_l2_normalize_is_refused_with_the_cpr_head():
+    with pytest.raises(ConfigError, match=r"l2_normalize \| received True with head 'cpr', expected the softmax head"):
+        check_trainable(ModelConfig(num_items=5, head="cpr", l2_normalize=True), TrainConfig())
+    check_trainable(ModelConfig(num_items=5, l2_normalize=True), TrainConfig())
+
+
 def _gradients(net, loss):
     net.zero_grad()
     loss.backward()

@@ -42,6 +42,7 @@ from seqrec.errors import ConfigError, received_expected
 from seqrec.kernels import catalog_topk, register_catalog_topk_opaque
 
 TOPK_KERNELS = ("auto", "matmul", "fused")
+NORMALIZE_EPS = 1e-12  # F.normalize's; in fp16 it is 0 and a zero row would be 0 / 0, so at least fp16's tiny
 
 
 class SoftmaxHead(nn.Module):
@@ -73,8 +74,10 @@ class SoftmaxHead(nn.Module):
         return torch.cat([positive, negative], dim=1), columns
 
     def _unit(self, vectors: torch.Tensor) -> torch.Tensor:
-        """Unit rows with ``l2_normalize`` (a zero row stays zero), else unchanged."""
-        return F.normalize(vectors, dim=-1) if self.l2_normalize else vectors
+        """Unit rows with ``l2_normalize`` (a zero row stays zero, in fp16 too), else unchanged."""
+        if not self.l2_normalize:
+            return vectors
+        return F.normalize(vectors, dim=-1, eps=max(NORMALIZE_EPS, torch.finfo(vectors.dtype).tiny))
 
 
 def catalog_candidates(query: torch.Tensor, table: torch.Tensor, count: int, exclude: torch.Tensor | None,
