@@ -46,7 +46,9 @@ def tiny_checkpoint(synth_parquet, tmp_path_factory) -> Path:
 NUM_ITEMS = 300
 
 
-def write_tiny_checkpoint(directory: Path, model: str, head: str, **overrides) -> Path:
+def write_tiny_checkpoint(directory: Path, model: str, head: str, time_bias: bool = True, **overrides) -> Path:
+    """A tiny untrained checkpoint; HSTU / PCRec get a random time bias unless ``time_bias=False`` (the
+    zero bias of a model trained on data without real times, which then takes no timestamps)."""
     torch.manual_seed(0)
     cfg = ModelConfig(**{"num_items": NUM_ITEMS, "dim": 16, "heads": 2, "layers": 2, "max_length": 12,
                          "dropout": 0.1, "cpr_variant": "CPR:20+Mi", **overrides}, model=model, head=head)
@@ -55,6 +57,8 @@ def write_tiny_checkpoint(directory: Path, model: str, head: str, **overrides) -
         for name, param in net.head.named_parameters():
             if name != "item_embedding.weight":
                 param.add_(torch.randn_like(param) * 0.1)
+        if time_bias and hasattr(net.encoder, "time_bias"):
+            net.encoder.time_bias.normal_(0.0, 0.5)
     vocab = Vocabulary.from_items(np.arange(1000, 1000 + cfg.num_items))
     meta = {"data": {"fingerprint": "tiny"}, "metrics": {}}
     return save_checkpoint(directory, Checkpoint(net, cfg, TrainConfig(), vocab, meta))

@@ -11,7 +11,9 @@ from click.testing import CliRunner
 
 from seqrec.batchinfer import score
 from seqrec.batchinfer.ledger import LEDGER_FILE
+from seqrec.config import ExportConfig
 from seqrec.cli import main
+from seqrec.exporter import export_checkpoint
 from seqrec.errors import ConfigError, SchemaError
 
 from histories import as_long_log, read_dir
@@ -68,6 +70,31 @@ def test_uint64_ids_beyond_int64_keep_the_users_and_reject_the_items_in_both_for
         rejects = pq.read_table(Path(cfg.output) / "_rejects.parquet").to_pylist()
         assert [(r["user_id"], r["reason"]) for r in rejects] == [(2, "wrong_type")], form
         assert summary["users_scored"] == 2
+
+
+@pytest.mark.parametrize("time_bias", [False, True])
+def test_hstu_takes_timestamps_only_where_its_time_bias_can_read_them(tiny_checkpoints, run_config, tmp_path,
+                                                                      time_bias):
+    """Trained on data without real times, HSTU keeps a zero time bias: its bundle has no timestamps
+    input and a log without a timestamp column scores; a model that reads times refuses such a log."""
+    checkpoint = tiny_checkpoints("hstu", "softmax", time_bias=time_bias)
+    bundle = tmp_path / "bundle"
+    export_checkpoint(checkpoint, bundle, ExportConfig(top_k=5, validation_users=20), echo=lambda line: None)
+    inputs = [entry["name"] for entry in json.loads((bundle / "manifest.json").read_text())["inputs"]]
+    assert inputs == (["items", "timestamps"] if time_bias else ["items"])
+    (tmp_path / "log").mkdir()
+    pq.write_table(pa.table({"user_id": [1, 1, 1, 2, 2], "item_id": [1000, 1003, 1001, 1010, 1200]}),
+                   tmp_path / "log" / "a.parquet")
+    configs = [run_config(checkpoint, tmp_path / "log", top_k=5), run_config(bundle, tmp_path / "log")]
+    if time_bias:
+        for cfg in configs:
+            with pytest.raises(SchemaError, match="a 'timestamp' column: the model reads timestamps"):
+                score(cfg, echo=lambda line: None)
+        return
+    for cfg in configs:
+        assert score(cfg, echo=lambda line: None)["users_scored"] == 2
+    eager, graph = (pq.read_table(Path(cfg.output) / "a.parquet") for cfg in configs)
+    assert eager.column("items").to_pylist() == graph.column("items").to_pylist()
 
 
 def test_long_layout_holds_the_list_layout_row_by_row(bundle, parts_dir, run_config):

@@ -172,7 +172,7 @@ def _open_checkpoint(source: Path, cfg: ScoreConfig) -> ScoringModel:
                                             f"an export bundle for {backend}: run seqrec export {source} --out BUNDLE"
                                             f"{' --format tensorrt' if backend == 'tensorrt' else ''} first, "
                                             "or use --backend torch"))
-    from seqrec.exporter.specs import spec_for
+    from seqrec.exporter.specs import spec_of_model
     from seqrec.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(source)
@@ -182,7 +182,7 @@ def _open_checkpoint(source: Path, cfg: ScoreConfig) -> ScoringModel:
     window = ckpt.model_config.max_length
     exclude_seen = bool(cfg.exclude_seen)
     graph = WindowGraph(ckpt.model, top_k, exclude_seen, window, bf16=cfg.precision == "bf16")
-    inputs = spec_for(ckpt.model_config.model, ckpt.model_config.head).inputs
+    inputs = spec_of_model(ckpt.model).inputs
     return ScoringModel(source, "checkpoint", backend, ckpt.vocab, window, top_k, exclude_seen, inputs,
                         cfg.threads, graph=graph)
 

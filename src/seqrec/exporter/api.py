@@ -18,7 +18,7 @@ from seqrec.exporter.bundle import ONNX_FILE, PLAN_FILE, VOCAB_FILE, Bundle, gra
 from seqrec.exporter.graph import ScoringGraph
 from seqrec.exporter.onnx_export import export_onnx
 from seqrec.exporter.runners import OnnxRuntimeRunner
-from seqrec.exporter.specs import ExportSpec, spec_for
+from seqrec.exporter.specs import ExportSpec, spec_of_model
 from seqrec.exporter.validate import check_parity, edge_cases, require_parity
 from seqrec.training.checkpoint import Checkpoint, library_versions, load_checkpoint
 
@@ -42,7 +42,7 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out: str | Path, cfg:
         from seqrec.exporter.tensorrt import require_tensorrt
 
         require_tensorrt()  # fail in one line before any work when there is no GPU
-    spec = _scaled(spec_for(ckpt.model_config.model, ckpt.model_config.head), cfg.precision)
+    spec = _scaled(spec_of_model(ckpt.model), cfg.precision)
     graph = ScoringGraph(_in_precision(ckpt.model, cfg.precision), cfg.top_k, cfg.exclude_seen, window, cfg.pointer_op)
     reference = ScoringGraph(ckpt.model, cfg.top_k, cfg.exclude_seen, window)
     out = Path(out)

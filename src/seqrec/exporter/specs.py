@@ -6,7 +6,7 @@ registered model/head pair without one, and exports every pair.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -54,9 +54,18 @@ def spec_for(model: str, head: str) -> ExportSpec:
     return EXPORT_SPECS[(model, head)]
 
 
+def spec_of_model(model) -> ExportSpec:
+    """The spec of a trained model (``SequentialRecommender``): its model/head pair's, less the
+    timestamps input when no timestamp can change the output (``reads_timestamps``)."""
+    spec = spec_for(model.cfg.model, model.cfg.head)
+    if "timestamps" in spec.inputs and not model.reads_timestamps():
+        return replace(spec, inputs=tuple(name for name in spec.inputs if name != "timestamps"))
+    return spec
+
+
 for _model in ("sasrec", "gru4rec"):
     register_spec(_model, "softmax", ExportSpec())
     register_spec(_model, "cpr", ExportSpec(score_atol=2e-4))  # two more products per score
-for _model in ("hstu", "pcrec"):  # time bias: timestamps are an input (a model trained without them has a zero bias)
+for _model in ("hstu", "pcrec"):  # time bias: timestamps are an input (spec_of_model drops it for a zero bias)
     register_spec(_model, "softmax", ExportSpec(inputs=("items", "timestamps"), score_atol=2e-4))
     register_spec(_model, "cpr", ExportSpec(inputs=("items", "timestamps"), score_atol=5e-4))

@@ -56,6 +56,12 @@ class SequentialRecommender(nn.Module):
             timestamps = timestamps[:, -self.cfg.max_length :]  # (B, L)
         return self.encoder(self.item_embedding(items), items > 0, timestamps)
 
+    def reads_timestamps(self) -> bool:
+        """Whether timestamps can change this model's output: its encoder has a time bias that is not
+        zero everywhere (trained on data without real times, the bias keeps its zero start)."""
+        bias = getattr(self.encoder, "time_bias", None)
+        return bias is not None and bool(bias.detach().ne(0).any())
+
     def encode(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
         """items (B, L) -> the top layer's hidden state (B, L, D)."""
         return self.encode_layers(items, timestamps)[-1]

@@ -108,12 +108,12 @@ def open_source(cfg: ProfileConfig) -> ProfileSource:
 
 
 def _open_checkpoint(path: Path, top_k: int | None) -> ProfileSource:
-    from seqrec.exporter.specs import spec_for
+    from seqrec.exporter.specs import spec_of_model
 
     ckpt = load_checkpoint(path)
     cfg = ckpt.model_config
     export = ExportConfig(top_k=top_k or min(DEFAULT_TOP_K, cfg.num_items), validation_users=VALIDATION_USERS)
-    return ProfileSource(path, cfg, cfg.max_length, export.top_k, spec_for(cfg.model, cfg.head).inputs, export, ckpt)
+    return ProfileSource(path, cfg, cfg.max_length, export.top_k, spec_of_model(ckpt.model).inputs, export, ckpt)
 
 
 def _open_bundle(path: Path, top_k: int | None) -> ProfileSource:
