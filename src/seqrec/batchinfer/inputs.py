@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from seqrec.data.schema import UNIT_PER_SECOND
+from seqrec.data.schema import floor_seconds
 from seqrec.errors import DataError, SchemaError, received_expected
 
 LIST_FORM, LONG_FORM = "list", "long"
@@ -119,13 +119,9 @@ def group_starts(users: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def seconds(values: pa.Array) -> pa.Array:
-    """Timestamps as int64 seconds (integer columns are taken as seconds already), floored as training
-    floors them (``data.schema``): -1.5 s is -2 here and there, nulls stay null."""
-    raw = values.cast(pa.int64())
-    if not pa.types.is_timestamp(values.type):
-        return raw
-    floored = np.floor_divide(pc.fill_null(raw, 0).to_numpy(), UNIT_PER_SECOND[values.type.unit])
-    return pa.array(floored, pa.int64(), mask=raw.is_null().to_numpy(zero_copy_only=False))
+    """Timestamps as int64 seconds (integer columns are taken as seconds already), timestamp types
+    floored as training floors them (``data.schema.floor_seconds``); nulls stay null."""
+    return floor_seconds(values) if pa.types.is_timestamp(values.type) else values.cast(pa.int64())
 
 
 def grouped_schema(part: InputPart, plan: InputPlan) -> pa.Schema:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from seqrec.config import IMPORT_FORMATS
@@ -20,7 +21,7 @@ ID_COLUMNS = ("user_id", "item_id")
 TIMESTAMP = "timestamp"
 CANONICAL_COLUMNS = ("user_id", "item_id", "timestamp")
 
-UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+_UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
 def validate_interactions(table: pa.Table, source: str = "input") -> pa.Table:
@@ -121,15 +122,21 @@ def _timestamp_column(column: pa.ChunkedArray, source: str) -> pa.ChunkedArray:
     if pa.types.is_integer(kind):
         return _cast(column, pa.int64(), TIMESTAMP, source)
     if pa.types.is_timestamp(kind):
-        raw = column.cast(pa.int64()).to_numpy()
-        seconds = np.floor_divide(raw, UNIT_PER_SECOND[kind.unit])
-        return pa.chunked_array([pa.array(seconds, pa.int64())])
+        return pa.chunked_array([floor_seconds(column.combine_chunks())])
     if pa.types.is_floating(kind):
         return _whole_floats(column, source)
     raise SchemaError(
         received_expected(f"{source}: column '{TIMESTAMP}'", kind,
                           "an integer, timestamp or whole-valued float type")
     )
+
+
+def floor_seconds(values: pa.Array) -> pa.Array:
+    """A timestamp-typed array as int64 seconds, floored (-1.5 s is -2): how training and batch
+    scoring both read times. Nulls stay null."""
+    raw = values.cast(pa.int64())
+    floored = np.floor_divide(pc.fill_null(raw, 0).to_numpy(), _UNIT_PER_SECOND[values.type.unit])
+    return pa.array(floored, pa.int64(), mask=raw.is_null().to_numpy(zero_copy_only=False))
 
 
 def _whole_floats(column: pa.ChunkedArray, source: str) -> pa.ChunkedArray:
