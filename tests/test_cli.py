@@ -57,12 +57,14 @@ def test_print_config_resolves_model_defaults():
     assert config["train"]["refit"] is False and config["model"]["cpr_pooling"] == "logsumexp"
     assert config["model"]["embedding_std"] is None
     assert config["train"]["cpr_base_weight"] == 0.0 and config["train"]["cpr_base_detach"] is False
+    assert config["train"]["cpr_detach_partitions"] is False
     assert config["model"]["cpr_base_projection"] is True
     chosen = run("train", "--data", ".", "--out", "x", "--refit", "--cpr-pooling", "mean", "--embedding-std", 0.02,
                  "--head", "cpr", "--cpr-base-weight", 0.5, "--cpr-base-detach", "--no-cpr-base-projection",
-                 "--print-config")
+                 "--cpr-detach-partitions", "--print-config")
     config = json.loads(chosen.output)
     assert config["train"]["cpr_base_detach"] is True and config["model"]["cpr_base_projection"] is False
+    assert config["train"]["cpr_detach_partitions"] is True
     assert config["train"]["refit"] is True and config["model"]["cpr_pooling"] == "mean"
     assert config["model"]["embedding_std"] == 0.02 and config["train"]["cpr_base_weight"] == 0.5
 

@@ -138,6 +138,10 @@ def data_stats(path: str) -> None:
 @click.option("--cpr-base-detach/--no-cpr-base-detach", default=None,
               help="--head cpr with --cpr-base-weight: the CPR loss takes the base logits as constants, so the "
                    "base partition learns from its own softmax loss only")
+@click.option("--cpr-detach-partitions/--no-cpr-detach-partitions", default=None,
+              help="--head cpr: the partitions other than the base read detached encoder states and item "
+                   "vectors, so their loss trains only the head's own layers (with --no-cpr-base-projection "
+                   "and --cpr-base-detach the encoder trains as a softmax model's, the head a second stage)")
 @click.option("--temperature", type=float)
 @click.option("--patience", type=int, help="epochs without validation gain before stopping")
 @click.option("--max-minutes", type=float, help="stop after this much training time")

@@ -144,6 +144,7 @@ class TrainConfig(_JsonConfig):
     exclude_history: bool = False  # leave each prefix's own items out of its training softmax
     cpr_base_weight: float = 0.0  # CPR head: + this x the softmax loss of its base partition alone (see loop.packed_loss)
     cpr_base_detach: bool = False  # CPR head: the CPR loss takes the base logits as constants (needs cpr_base_weight)
+    cpr_detach_partitions: bool = False  # CPR head: the other partitions read detached states and item vectors
     temperature: float = 1.0
     patience: int = 10
     eval_every: int = 1
@@ -324,3 +325,8 @@ def check_trainable(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
         raise ConfigError(received_expected("cpr_base_detach", f"True with head {model_cfg.head!r} and "
                                             f"cpr_base_weight {train_cfg.cpr_base_weight}",
                                             "head 'cpr' and cpr_base_weight > 0 (else the base never trains)"))
+    variant = parse_cpr_variant(model_cfg.cpr_variant) if model_cfg.head == "cpr" else None
+    if train_cfg.cpr_detach_partitions and not (variant and (variant.context or variant.rerank)):
+        raise ConfigError(received_expected("cpr_detach_partitions", f"True with head {model_cfg.head!r}, variant "
+                                            f"{model_cfg.cpr_variant!r}",
+                                            "head 'cpr' with reranker or history partitions (C, CP or CPR:..)"))

@@ -1,6 +1,7 @@
 """Losses against direct restatements on small random inputs."""
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -181,3 +182,76 @@ def test_cpr_base_detach_is_set_by_training_and_checked():
         check_trainable(model_cfg, TrainConfig(cpr_base_detach=True))
     with pytest.raises(ConfigError, match="with head 'softmax'"):
         check_trainable(ModelConfig(num_items=5), train_cfg)
+
+
+@pytest.mark.parametrize("loss", ["ce", "sampled"])
+def test_cpr_detach_partitions_leaves_the_encoder_and_table_to_the_base_loss(loss):
+    net, (inputs, targets) = random_cpr("CPR:7+Mi"), batch_with_repeats()
+    cfg = TrainConfig(loss=loss, negatives=12, cpr_base_weight=1.0, cpr_base_detach=True)
+    net.head.base_gradient = False
+    torch.manual_seed(5)
+    attached = _gradients(net, packed_loss(net, inputs, None, targets, cfg))
+    net.head.partition_gradient = False
+    torch.manual_seed(5)
+    detached = _gradients(net, packed_loss(net, inputs, None, targets, cfg))
+    torch.manual_seed(5)
+    layers = net.encode_layers(inputs)
+    real = targets > 0
+    if loss == "ce":
+        base = net.head.base_logits(layers, real)
+        columns = None
+    else:  # the base loss at the columns the CPR loss used: the same negatives, history items voided
+        negatives = draw_negatives(29, 12, "cpu")
+        _, columns = net.head.sampled_logits(layers, inputs, real, targets[real], negatives)
+        base = net.head.base_logits(layers, real, columns)
+    base_loss = full_cross_entropy(base, targets[real]) if columns is None else sampled_softmax(base, columns,
+                                                                                              targets[real])
+    base_only = _gradients(net, base_loss)
+    shared = [name for name in detached if not name.startswith("head.") or name == "head.item_embedding.weight"]
+    assert "item_embedding.weight" in shared and any(name.startswith("encoder.") for name in shared)
+    for name in shared:  # encoder and item table: the base loss's gradient, no longer the CPR loss's too
+        torch.testing.assert_close(detached[name], base_only[name])
+        assert not torch.allclose(attached[name], base_only[name]), name
+    for name in ("head.mix.weight", "head.rerank_facets.0.weight", "head.context_facet.weight",
+                 "head.pointer_query.weight", "head.pointer_key.weight", "head.pointer_recency"):
+        assert detached[name].abs().max() > 0, name  # the partitions still learn, Mi's own layer too
+
+
+def _trained_three_steps(head_options: dict, cfg: TrainConfig) -> dict:
+    """Seed, build, train three steps on one batch in training mode (dropout on): what train_model does."""
+    from seqrec.training.loop import make_optimizer, trainable_model
+
+    inputs, targets = batch_with_repeats()
+    torch.manual_seed(0)
+    net = trainable_model(ModelConfig(num_items=29, dim=12, heads=2, layers=2, max_length=10, **head_options), cfg)
+    optimizer = make_optimizer(net, cfg)
+    for _ in range(3):
+        loss = packed_loss(net, inputs, None, targets, cfg)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return net.state_dict()
+
+
+def test_cpr_second_stage_trains_the_encoder_exactly_as_a_softmax_model():
+    """A CPR SASRec with the plain base on its own loss and the other partitions detached ends with the
+    softmax SASRec's encoder and item table, bit for bit: the same start (the head draws its weights
+    aside), the same gradients, the same dropout masks."""
+    softmax = _trained_three_steps({}, TrainConfig())
+    recipe = TrainConfig(cpr_base_weight=1.0, cpr_base_detach=True, cpr_detach_partitions=True)
+    cpr = _trained_three_steps({"head": "cpr", "cpr_variant": "CPR:7+Mi", "cpr_base_projection": False}, recipe)
+    for name, value in softmax.items():
+        torch.testing.assert_close(cpr[name], value, rtol=0, atol=0)
+    assert not torch.equal(cpr["head.rerank_facets.0.weight"][:, :12], torch.eye(12))  # the head learned
+
+
+def test_cpr_detach_partitions_is_set_by_training_and_checked():
+    from seqrec.training.loop import trainable_model
+
+    model_cfg = ModelConfig(num_items=9, head="cpr", cpr_variant="CPR:3", dim=8, layers=1, max_length=4)
+    assert not trainable_model(model_cfg, TrainConfig(cpr_detach_partitions=True)).head.partition_gradient
+    assert trainable_model(model_cfg, TrainConfig()).head.partition_gradient
+    for head, variant in (("softmax", "CPR:100+Mi"), ("cpr", "softmax+Mi")):
+        with pytest.raises(ConfigError, match=re.escape(f"head {head!r}, variant {variant!r}")):
+            check_trainable(dataclasses.replace(model_cfg, head=head, cpr_variant=variant),
+                            TrainConfig(cpr_detach_partitions=True))

@@ -25,6 +25,10 @@ new items that suit them; softmax-CPR gives each partition of the catalog its ow
   logits, with no f_S and no Mi; with ``TrainConfig.cpr_base_detach`` the CPR loss takes s as
   constants (``base_gradient``), so the base learns from its own softmax loss only. On Beauty this
   helps CPR:100+Mi when no item repeats; on repeats it gives up part of the gain (RESULTS.md).
+- second stage (ours, off by default, ``TrainConfig.cpr_detach_partitions``): every partition but the
+  base reads detached encoder states and item vectors (``partition_gradient``), so their loss trains
+  only the head's own layers. With the plain base and its own loss as well, the encoder and item
+  table train exactly as a softmax model's do, and the head is a second stage on top of it.
 
 The reference (RecBole 1.2 SASRecCPR / GRU4RecCPR) reads the last slot of a right-padded batch;
 our batches are left padded, so the last slot is always the most recent item, as intended. Every
@@ -65,6 +69,8 @@ class CPRHead(nn.Module):
         self.softmax_facet = _identity_on_hidden(width, dim) if cfg.cpr_base_projection else None
         self.base_gradient = True  # training switch (TrainConfig.cpr_base_detach): False = the base logits
         # enter the CPR logits as constants, so only the auxiliary base loss trains the base partition
+        self.partition_gradient = True  # training switch (TrainConfig.cpr_detach_partitions): False = the
+        # other partitions read detached states and item vectors, so they train only their own layers
         self.rerank_facets = nn.ModuleList(_identity_on_hidden(width, dim) for _ in self.variant.rerank)
         self.context_facet = _identity_on_hidden(width, dim) if self.variant.context else None
         self.pointer_query = _small_linear(width, dim) if self.variant.pointer else None
@@ -89,9 +95,9 @@ class CPRHead(nn.Module):
     def _full_logits(self, layers: list[torch.Tensor], items: torch.Tensor, rows: torch.Tensor | None,
                      keep_base: bool) -> tuple[torch.Tensor, torch.Tensor]:
         queries = self.head_input(layers)  # (B, L, W)
-        query = select_rows(queries, rows)  # (M, W)
-        base = mask_padding(self.base_query(query) @ self.item_embedding.weight.T)  # (M, N+1)
-        logits = self._rerank(self._cut(base), query, in_place=not keep_base)  # (M, N+1)
+        base = mask_padding(self.base_query(select_rows(queries, rows)) @ self.item_embedding.weight.T)  # (M, N+1)
+        queries = self._partition_input(layers, queries)  # (B, L, W)
+        logits = self._rerank(self._cut(base), select_rows(queries, rows), in_place=not keep_base)  # (M, N+1)
         if self.context_facet is not None:
             ids, values = self.history_scores(queries, items, rows)  # (M, L) each
             logits = cpr_scatter(logits, ids, values, kernel=self.scatter_kernel)
@@ -113,7 +119,7 @@ class CPRHead(nn.Module):
             if record is not None:
                 record.append(logits.clone())  # _replace may write in place
             top = logits.topk(min(k, logits.shape[1] - 1), dim=1).indices  # (M, k)
-            values = _score(facet(query), self.item_embedding(top)).to(logits.dtype)  # (M, k)
+            values = _score(facet(query), self._partition_vectors(top)).to(logits.dtype)  # (M, k)
             logits = _replace(logits, top, values) if in_place else logits.scatter(1, top, values)
             in_place = True  # later stages replace in the new tensor
         return logits
@@ -174,12 +180,16 @@ class CPRHead(nn.Module):
         logits of the whole catalog, computed without gradient when the variant has an R part.
         """
         queries = self.head_input(layers)  # (B, L, W)
+        base_query = self.base_query(select_rows(queries, rows))  # (M, D)
+        queries = self._partition_input(layers, queries)  # (B, L, W)
         query = select_rows(queries, rows)  # (M, W)
-        facets = torch.stack([self.base_query(query)] + [f(query) for f in self.rerank_facets], 1)  # (M, 1+R, D)
+        facets = torch.stack([base_query] + [f(query) for f in self.rerank_facets], 1)  # (M, 1+R, D)
         stage = self._rerank_stages(facets)  # (M, N+1) or None
-        positive = _staged(self._cut_base(_score(facets, self.item_embedding(targets).unsqueeze(1))), stage,
+        targets_vectors = self.item_embedding(targets).unsqueeze(1)  # (M, 1, D)
+        positive = _staged(self._cut_base(self._facet_scores(facets, targets_vectors, _score)), stage,
                            targets.unsqueeze(1))
-        negative = _staged(self._cut_base(facets @ self.item_embedding(negatives).T), stage,
+        negative = _staged(self._cut_base(self._facet_scores(facets, self.item_embedding(negatives),
+                                                             lambda f, v: f @ v.T)), stage,
                            negatives.expand(len(targets), -1))
         columns = torch.cat([targets.unsqueeze(1), negatives.expand(len(targets), -1)], dim=1)  # (M, 1+S)
         logits = torch.cat([positive, negative], dim=1)  # (M, 1+S)
@@ -204,6 +214,24 @@ class CPRHead(nn.Module):
             return query[..., : self.dim]  # h: the first D channels of q
         return self.softmax_facet(query)
 
+    def _partition_input(self, layers: list[torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
+        """The head input (B, L, W) the partitions other than the base read: ``queries`` itself, or with
+        ``partition_gradient`` off the same values from detached layers (so Mi's own layer still learns)."""
+        if self.partition_gradient:
+            return queries
+        return self.head_input([layer.detach() for layer in layers])
+
+    def _partition_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """Item vectors (..., D) for the partitions other than the base, detached if asked."""
+        vectors = self.item_embedding(ids)
+        return vectors if self.partition_gradient else vectors.detach()
+
+    def _facet_scores(self, facets: torch.Tensor, vectors: torch.Tensor, score) -> torch.Tensor:
+        """score(facets (M, 1+R, D), vectors): the reranker facets (rows 1..R) read detached vectors if asked."""
+        if self.partition_gradient or facets.shape[1] == 1:
+            return score(facets, vectors)
+        return torch.cat([score(facets[:, :1], vectors), score(facets[:, 1:], vectors.detach())], dim=1)
+
     def _cut(self, base: torch.Tensor) -> torch.Tensor:
         return base if self.base_gradient else base.detach()
 
@@ -225,7 +253,7 @@ class CPRHead(nn.Module):
                        rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per prediction point, its history ids (M, L) (0 = none) and their scores c_j + p_j (M, L)."""
         asking = queries[:, -1:] if rows is None else queries  # (B, R, W): R = 1 or L prediction points
-        values = self.context_facet(asking) @ self.item_embedding(items).transpose(1, 2)  # (B, R, L)
+        values = self.context_facet(asking) @ self._partition_vectors(items).transpose(1, 2)  # (B, R, L)
         if self.pointer_query is not None:
             values = values + self.pointer_query(asking) @ self.pointer_key(queries).transpose(1, 2)  # (B, R, L)
         if self.pointer_recency is not None:

@@ -33,10 +33,12 @@ class SequentialRecommender(nn.Module):
         table = None if initialise else torch.empty(cfg.num_items + 1, cfg.dim)  # (N + 1, D)
         self.item_embedding = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=0, _weight=table)
         self.encoder = _lookup(ENCODERS, cfg.model, "model")(cfg)
-        self.head = _lookup(HEADS, cfg.head, "head")(self.item_embedding, cfg=cfg,
-                                                     mixed_layers=self.encoder.output_layers)
         if initialise:
             self.reset_item_embedding()
+        with torch.random.fork_rng(devices=[]):  # the head's draws leave the stream as a softmax head does, so
+            # encoder, table and training's dropout masks do not depend on the head (models.cpr: second stage)
+            self.head = _lookup(HEADS, cfg.head, "head")(self.item_embedding, cfg=cfg,
+                                                         mixed_layers=self.encoder.output_layers)
 
     def reset_item_embedding(self) -> None:
         """N(0, 1/D) so that sqrt(D)-scaled inputs have unit scale, or N(0, embedding_std^2) when set

@@ -76,6 +76,8 @@ def trainable_model(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Sequentia
     model = build_model(model_cfg).to(train_cfg.device)
     if train_cfg.cpr_base_detach:
         model.head.base_gradient = False
+    if train_cfg.cpr_detach_partitions:
+        model.head.partition_gradient = False
     return model
 
 
