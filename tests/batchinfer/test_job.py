@@ -72,6 +72,28 @@ def test_uint64_ids_beyond_int64_keep_the_users_and_reject_the_items_in_both_for
         assert summary["users_scored"] == 2
 
 
+def test_columns_of_the_null_type_become_rejects_not_a_failed_job(bundle, run_config, tmp_path):
+    """pandas writes ``list<null>`` for a part whose histories are all empty or null, and a null-typed
+    ``item_id`` for a log whose ids are all missing: those rows are rejects, the other parts score."""
+    (tmp_path / "lists").mkdir()
+    pq.write_table(pa.table({"user_id": [1, 2], "history": pa.array([[], None], pa.list_(pa.null()))}),
+                   tmp_path / "lists" / "a.parquet")
+    pq.write_table(pa.table({"user_id": [3], "history": [[1000, 1001]]}), tmp_path / "lists" / "b.parquet")
+    (tmp_path / "longs").mkdir()
+    pq.write_table(pa.table({"user_id": [4, 4, 5], "item_id": pa.array([None] * 3, pa.null())}),
+                   tmp_path / "longs" / "a.parquet")
+    pq.write_table(pa.table({"user_id": [6], "item_id": [1000]}), tmp_path / "longs" / "b.parquet")
+    expected = {"lists": ([(1, "empty_history"), (2, "null_history")], [3]),
+                "longs": ([(4, "all_unknown"), (5, "all_unknown")], [6])}
+    for form, (rejected, scored) in expected.items():
+        cfg = run_config(bundle, tmp_path / form)
+        summary = score(cfg, echo=lambda line: None)
+        rejects = pq.read_table(Path(cfg.output) / "_rejects.parquet").to_pylist()
+        assert [(r["user_id"], r["reason"]) for r in rejects] == rejected, form
+        assert pq.read_table(Path(cfg.output) / "b.parquet").column("user_id").to_pylist() == scored
+        assert pq.read_table(Path(cfg.output) / "a.parquet").num_rows == 0 and summary["users_scored"] == 1
+
+
 @pytest.mark.parametrize("time_bias", [False, True])
 def test_hstu_takes_timestamps_only_where_its_time_bias_can_read_them(tiny_checkpoints, run_config, tmp_path,
                                                                       time_bias):

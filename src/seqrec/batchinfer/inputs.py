@@ -126,7 +126,7 @@ def seconds(values: pa.Array) -> pa.Array:
 
 def grouped_schema(part: InputPart, plan: InputPlan) -> pa.Schema:
     """The schema ``read_part`` gives a long-form part (ids in int64, uint64 or string)."""
-    item_type = _id_type(pq.read_schema(part.path).field("item_id").type)
+    item_type = _item_type(pq.read_schema(part.path).field("item_id").type)
     fields = [("user_id", plan.user_type), ("history", pa.list_(item_type))]
     return pa.schema(fields + ([("timestamps", pa.list_(pa.int64()))] if plan.timestamps else []) + [("row", pa.int64())])
 
@@ -135,7 +135,7 @@ def _as_lists(table: pa.Table, starts: np.ndarray, first_row: int, timestamps: b
     """Rows [starts[g], starts[g + 1]) of ``table`` -> list-form row g, ordered by timestamp if given."""
     offsets = np.append(starts, table.num_rows)  # (G + 1,)
     items = table.column("item_id").combine_chunks()
-    items = items.cast(_id_type(items.type))  # int64, uint64 or string, whatever the part's integer width
+    items = items.cast(_item_type(items.type))  # int64, uint64, string or null, whatever the part's integer width
     users = table.column("user_id").combine_chunks()
     columns = {"user_id": users.cast(_id_type(users.type)).take(pa.array(starts))}
     if timestamps:
@@ -180,7 +180,7 @@ def _check_part(path: str, needs_timestamps: bool) -> tuple[str, pa.DataType, in
     if form == LIST_FORM:
         _check_column(path, schema, "history", _id_list_type, "a list of integer or string item ids, oldest first")
     else:
-        _check_column(path, schema, "item_id", _id_type, "integer or string item ids")
+        _check_column(path, schema, "item_id", _item_type, "integer or string item ids")
     if needs_timestamps:
         name = "timestamps" if form == LIST_FORM else "timestamp"
         if name not in names:
@@ -210,14 +210,21 @@ def _id_type(kind: pa.DataType) -> pa.DataType | None:
     return None
 
 
+def _item_type(kind: pa.DataType) -> pa.DataType | None:
+    """``_id_type``, or null for a column of the null type: what pandas writes for a part whose lists are
+    all empty or whose ids are all missing; its rows become rejects, not a failed job."""
+    return pa.null() if pa.types.is_null(kind) else _id_type(kind)
+
+
 def _id_list_type(kind: pa.DataType) -> pa.DataType | None:
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        return _id_type(kind.value_type)
+        return _item_type(kind.value_type)
     return None
 
 
 def _time_type(kind: pa.DataType) -> pa.DataType | None:
-    return pa.int64() if pa.types.is_integer(kind) or pa.types.is_timestamp(kind) else None
+    usable = pa.types.is_integer(kind) or pa.types.is_timestamp(kind) or pa.types.is_null(kind)  # null: see _item_type
+    return pa.int64() if usable else None
 
 
 def _time_list_type(kind: pa.DataType) -> pa.DataType | None:
