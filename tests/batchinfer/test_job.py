@@ -171,8 +171,25 @@ def test_an_output_directory_in_use_is_refused(bundle, checkpoint, parts_dir, ru
     with pytest.raises(ConfigError, match="a previous job's ledger \\(add --resume to continue it\\)"):
         score(run_config(bundle, parts_dir, output=cfg.output), echo=lambda line: None)
     with pytest.raises(ConfigError, match=r"--resume \| received the ledger of a different job \(differs in "
-                                          r"\['backend', 'kind', 'model', 'model_fingerprint'\]\)"):
+                                          r"backend; kind; model; model_fingerprint\)"):
         score(run_config(checkpoint, parts_dir, output=cfg.output, resume=True, top_k=7), echo=lambda line: None)
+
+
+def test_resume_refuses_an_input_part_rewritten_with_as_many_rows(bundle, run_config, tmp_path):
+    """A nightly job re-run into the same directory over new shards of a fixed size: the rows match, the
+    users do not; resuming would keep the old users' output, so it is refused, naming the part."""
+    (tmp_path / "in").mkdir()
+    for name, first in (("a.parquet", 1), ("b.parquet", 10)):
+        pq.write_table(pa.table({"user_id": [first, first + 1], "history": [[1000, 1001], [1002]]}),
+                       tmp_path / "in" / name)
+    cfg = run_config(bundle, tmp_path / "in")
+    score(cfg, echo=lambda line: None)
+    copy = tmp_path / "in" / "b.parquet"
+    copy.write_bytes(copy.read_bytes())  # the same bytes again (a re-download): still the same job
+    score(run_config(bundle, tmp_path / "in", output=cfg.output, resume=True), echo=lambda line: None)
+    pq.write_table(pa.table({"user_id": [100, 200], "history": [[1003, 1001], [1002]]}), tmp_path / "in" / "a.parquet")
+    with pytest.raises(ConfigError, match=r"differs in input parts a.parquet \(added, removed or rewritten\)"):
+        score(run_config(bundle, tmp_path / "in", output=cfg.output, resume=True), echo=lambda line: None)
 
 
 def test_a_wrong_schema_fails_before_any_work(bundle, parts_dir, run_config, tmp_path):

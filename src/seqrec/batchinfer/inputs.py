@@ -21,6 +21,7 @@ the long form, ``row``: the part row of the user's first interaction) whatever t
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ class InputPart:
     path: str  # absolute
     name: str  # the output part's file name, from the input's
     rows: int  # input rows (users in the list form, interactions in the long form)
+    fingerprint: str = ""  # size and footer digest (``part_fingerprint``): a rewritten part is another part
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,22 @@ def plan_input(pattern: str, output: str | Path, needs_timestamps: bool) -> Inpu
         if (form, user_type) != first[:2]:
             raise SchemaError(received_expected(f"input part '{path}'", f"a {form} form with {user_type} user ids",
                                                 f"the {first[0]} form with {first[1]} user ids of '{paths[0]}'"))
-        parts.append(InputPart(path, Path(path).name, rows))
+        parts.append(InputPart(path, Path(path).name, rows, part_fingerprint(path)))
     return InputPlan(tuple(parts), first[0], first[1], needs_timestamps)
+
+
+def part_fingerprint(path: str) -> str:
+    """The file's size and a digest of its Parquet footer (schema, row groups, their byte sizes and
+    statistics): rewriting a part with other users, even as many, changes it; copying it does not.
+    Not a hash of the data pages, which would read the whole input before any work."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        handle.seek(max(size - 8, 0))
+        tail = handle.read(8)  # footer length (little-endian uint32) and the magic "PAR1"
+        footer_length = int.from_bytes(tail[:4], "little") if len(tail) == 8 else 0
+        handle.seek(max(size - 8 - footer_length, 0))
+        footer = handle.read(footer_length)
+    return f"{size}:{hashlib.sha256(footer).hexdigest()[:16]}"
 
 
 def read_part(part: InputPart, plan: InputPlan, batch_rows: int) -> Iterator[pa.RecordBatch]:

@@ -67,7 +67,7 @@ def score(cfg: ScoreConfig, echo: Callable[[str], None] = print) -> dict:
 def job_identity(model: ScoringModel, plan: InputPlan, layout: str) -> dict:
     """What the output depends on; a resumed run must match it exactly (JSON types: lists, not tuples)."""
     return {**model.describe(), "model_fingerprint": model_fingerprint(model), "layout": layout, "form": plan.form,
-            "parts": [[part.name, part.path, part.rows] for part in plan.parts]}
+            "parts": [[part.name, part.path, part.rows, part.fingerprint] for part in plan.parts]}
 
 
 def model_fingerprint(model: ScoringModel) -> str:

@@ -3,7 +3,8 @@
 ``DIR/_ledger.jsonl``, appended and fsynced, one JSON object per line:
 
 - first line ``{"job": {...}}``: what the output depends on (model, backend, top-K, exclude-seen,
-  layout, input parts); ``--resume`` refuses a ledger of a different job;
+  layout, input parts with their rows, size and footer digest); ``--resume`` refuses a ledger of a
+  different job, naming what differs (for parts: which were added, removed or rewritten);
 - ``{"part": name, "input": path, "rows": .., "users_scored": .., "rejected": {reason: n},
   "unknown_items_dropped": .., "seconds": ..}`` after a part's output and rejects were renamed
   into place: a part is finished exactly when its line is complete;
@@ -11,7 +12,9 @@
 
 A kill between a part's rename and its ledger line only means the part is scored again and the
 same file replaces itself. A torn last line (a kill during the append) is ignored for the same
-reason. Batch size and engine may change between runs: they do not change the output.
+reason. Batch size and engine may change between runs: they change neither the users nor their
+items, though on the torch backend a score may differ in its last float bits (sums over other batch
+shapes); with the same batch size a resumed job's files equal an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -102,8 +105,18 @@ def _read(path: Path, job: dict) -> tuple[dict, list[dict], bool]:
         raise DataError(received_expected(str(path), "no job line first", "a ledger written by seqrec score"))
     if records[0]["job"] != job:
         changed = sorted(key for key in set(job) | set(records[0]["job"]) if job.get(key) != records[0]["job"].get(key))
-        raise ConfigError(received_expected("--resume", f"the ledger of a different job (differs in {changed})",
+        if "parts" in changed:
+            names = _changed_parts(records[0]["job"].get("parts", []), job["parts"])
+            changed[changed.index("parts")] = f"input parts {', '.join(names)} (added, removed or rewritten)"
+        raise ConfigError(received_expected("--resume", f"the ledger of a different job (differs in "
+                                            f"{'; '.join(changed)})",
                                             "the model, backend, top-k, exclude-seen, layout and input of the "
                                             "job that wrote it"))
     entries = [record for record in records[1:] if "part" in record]
     return records[0]["job"], entries, any(record.get("finished") for record in records)
+
+
+def _changed_parts(recorded: list, current: list) -> list[str]:
+    """Names of the input parts added, removed or rewritten (size or footer) since the ledger was begun."""
+    before, now = ({entry[0]: entry for entry in parts} for parts in (recorded, current))
+    return sorted(name for name in set(before) | set(now) if before.get(name) != now.get(name))[:5]
