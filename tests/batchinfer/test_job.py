@@ -136,6 +136,26 @@ def test_long_layout_holds_the_list_layout_row_by_row(bundle, parts_dir, run_con
             [c.flatten() for c in table.column("scores").chunks])]))
 
 
+@pytest.mark.parametrize("layout", ["list", "long"])
+def test_a_user_with_no_item_left_is_counted_in_both_layouts(tiny_checkpoints, run_config, tmp_path, layout):
+    """--exclude-seen with a window holding the whole catalog leaves nothing to recommend: an empty list,
+    or no row in the long layout; either way the summary and its line count the user."""
+    checkpoint = tiny_checkpoints("sasrec", "softmax", num_items=30, max_length=32)
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"user_id": [1, 2], "history": [list(range(1000, 1030)), [1000, 1001]]}),
+                   tmp_path / "in" / "a.parquet")
+    lines = []
+    cfg = run_config(checkpoint, tmp_path / "in", top_k=5, exclude_seen=True, layout=layout)
+    summary = score(cfg, echo=lines.append)
+    table = pq.read_table(Path(cfg.output) / "a.parquet")
+    if layout == "list":
+        assert table.column("items").to_pylist()[0] == [] and len(table.column("items").to_pylist()[1]) == 5
+    else:
+        assert table.column("user_id").to_pylist() == [2] * 5
+    assert summary["users_scored"] == 2 and summary["users_without_items"] == 1 and summary["users_rejected"] == 0
+    assert lines[-1].startswith("scored 2 users (1 with no item left to recommend), rejected 0")
+
+
 def test_a_long_interaction_log_scores_like_its_list_form(bundle, parts_dir, run_config, tmp_path):
     for path in sorted(parts_dir.glob("*.parquet")):
         pq.write_table(as_long_log(pq.read_table(path)), tmp_path / path.name, row_group_size=100)
@@ -190,6 +210,41 @@ def test_resume_refuses_an_input_part_rewritten_with_as_many_rows(bundle, run_co
     pq.write_table(pa.table({"user_id": [100, 200], "history": [[1003, 1001], [1002]]}), tmp_path / "in" / "a.parquet")
     with pytest.raises(ConfigError, match=r"differs in input parts a.parquet \(added, removed or rewritten\)"):
         score(run_config(bundle, tmp_path / "in", output=cfg.output, resume=True), echo=lambda line: None)
+
+
+def test_a_job_running_on_the_output_directory_keeps_others_out(bundle, parts_dir, run_config):
+    """The ledger is locked while a job runs: a second job, resumed or new, is refused at once instead of
+    deleting the first one's temporary files; the lock goes with the job."""
+    from seqrec.batchinfer.ledger import Ledger
+
+    cfg = run_config(bundle, parts_dir)
+    running = Ledger.open(Path(cfg.output), {"job": "first"}, resume=False)  # the real lock of a job in flight
+    for resume in (True, False):
+        with pytest.raises(ConfigError, match="another running seqrec score job holds"):
+            score(run_config(bundle, parts_dir, output=cfg.output, resume=resume), echo=lambda line: None)
+    running.close()
+    with pytest.raises(ConfigError, match="the ledger of a different job"):  # the lock is free again
+        score(run_config(bundle, parts_dir, output=cfg.output, resume=True), echo=lambda line: None)
+
+
+def test_an_output_path_that_cannot_be_a_directory_is_one_clear_line(bundle, parts_dir, run_config, tmp_path):
+    (tmp_path / "afile").write_text("not a directory")
+    output = tmp_path / "afile" / "sub"
+    result = CliRunner().invoke(main, ["score", str(bundle), "--input", str(parts_dir), "--output", str(output),
+                                       "--quiet"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: --output '{output}' | received a path where not a directory "
+                                    "(NotADirectoryError), expected a directory this user can create and write")
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    with pytest.raises(ConfigError, match="received a file, expected a directory"):  # click refuses it before
+        score(run_config(bundle, parts_dir, output=str(tmp_path / "afile")), echo=lambda line: None)
+
+
+def test_without_a_terminal_each_part_logs_one_line(bundle, parts_dir, run_config, capsys):
+    score(run_config(bundle, parts_dir, progress=True), echo=lambda line: None)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"part {i}/3 part-00{i - 1}.parquet" for i in (1, 2, 3)]
+    assert all(" 150 scored, 0 rejected in " in line and line.endswith(" users/s)") for line in lines)
 
 
 def test_a_wrong_schema_fails_before_any_work(bundle, parts_dir, run_config, tmp_path):

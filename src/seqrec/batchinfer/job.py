@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -32,6 +33,16 @@ def score(cfg: ScoreConfig, echo: Callable[[str], None] = print) -> dict:
     plan = plan_input(cfg.input, cfg.output, "timestamps" in model.inputs)
     out = Path(cfg.output)
     ledger = Ledger.open(out, job_identity(model, plan, cfg.layout), cfg.resume)
+    try:
+        return _run(cfg, model, plan, ledger, started, echo)
+    finally:
+        ledger.close()
+
+
+def _run(cfg: ScoreConfig, model: ScoringModel, plan: InputPlan, ledger: Ledger, started: float,
+         echo: Callable[[str], None]) -> dict:
+    """The parts the ledger lacks, scored by the engine; then rejects, summary and the ledger's end."""
+    out = Path(cfg.output)
     if ledger.finished:
         echo(f"{out}: the job is already complete (its ledger says finished); nothing to do")
         return json.loads((out / SUMMARY_FILE).read_text())
@@ -41,7 +52,8 @@ def score(cfg: ScoreConfig, echo: Callable[[str], None] = print) -> dict:
         echo(f"resuming: {len(done)} of {len(plan.parts)} parts already scored, {len(todo)} to go")
     bar = tqdm(total=sum(p.rows for p in todo) if plan.form == LIST_FORM else None, unit="user", desc="score",
                disable=None if cfg.progress else True, smoothing=0.1)
-    writer = PartWriter(out, plan, cfg.layout, model.vocab.items.type, ledger, bar)
+    log = _stderr_line if cfg.progress and bar.disable else None  # no terminal for the bar: a line per part
+    writer = PartWriter(out, plan, cfg.layout, model.vocab.items.type, ledger, bar, log)
     try:
         if todo and cfg.engine == "local":
             from seqrec.batchinfer.local import run_local
@@ -62,6 +74,10 @@ def score(cfg: ScoreConfig, echo: Callable[[str], None] = print) -> dict:
     shutil.rmtree(out / REJECTS_DIR, ignore_errors=True)
     echo(summary_line(summary))
     return summary
+
+
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def job_identity(model: ScoringModel, plan: InputPlan, layout: str) -> dict:

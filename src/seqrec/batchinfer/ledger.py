@@ -6,7 +6,7 @@
   layout, input parts with their rows, size and footer digest); ``--resume`` refuses a ledger of a
   different job, naming what differs (for parts: which were added, removed or rewritten);
 - ``{"part": name, "input": path, "rows": .., "users_scored": .., "rejected": {reason: n},
-  "unknown_items_dropped": .., "seconds": ..}`` after a part's output and rejects were renamed
+  "unknown_items_dropped": .., "users_without_items": .., "seconds": ..}`` after a part's output and rejects were renamed
   into place: a part is finished exactly when its line is complete;
 - last, ``{"finished": true}`` once ``_rejects.parquet`` and ``_summary.json`` are written.
 
@@ -19,6 +19,7 @@ shapes); with the same batch size a resumed job's files equal an uninterrupted r
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ class Ledger:
         self.job = job
         self.entries = entries
         self.finished = finished
+        self._lock_handle = None
 
     @property
     def done(self) -> dict[str, dict]:
@@ -45,21 +47,40 @@ class Ledger:
 
     @classmethod
     def open(cls, directory: Path, job: dict, resume: bool) -> Ledger:
-        """Start a job in ``directory`` (absent or empty), or with ``resume`` continue the one there."""
+        """Start a job in ``directory`` (absent or empty), or with ``resume`` continue the one there.
+
+        The ledger stays locked (``flock``) while this process runs: a second job on the same
+        directory, resumed or new, is refused instead of deleting the first one's files in flight.
+        """
         directory = Path(directory)
         path = directory / LEDGER_FILE
-        if resume and path.is_file():
-            ledger = cls(directory, *_read(path, job))
-            clean_temporaries(directory, keep_rejects=not ledger.finished)
-            return ledger
-        if directory.exists() and any(directory.iterdir()):
-            held = "a previous job's ledger (add --resume to continue it)" if path.is_file() else "other files"
-            raise ConfigError(received_expected(f"--output '{directory}'", f"a directory holding {held}",
-                                                "an absent or empty directory, or --resume on a job's own output"))
-        directory.mkdir(parents=True, exist_ok=True)
-        ledger = cls(directory, job, [], False)
-        ledger._append({"job": job})
+        try:
+            if path.is_file():  # a job's directory: refused at once while that job runs
+                lock = _lock(path)
+                try:
+                    if not resume:
+                        _check_empty(directory, path)  # raises: a previous job's ledger
+                    ledger = cls(directory, *_read(path, job))
+                    clean_temporaries(directory, keep_rejects=not ledger.finished)
+                except BaseException:
+                    lock.close()
+                    raise
+            else:
+                _check_empty(directory, path)
+                directory.mkdir(parents=True, exist_ok=True)
+                lock = _lock(path, create=True)
+                ledger = cls(directory, job, [], False)
+                ledger._append({"job": job})
+        except OSError as err:
+            raise _unusable(directory, err) from err
+        ledger._lock_handle = lock  # held until ``close`` (or the process's end, whatever ends it)
         return ledger
+
+    def close(self) -> None:
+        """Release the lock; the ledger file stays."""
+        handle, self._lock_handle = self._lock_handle, None
+        if handle is not None:
+            handle.close()
 
     def record(self, entry: dict) -> None:
         self._append(entry)
@@ -75,6 +96,42 @@ class Ledger:
             handle.flush()
             os.fsync(handle.fileno())
         fsync_directory(self.directory)
+
+
+def _check_empty(directory: Path, path: Path) -> None:
+    if directory.is_dir() and any(directory.iterdir()):
+        held = "a previous job's ledger (add --resume to continue it)" if path.is_file() else "other files"
+        raise ConfigError(received_expected(f"--output '{directory}'", f"a directory holding {held}",
+                                            "an absent or empty directory, or --resume on a job's own output"))
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(received_expected(f"--output '{directory}'", "a file", "a directory (absent or empty)"))
+
+
+def _lock(path: Path, create: bool = False):
+    """An open handle on the ledger holding an exclusive lock; ConfigError if another job holds it.
+    ``create`` makes the ledger, failing if a job started in the same moment made it first."""
+    try:
+        handle = open(path, "x" if create else "r")
+    except FileExistsError:
+        raise _in_use(path) from None
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise _in_use(path) from None
+    return handle
+
+
+def _unusable(directory: Path, err: OSError) -> ConfigError:
+    reason = (err.strerror or str(err)).lower()
+    return ConfigError(received_expected(f"--output '{directory}'", f"a path where {reason} ({type(err).__name__})",
+                                         "a directory this user can create and write"))
+
+
+def _in_use(path: Path) -> ConfigError:
+    return ConfigError(received_expected(f"--output '{path.parent}'", "a directory another running seqrec score "
+                                         "job holds (its ledger is locked)", "that job to end first, or another "
+                                         "directory"))
 
 
 def clean_temporaries(directory: Path, keep_rejects: bool = True) -> None:

@@ -100,7 +100,7 @@ class PartSink:
         self.rejects_writer: pq.ParquetWriter | None = None
         self.first_seen = FirstSeen()
         self.rows = 0
-        self.counts: dict = {"users_scored": 0, "rejected": {}, "unknown_items_dropped": 0}
+        self.counts: dict = {"users_scored": 0, "rejected": {}, "unknown_items_dropped": 0, "users_without_items": 0}
 
     def write(self, result: pa.RecordBatch) -> None:
         users = result.column("user_id").cast(self.user_type)
@@ -134,6 +134,9 @@ class PartSink:
         items, scores = result.column("items"), result.column("scores")
         self.counts["users_scored"] += len(users)
         self.counts["unknown_items_dropped"] += int(pc.sum(result.column("unknown_items")).as_py() or 0)
+        # scored, but nothing left to recommend (--exclude-seen, a window holding the whole catalog): an empty
+        # list, and no row at all in the long layout, so the summary counts them
+        self.counts["users_without_items"] += int(pc.sum(pc.equal(pc.list_value_length(items), 0)).as_py() or 0)
         if self.layout == "list":
             columns = [users, items, scores]
         else:

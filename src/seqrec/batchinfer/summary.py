@@ -32,6 +32,7 @@ def build_summary(entries: list[dict], run: dict, users_this_run: int, wall_seco
         "users_rejected": sum(rejected.values()),
         "rejected_by_reason": dict(sorted(rejected.items())),
         "unknown_items_dropped": sum(entry["unknown_items_dropped"] for entry in entries),
+        "users_without_items": sum(entry.get("users_without_items", 0) for entry in entries),  # older ledgers lack it
         "wall_seconds": round(wall_seconds, 3),
         "users_this_run": users_this_run,
         "users_per_second": round(users_this_run / wall_seconds, 1) if wall_seconds > 0 else 0.0,
@@ -48,7 +49,9 @@ def write_summary(directory: Path, summary: dict) -> Path:
 
 def summary_line(summary: dict) -> str:
     reasons = ", ".join(f"{reason} {count}" for reason, count in summary["rejected_by_reason"].items())
-    return (f"scored {summary['users_scored']:,} users, rejected {summary['users_rejected']:,}"
+    empty = summary["users_without_items"]
+    return (f"scored {summary['users_scored']:,} users"
+            f"{f' ({empty:,} with no item left to recommend)' if empty else ''}, rejected {summary['users_rejected']:,}"
             f"{f' ({reasons})' if reasons else ''}, dropped {summary['unknown_items_dropped']:,} unknown items; "
             f"{summary['parts']} part{'s' if summary['parts'] != 1 else ''}; this run {summary['users_this_run']:,} users in {summary['wall_seconds']:.1f} s "
             f"({summary['users_per_second']:,.0f} users/s), peak RSS {summary['peak_rss_mb']:,.0f} MB "
