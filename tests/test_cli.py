@@ -102,8 +102,9 @@ def test_train_cpr_head_then_eval_by_repeat(synth_parquet, tmp_path):
     header, users = result.output.splitlines()[:2]
     assert header.split() == ["all", "repeat", "new"] and users.split()[0] == "users"
     assert "top10_repeat_share" in result.output and "mrr@10" in result.output
-    assert result.output.splitlines()[-3:] == ["split                  test", "exclude_history        False",
-                                               "unknown_interactions   0"]
+    assert result.output.splitlines()[-5:] == ["split                  test", "exclude_history        False",
+                                               "unknown_interactions   0", "unknown_targets        0",
+                                               "no_known_history       0"]
 
 
 def test_bad_cpr_variant_is_a_typed_one_liner(synth_parquet, tmp_path):

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 
 from seqrec.data import Vocabulary, build_sequences, pad_left
+from seqrec.data.sequences import known_only
 from seqrec.errors import ConfigError, DataError
 
 
@@ -29,14 +30,20 @@ def test_sequences_sorted_by_timestamp_with_stable_ties() -> None:
     assert seqs.items.dtype == np.int64 and seqs.offsets.dtype == np.int64
 
 
-def test_unknown_items_raise_or_are_dropped() -> None:
-    table = pa.table({"user_id": [1, 1, 2], "item_id": [7, 8, 9]})
+def test_unknown_items_raise_are_dropped_or_kept_beyond_the_vocabulary() -> None:
+    table = pa.table({"user_id": [1, 1, 2, 2, 2], "item_id": [7, 8, 9, 8, 7], "timestamp": [1, 2, 3, 4, 5]})
     vocab = Vocabulary.from_items(np.array([7]))
-    with pytest.raises(DataError, match=r"item_id \| received 2 ids missing from the vocab"):
+    with pytest.raises(DataError, match=r"item_id \| received 3 ids missing from the vocab"):
         build_sequences(table, vocab)
-    seqs = build_sequences(table, vocab, drop_unknown=True)
-    assert seqs.user_ids.to_pylist() == [1]
-    np.testing.assert_array_equal(seqs.items, [1])
+    seqs = build_sequences(table, vocab, unknown="drop")
+    assert seqs.user_ids.to_pylist() == [1, 2]
+    np.testing.assert_array_equal(seqs.items, [1, 1])
+    kept = build_sequences(table, vocab, unknown="keep")  # 8 -> 2, 9 -> 3: one index per distinct unknown id
+    np.testing.assert_array_equal(kept.items, [1, 2, 3, 2, 1])
+    known, at = known_only(kept, len(vocab))
+    np.testing.assert_array_equal(known.items, [1, 1])
+    np.testing.assert_array_equal(known.offsets, [0, 1, 2])
+    np.testing.assert_array_equal(at, [0, 1, 1, 1, 1, 2])  # position p of kept -> position at[p] of known
 
 
 def test_pad_left_truncates_pads_and_right_aligns() -> None:

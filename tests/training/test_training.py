@@ -6,11 +6,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from seqrec.config import TrainConfig
-from seqrec.errors import CheckpointError, ConfigError, TrainingDivergedError
+from seqrec.errors import CheckpointError, ConfigError, DataError, SchemaError, TrainingDivergedError
 from seqrec.models import ENCODERS, HEADS
 from seqrec.training import evaluate, evaluate_checkpoint, load_checkpoint, prepare_data, train_model
 from seqrec.training import loop
@@ -93,6 +95,40 @@ def test_exclude_history_never_counts_a_history_item(tiny_checkpoint, synth_parq
                        zip(data.split.test.history_start, data.split.test.history_end, data.split.test.targets)])
     assert excluded["hr@50"] <= 1 - repeats + 1e-9
     assert plain["users"] == excluded["users"] == len(data.split.test)
+
+
+def test_eval_keeps_the_files_split_and_counts_unknown_targets_as_misses(tiny_checkpoint, synth_parquet, tmp_path):
+    """Unknown items leave the histories, not the split: inserted early in every history they change
+    nothing; as every user's last item they make every test target a miss (not the validation item)."""
+    table = pq.read_table(synth_parquet)
+    base = evaluate_checkpoint(tiny_checkpoint, synth_parquet, "test", by_repeat=True)
+    users = np.unique(table.column("user_id").to_numpy())
+    first = pa.table({"user_id": users, "item_id": np.full(len(users), 10**9),
+                      "timestamp": np.full(len(users), table.column("timestamp").to_numpy().min() - 1)})
+    pq.write_table(pa.concat_tables([first.cast(table.schema), table]), tmp_path / "early.parquet")
+    early = evaluate_checkpoint(tiny_checkpoint, tmp_path / "early.parquet", "test", by_repeat=True)
+    assert early["all"] == base["all"] and early["new"] == base["new"]
+    assert early["unknown_interactions"] == len(users) and early["unknown_targets"] == 0
+    last = pa.table({"user_id": users, "item_id": np.full(len(users), 10**9),
+                     "timestamp": np.full(len(users), table.column("timestamp").to_numpy().max() + 1)})
+    pq.write_table(pa.concat_tables([table, last.cast(table.schema)]), tmp_path / "late.parquet")
+    late = evaluate_checkpoint(tiny_checkpoint, tmp_path / "late.parquet", "test")
+    assert late["hr@50"] == 0.0 and late["ndcg@10"] == 0.0 and late["unknown_targets"] == late["users"]
+    assert late["users"] == base["all"]["users"]  # the same users, each now with an unknown target
+    unknown = table.set_column(table.schema.get_field_index("item_id"), "item_id",
+                               pa.array(np.arange(len(table)) + 10**9, table.schema.field("item_id").type))
+    pq.write_table(unknown, tmp_path / "unknown.parquet")
+    with pytest.raises(DataError, match="none in the checkpoint's vocabulary"):
+        evaluate_checkpoint(tiny_checkpoint, tmp_path / "unknown.parquet", "test")
+
+
+def test_eval_names_the_file_when_its_id_type_cannot_match_the_vocabulary(tiny_checkpoint, synth_parquet, tmp_path):
+    table = pq.read_table(synth_parquet)
+    column = table.schema.get_field_index("item_id")
+    as_text = table.set_column(column, "item_id", table.column("item_id").cast(pa.string()))
+    pq.write_table(as_text, tmp_path / "text.parquet")
+    with pytest.raises(SchemaError, match=r"text.parquet: column 'item_id' \| received string, expected int64 ids"):
+        evaluate_checkpoint(tiny_checkpoint, tmp_path / "text.parquet", "test")
 
 
 def test_missing_checkpoint_file_is_a_typed_error(tiny_checkpoint, tmp_path):

@@ -48,12 +48,13 @@ class UserSequences:
         return not np.array_equal(self.timestamps, positions)
 
 
-def build_sequences(table: pa.Table, vocab: Vocabulary, *,
-                    drop_unknown: bool = False) -> UserSequences:
+def build_sequences(table: pa.Table, vocab: Vocabulary, *, unknown: str = "raise") -> UserSequences:
     """Group ``table`` by user (users sorted) and order each user's items by timestamp.
 
-    The sort is stable: interactions with equal timestamps keep their file order. An item
-    missing from ``vocab`` raises DataError, or is dropped when ``drop_unknown`` is true.
+    The sort is stable: interactions with equal timestamps keep their file order. An item missing
+    from ``vocab`` raises DataError (``unknown="raise"``), is dropped (``"drop"``), or is kept under
+    an index beyond the vocabulary, N + 1, N + 2, ... one per distinct raw id (``"keep"``), so that
+    evaluation can split by position and still tell which items the model cannot know.
     """
     table = validate_interactions(table, source="interactions")
     users = table.column("user_id").combine_chunks()
@@ -62,13 +63,24 @@ def build_sequences(table: pa.Table, vocab: Vocabulary, *,
     codes = pc.index_in(users, value_set=user_ids).to_numpy().astype(np.int64)
     items = vocab.encode(table.column("item_id"))
     timestamps = table.column("timestamp").to_numpy()
-    codes, items, timestamps = _keep_known(codes, items, timestamps, drop_unknown)
+    if unknown == "keep":
+        items = _code_unknown(items, table.column("item_id"), len(vocab))
+    else:
+        codes, items, timestamps = _keep_known(codes, items, timestamps, unknown == "drop")
     order = np.lexsort((np.arange(items.size), timestamps, codes))
     counts = np.bincount(codes, minlength=len(user_ids))
     keep = counts > 0  # users whose items were all dropped
     offsets = np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64)
     return UserSequences(user_ids.filter(pa.array(keep)), offsets, items[order],
                          timestamps[order])
+
+
+def known_only(seqs: UserSequences, known_items: int) -> tuple[UserSequences, np.ndarray]:
+    """``seqs`` without the items beyond index ``known_items`` (users kept, even if left empty), and
+    where each position of ``seqs`` lands in it: (T + 1,) int64, so [a, b) maps to [at[a], at[b])."""
+    known = seqs.items <= known_items  # (T,)
+    at = np.concatenate([[0], np.cumsum(known)]).astype(np.int64)  # (T + 1,)
+    return UserSequences(seqs.user_ids, at[seqs.offsets], seqs.items[known], seqs.timestamps[known]), at
 
 
 def pad_left(flat_items: np.ndarray, starts: np.ndarray, ends: np.ndarray,
@@ -109,5 +121,17 @@ def _keep_known(codes: np.ndarray, items: np.ndarray, timestamps: np.ndarray,
     if not drop_unknown:
         raise DataError(received_expected("item_id", f"{int((~known).sum())} ids missing from "
                                           "the vocabulary", "every item in the vocabulary "
-                                          "(or drop_unknown=True)"))
+                                          "(or unknown='drop')"))
     return codes[known], items[known], timestamps[known]
+
+
+def _code_unknown(items: np.ndarray, raw: pa.ChunkedArray, vocabulary_size: int) -> np.ndarray:
+    """Items (T,) with each unknown one (0) replaced by N + 1 + its rank among the distinct unknown ids."""
+    unknown = items == 0
+    if not unknown.any():
+        return items
+    raw_unknown = raw.combine_chunks().filter(pa.array(unknown))
+    distinct = pc.unique(raw_unknown)
+    items = items.copy()
+    items[unknown] = vocabulary_size + 1 + pc.index_in(raw_unknown, value_set=distinct).to_numpy()
+    return items

@@ -5,14 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from seqrec.config import ModelConfig, TrainConfig
-from seqrec.data import read_interactions, split_by_name
-from seqrec.errors import DataError, received_expected
+from seqrec.data import EvalExamples, build_sequences, leave_one_out, read_interactions, split_by_name
+from seqrec.data.sequences import known_only
+from seqrec.errors import DataError, SchemaError, received_expected
 from seqrec.training.checkpoint import Checkpoint, load_checkpoint
-from seqrec.training.evaluation import evaluate, evaluate_by_repeat
+from seqrec.training.evaluation import (by_repeat_metrics, rank_targets, ranks_and_repeat_shares,
+                                         target_in_history)
 from seqrec.training.loop import prepare_data, train_model
+from seqrec.training.metrics import ranking_metrics
 
 
 def train(data_path: str | Path, out: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
@@ -28,19 +32,49 @@ def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, split: st
 
     With ``by_repeat`` the metrics come in three groups, ``all``, ``repeat`` (targets already in
     the user's history) and ``new``, each with the share of history items in the top 10.
-    Items unknown to the checkpoint's vocabulary are dropped from the histories first (and
-    counted in ``unknown_interactions``), since the model has no embedding for them.
+    The split is the file's own (by position, whatever the checkpoint knows). Items unknown to the
+    checkpoint's vocabulary are left out of the histories the model reads (it has no embedding for
+    them; counted in ``unknown_interactions``); a target the model cannot know, or one after a
+    history without a single known item, is a miss (``unknown_targets``, ``no_known_history``).
     """
     ckpt = load_checkpoint(checkpoint)
     table = read_interactions(data_path)
-    known = ckpt.vocab.encode(table.column("item_id")) > 0  # (rows,)
-    unknown = int(len(table) - known.sum())
-    table = table.filter(pa.array(known))
-    if len(table) == 0:
+    _check_item_type(table, ckpt, data_path)
+    raw = build_sequences(table, ckpt.vocab, unknown="keep")  # unknown items: indices beyond the vocabulary
+    examples = split_by_name(leave_one_out(raw), split)
+    seqs, at = known_only(raw, len(ckpt.vocab))
+    if len(seqs.items) == 0:
         raise DataError(received_expected(f"items of {data_path}", "none in the checkpoint's vocabulary",
                                           "interactions with items the model was trained on"))
-    data = prepare_data(table, vocab=ckpt.vocab)  # every item is known now
-    examples = split_by_name(data.split, split)
-    score = evaluate_by_repeat if by_repeat else evaluate
-    metrics = score(ckpt.model, data.seqs, examples, batch_size, exclude_history)
-    return {**metrics, "split": split, "exclude_history": exclude_history, "unknown_interactions": unknown}
+    known = EvalExamples(examples.users, at[examples.history_start], at[examples.history_end], examples.targets)
+    unknown_target = examples.targets > len(ckpt.vocab)  # (E,)
+    no_history = known.history_end == known.history_start  # (E,)
+    scorable = ~unknown_target & ~no_history
+    ranks = np.full(len(examples), MISS, dtype=np.int64)  # (E,)
+    if by_repeat:
+        shares = np.full(len(examples), np.nan)  # (E,)
+        ranks[scorable], shares[scorable] = ranks_and_repeat_shares(ckpt.model, seqs, _subset(known, scorable),
+                                                                    batch_size, exclude_history)
+        metrics = by_repeat_metrics(ranks, shares, target_in_history(raw.items, examples))
+    else:
+        ranks[scorable] = rank_targets(ckpt.model, seqs, _subset(known, scorable), batch_size, exclude_history)
+        metrics = {**ranking_metrics(ranks), "users": int(len(ranks))}
+    unknown = int(np.count_nonzero(raw.items > len(ckpt.vocab)))
+    return {**metrics, "split": split, "exclude_history": exclude_history, "unknown_interactions": unknown,
+            "unknown_targets": int(unknown_target.sum()), "no_known_history": int((no_history & ~unknown_target).sum())}
+
+
+MISS = 2**62  # the rank of a target the model cannot score: beyond every cutoff
+
+
+def _subset(examples: EvalExamples, pick: np.ndarray) -> EvalExamples:
+    return EvalExamples(examples.users[pick], examples.history_start[pick], examples.history_end[pick],
+                        examples.targets[pick])
+
+
+def _check_item_type(table: pa.Table, ckpt: Checkpoint, data_path: str | Path) -> None:
+    """Integer ids against a vocabulary of strings (or the reverse) match nothing: say so, naming the file."""
+    kind = table.schema.field("item_id").type
+    if (ckpt.vocab.raw_type == "int64") != pa.types.is_integer(kind):
+        raise SchemaError(received_expected(f"{data_path}: column 'item_id'", kind,
+                                            f"{ckpt.vocab.raw_type} ids, as the checkpoint's vocabulary holds"))

@@ -58,22 +58,36 @@ def evaluate_by_repeat(
 ) -> dict[str, dict[str, float]]:
     """Metrics for targets that repeat an item of the user's history and for new items, and the
     share of repeated and new items among each user's top ``top`` (the copy / exclude behaviour)."""
-    ranks, top_repeats = [], []
+    ranks, shares = ranks_and_repeat_shares(model, seqs, examples, batch_size, exclude_history, device, top)
+    return by_repeat_metrics(ranks, shares, target_in_history(seqs.items, examples), top)
+
+
+@torch.no_grad()
+def ranks_and_repeat_shares(model: SequentialRecommender, seqs: UserSequences, examples: EvalExamples,
+                            batch_size: int = 512, exclude_history: bool = False, device: str = "cpu",
+                            top: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Each example's 0-based target rank (E,) and the share of its top ``top`` that are history items (E,)."""
+    ranks, top_repeats = [np.zeros(0, dtype=np.int64)], [np.zeros(0)]
     for logits, targets, batch in scored_batches(model, seqs, examples, batch_size, exclude_history, device):
         ranks.append(target_ranks(logits, targets).cpu().numpy())
         in_history = mask_history(torch.zeros_like(logits), seqs.items, examples.history_start[batch],
                                   examples.history_end[batch]).isneginf()  # (B, N+1)
         top_items = logits.topk(min(top, logits.shape[1] - 1), dim=1).indices  # (B, K)
         top_repeats.append(in_history.gather(1, top_items).float().mean(1).cpu().numpy())
-    ranks_all, repeat_share = np.concatenate(ranks), np.concatenate(top_repeats)
-    repeated = target_in_history(seqs.items, examples)
-    groups = {"repeat": repeated, "new": ~repeated}
-    result = {name: {**ranking_metrics(ranks_all[pick]), "users": int(pick.sum()),
-                     f"top{top}_repeat_share": float(repeat_share[pick].mean()) if pick.any() else 0.0}
-              for name, pick in groups.items()}
-    result["all"] = {**ranking_metrics(ranks_all), "users": int(len(ranks_all)),
-                     f"top{top}_repeat_share": float(repeat_share.mean()) if len(repeat_share) else 0.0}
-    return result
+    return np.concatenate(ranks), np.concatenate(top_repeats)
+
+
+def by_repeat_metrics(ranks: np.ndarray, shares: np.ndarray, repeated: np.ndarray, top: int = 10
+                      ) -> dict[str, dict[str, float]]:
+    """``evaluate_by_repeat``'s groups from ranks (E,), top-``top`` history shares (E,; NaN where the
+    model scored nothing, left out of the share) and whether each target repeats its history (E,)."""
+    def group(pick: np.ndarray) -> dict[str, float]:
+        scored = pick & ~np.isnan(shares)
+        share = float(shares[scored].mean()) if scored.any() else 0.0
+        return {**ranking_metrics(ranks[pick]), "users": int(pick.sum()), f"top{top}_repeat_share": share}
+
+    everyone = np.ones(len(ranks), dtype=bool)
+    return {"repeat": group(repeated), "new": group(~repeated), "all": group(everyone)}
 
 
 def target_in_history(items: np.ndarray, examples: EvalExamples) -> np.ndarray:
