@@ -62,7 +62,23 @@ def data() -> None:
 @click.argument("src", type=click.Path(exists=True, dir_okay=True))
 @click.argument("dst", type=click.Path(dir_okay=False))
 def data_import(fmt: str, src: str, dst: str) -> None:
-    """Convert SRC into the canonical interactions Parquet DST."""
+    """Convert SRC into the canonical interactions Parquet DST.
+
+    \b
+    Formats (--format):
+      parquet  a Parquet file or directory of parts with columns user_id, item_id
+               (integers or strings) and optionally timestamp
+      recbole  a RecBole .inter file: a tab-separated header of 'name:type' fields
+               (user_id:token, item_id:token, optional timestamp:float), then one
+               row per interaction; quotes are read as pandas reads them, and an
+               empty or NA-like user or item is refused as a null id
+      sasrec   one 'user item' line per interaction (integers), in time order
+      s3rec    one 'user item item ...' line per user (integers), items in time
+               order; a user on two lines is refused
+
+    Text files are UTF-8 (a byte-order mark is dropped) with \\n, \\r\\n or \\r
+    line ends. Without a timestamp, the position in the user's sequence stands in.
+    """
     from seqrec.data import convert_interactions
 
     click.echo(json.dumps(convert_interactions(src, fmt, dst)))

@@ -7,9 +7,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
+from seqrec.cli import main
 from seqrec.data import FORMATS, import_interactions, interaction_stats, write_interactions
-from seqrec.errors import DataError, SchemaError
+from seqrec.errors import ConfigError, DataError, SchemaError
 
 
 def _write(path: Path, text: str) -> Path:
@@ -31,10 +33,15 @@ def test_sasrec_wrong_field_count_names_the_line(tmp_path) -> None:
         import_interactions(path, "sasrec")
 
 
-def test_sasrec_non_integer_token(tmp_path) -> None:
-    path = _write(tmp_path / "log.txt", "1 10\n2 20\n2 abc\n")
-    with pytest.raises(DataError, match=r"line 3 \| received token 'abc' in '2 abc'"):
-        import_interactions(path, "sasrec")
+@pytest.mark.parametrize("fmt, text, message", [
+    ("sasrec", "1 10\n2 20\n2 abc\n", r"line 3 \| received token 'abc' in '2 abc'"),
+    ("sasrec", "1 10\n1 11\n2 12\n2 99999999999999999999\n",  # out of the int64 range
+     r"line 4 \| received token '99999999999999999999' in '2 99999999999999999999', expected integer ids that fit"),
+    ("s3rec", "1 10 11 12\n2 13 +5 14\n", r"line 2 \| received token '\+5' in '2 13 \+5 14'"),
+])
+def test_a_token_that_is_no_int64_is_named_with_its_line(tmp_path, fmt, text, message) -> None:
+    with pytest.raises(DataError, match=message):
+        import_interactions(_write(tmp_path / "log.txt", text), fmt)
 
 
 def test_s3rec(tmp_path) -> None:
@@ -101,6 +108,107 @@ def test_unknown_format_lists_formats(tmp_path) -> None:
 def test_missing_text_file(tmp_path) -> None:
     with pytest.raises(DataError, match=r"received an unreadable file"):
         import_interactions(tmp_path / "absent.txt", "sasrec")
+
+
+def test_int64_bounds_are_ids(tmp_path) -> None:
+    path = _write(tmp_path / "log.txt", "9223372036854775807 -9223372036854775808\n")
+    table = import_interactions(path, "sasrec")
+    assert table.to_pydict()["item_id"] == [-9223372036854775808]
+
+
+@pytest.mark.parametrize(("fmt", "text"), [
+    ("sasrec", "1 10\n1 11\n"),
+    ("s3rec", "1 10 11\n"),
+    ("recbole", "user_id:token\titem_id:token\n1\t10\n1\t11\n"),
+])
+def test_utf8_byte_order_mark_is_dropped(tmp_path, fmt: str, text: str) -> None:
+    path = tmp_path / "log.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    table = import_interactions(path, fmt)
+    assert [str(user) for user in table["user_id"].to_pylist()] == ["1", "1"]
+    assert [str(item) for item in table["item_id"].to_pylist()] == ["10", "11"]
+
+
+def test_s3rec_lone_carriage_returns_end_lines(tmp_path) -> None:
+    path = tmp_path / "log.txt"
+    path.write_bytes(b"1 10 11\r2 12 13\r")
+    table = import_interactions(path, "s3rec")
+    assert table.to_pydict() == {"user_id": [1, 1, 2, 2], "item_id": [10, 11, 12, 13],
+                                 "timestamp": [0, 1, 0, 1]}
+
+
+def test_s3rec_user_on_two_lines_names_both(tmp_path) -> None:
+    path = _write(tmp_path / "log.txt", "1 10 11\n2 12\n3 13\n2 14\n1 15\n")
+    with pytest.raises(DataError, match=r"lines 2 and 4 \| received user 2 on both, expected one "
+                                        r"line per user"):
+        import_interactions(path, "s3rec")
+
+
+@pytest.mark.parametrize(("row", "column"), [
+    ("\t10\t1", "user_id"), ("1\t\t1", "item_id"), ("NA\t10\t1", "user_id"),
+])
+def test_recbole_missing_id_is_a_null(tmp_path, row: str, column: str) -> None:
+    text = f"user_id:token\titem_id:token\ttimestamp:float\n{row}\n1\t11\t50\n"
+    path = _write(tmp_path / "x.inter", text)
+    with pytest.raises(SchemaError, match=rf"recbole file '.*x\.inter': column '{column}' \| "
+                                          r"received 1 nulls, expected no nulls"):
+        import_interactions(path, "recbole")
+
+
+_QUOTED = 'user_id:token\titem_id:token\n1\t"10"\n1\t10\n2\t"a""b"\n2\ta"b\n'
+
+
+def test_recbole_quotes_are_not_part_of_the_token(tmp_path) -> None:
+    table = import_interactions(_write(tmp_path / "x.inter", _QUOTED), "recbole")
+    assert table["item_id"].to_pylist() == ["10", "10", 'a"b', 'a"b']
+
+
+def _recbole_pandas_frame(path: Path):
+    """The columns as RecBole reads them (recbole.data.dataset.Dataset._load_feat)."""
+    pd = pytest.importorskip("pandas")
+    return pd.read_csv(path, delimiter="\t", dtype=str, encoding="utf-8", engine="python")
+
+
+def test_recbole_tokens_match_recboles_pandas_reader(tmp_path) -> None:
+    path = _write(tmp_path / "x.inter", _QUOTED)
+    frame = _recbole_pandas_frame(path)
+    table = import_interactions(path, "recbole")
+    assert table["user_id"].to_pylist() == frame["user_id:token"].tolist()
+    assert table["item_id"].to_pylist() == frame["item_id:token"].tolist()
+
+
+@pytest.mark.parametrize("marker", ["", "NA", "null", "NaN", "None", "#N/A"])
+def test_recbole_missing_markers_match_recboles_pandas_reader(tmp_path, marker: str) -> None:
+    path = _write(tmp_path / "x.inter", f"user_id:token\titem_id:token\n1\t{marker}\n1\t11\n")
+    assert _recbole_pandas_frame(path)["item_id:token"].isna().tolist() == [True, False]
+    with pytest.raises(SchemaError, match=r"column 'item_id' \| received 1 nulls"):
+        import_interactions(path, "recbole")
+
+
+def test_unwritable_destination_is_named(tmp_path) -> None:
+    (tmp_path / "hand.parquet").touch()
+    dst = tmp_path / "hand.parquet" / "x.parquet"
+    table = pa.table({"user_id": [1], "item_id": [2], "timestamp": [0]})
+    with pytest.raises(ConfigError, match=r"output file '.*hand\.parquet/x\.parquet' \| received "
+                                          r"an unwritable path"):
+        write_interactions(table, dst)
+
+
+def test_cli_unwritable_destination_is_one_error_line(tmp_path) -> None:
+    src = _write(tmp_path / "log.txt", "1 10\n")
+    (tmp_path / "hand.parquet").touch()
+    result = CliRunner().invoke(main, ["data", "import", "--format", "sasrec", str(src),
+                                       str(tmp_path / "hand.parquet" / "x.parquet")])
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and result.output.startswith("Error: output file ")
+
+
+def test_cli_import_help_describes_every_format() -> None:
+    result = CliRunner().invoke(main, ["data", "import", "--help"])
+    described = {line.split()[0] for line in result.output.splitlines() if line.startswith("    ")
+                 and line.split() and line.split()[0] in FORMATS}
+    assert described == set(FORMATS)
+    assert "'user item'" in result.output and "'user item item ...'" in result.output
 
 
 @pytest.mark.parametrize(("name", "fmt", "users", "items", "interactions"), [

@@ -16,9 +16,14 @@ import pyarrow.parquet as pq
 
 from seqrec.config import IMPORT_FORMATS as FORMATS
 from seqrec.data.schema import read_interactions, validate_interactions
-from seqrec.errors import DataError, SchemaError, received_expected
+from seqrec.errors import ConfigError, DataError, SchemaError, received_expected
 
 _RECBOLE_FIELDS = ("user_id", "item_id", "timestamp")
+# What pandas.read_csv (RecBole's reader) takes for a missing value by default; RecBole drops
+# rows whose user or item is missing, we refuse them as null ids.
+_PANDAS_NA_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
+                     "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a",
+                     "nan", "null"]
 
 
 def import_interactions(src: str | Path, fmt: str) -> pa.Table:
@@ -31,10 +36,17 @@ def import_interactions(src: str | Path, fmt: str) -> pa.Table:
 
 
 def write_interactions(table: pa.Table, dst: str | Path) -> Path:
-    """Write ``table`` as zstd-compressed Parquet at ``dst``, creating parent directories."""
+    """Write ``table`` as zstd-compressed Parquet at ``dst``, creating parent directories.
+
+    ConfigError naming ``dst`` when it cannot be created or written.
+    """
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, dst, compression="zstd")
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, dst, compression="zstd")
+    except (OSError, pa.ArrowException) as err:
+        raise ConfigError(received_expected(f"output file '{dst}'", f"an unwritable path ({err})",
+                                            "a file path this user can create and write")) from err
     return dst
 
 
@@ -44,6 +56,9 @@ def read_recbole(path: Path) -> pa.Table:
     The user, item and timestamp fields are found by the name before the colon; ids are read as
     strings (RecBole tokens), a float timestamp must hold whole numbers. Without a timestamp
     field, the position of each row within its user's rows (file order) stands in for it.
+    Fields are read as RecBole reads them (pandas defaults): a double-quoted field loses its
+    quotes, and an empty or NA-like field ('NA', 'null', 'NaN', ...) is missing, so a row
+    without a user or item is refused as a null id.
     """
     source = f"recbole file '{path}'"
     header = _recbole_header(path, source)
@@ -86,7 +101,8 @@ def read_s3rec(path: Path) -> pa.Table:
     """Read S3Rec text: one ``user item item ...`` line per user, items in time order.
 
     The timestamp is the position of the item within its user (0, 1, 2, ...). A line with a
-    user and no items contributes nothing; blank lines are skipped.
+    user and no items contributes nothing; blank lines are skipped. A user on two lines is
+    refused (S3Rec reads each line as a sequence of its own).
     """
     source = f"s3rec file '{path}'"
     lines = _read_lines(path, source)
@@ -96,15 +112,35 @@ def read_s3rec(path: Path) -> pa.Table:
     is_user = np.zeros(values.size, dtype=bool)
     is_user[line_start[counts > 0]] = True
     users = values[is_user]
+    _check_one_line_per_user(users, line_of_token[is_user], source)
     owner = np.cumsum(is_user) - 1  # index into users of each token's line
     table = pa.table({"user_id": users[owner[~is_user]], "item_id": values[~is_user]})
     return validate_interactions(table, source=source)
 
 
+def _check_one_line_per_user(users: np.ndarray, user_lines: np.ndarray, source: str) -> None:
+    """DataError naming both lines of the first user (in file order) found on a second line."""
+    order = np.argsort(users, kind="stable")
+    repeats = np.flatnonzero(users[order][1:] == users[order][:-1])
+    if not repeats.size:
+        return
+    first_repeat = repeats[np.argmin(order[repeats + 1])]
+    earlier, later = order[first_repeat], order[first_repeat + 1]
+    raise DataError(
+        received_expected(f"{source}, lines {user_lines[earlier] + 1} and {user_lines[later] + 1}",
+                          f"user {users[later]} on both",
+                          "one line per user holding all of that user's items")
+    )
+
+
 def _read_lines(path: Path, source: str) -> pa.Array:
-    """Return the file's lines as an Arrow string array (trailing newline gives no line)."""
+    """Return the file's lines as an Arrow string array (trailing newline gives no line).
+
+    Read as Python's text mode does: a UTF-8 byte-order mark is dropped, and '\\n', '\\r\\n' and
+    a lone '\\r' all end a line.
+    """
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(received_expected(source, f"an unreadable file ({err})",
                                           "a readable UTF-8 text file")) from err
@@ -134,9 +170,7 @@ def _parse_ints(tokens: pa.Array, line_of_token: np.ndarray, lines: pa.Array,
     try:
         return pc.cast(tokens, pa.int64()).to_numpy()
     except pa.ArrowInvalid:
-        pass
-    ok = pc.match_substring_regex(tokens, r"^[+-]?[0-9]+$").to_numpy(zero_copy_only=False)
-    first = int(np.flatnonzero(~ok)[0]) if (~ok).any() else 0
+        first = _first_unparsable(tokens)
     line = int(line_of_token[first])
     raise DataError(
         received_expected(f"{source}, line {line + 1}",
@@ -145,10 +179,34 @@ def _parse_ints(tokens: pa.Array, line_of_token: np.ndarray, lines: pa.Array,
     )
 
 
+def _parses_as_int64(tokens: pa.Array) -> bool:
+    """Whether Arrow casts every token to int64 (digits with an optional '-', in range)."""
+    try:
+        pc.cast(tokens, pa.int64())
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _first_unparsable(tokens: pa.Array) -> int:
+    """Index of the first token that does not cast to int64 (some token must fail).
+
+    Bisects with whole-slice casts, so the rule is exactly Arrow's and the cost stays linear.
+    """
+    good, bad = 0, len(tokens)  # tokens[:good] cast; tokens[:bad] do not
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        if _parses_as_int64(tokens.slice(good, middle - good)):
+            good = middle
+        else:
+            bad = middle
+    return bad - 1
+
+
 def _recbole_header(path: Path, source: str) -> dict[str, str]:
     """Map field name (before the colon) to the full header column of a RecBole file."""
     try:
-        with path.open("r", encoding="utf-8") as handle:
+        with path.open("r", encoding="utf-8-sig") as handle:
             first = handle.readline().rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(received_expected(source, f"an unreadable file ({err})",
@@ -170,8 +228,10 @@ def _read_csv(path: Path, source: str, columns: list[str],
     try:
         return pacsv.read_csv(
             path,
-            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
-            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=columns),
+            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char='"', double_quote=True),
+            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=columns,
+                                                 null_values=_PANDAS_NA_VALUES,
+                                                 strings_can_be_null=True),
         )
     except (OSError, pa.ArrowException) as err:
         raise DataError(received_expected(source, f"a malformed file ({err})",

@@ -22,6 +22,7 @@ _GLOBAL_MIX = 0.1  # share of taste draws taken from global popularity instead
 _OWN_CLUSTER_SUCCESSORS = 0.8  # share of an item's successors drawn from its own cluster
 _RESAMPLE_ROUNDS = 4  # popularity re-draws before falling back to a uniform unseen item
 _START_TIME = 1_600_000_000  # seconds since the epoch of the earliest first interaction
+_DEFAULT_TASTE_CLUSTERS = 20  # capped at the number of items when taste_clusters is not given
 
 
 @dataclass
@@ -35,13 +36,15 @@ class SynthConfig:
     min_length: int = 5
     max_length: int = 50
     zipf_exponent: float = 1.1
-    taste_clusters: int = 20
+    taste_clusters: int | None = None  # None: min(20, items)
     transitions_per_item: int = 5
     transition_prob: float = 0.6
     repeat_window: int = 10
 
     def __post_init__(self) -> None:
-        """Raise ConfigError for any value out of range."""
+        """Resolve the default taste_clusters; raise ConfigError for any value out of range."""
+        if self.taste_clusters is None:
+            self.taste_clusters = min(_DEFAULT_TASTE_CLUSTERS, self.items)
         checks = [
             ("users", self.users >= 1, "an integer >= 1"),
             ("items", self.items >= 2, "an integer >= 2"),
