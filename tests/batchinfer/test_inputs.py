@@ -84,6 +84,18 @@ def test_a_long_log_is_ordered_by_timestamp_within_a_user_ties_in_file_order():
     assert [row["history"] for row in rows[1:]] == [[5], [6]]  # null user ids never merge
 
 
+def test_a_long_log_keeps_sub_second_order_as_training_does():
+    """1.7 s and 1.2 s floor to one second; the item at 1.2 s comes first in scoring as in training."""
+    from seqrec.data.schema import validate_interactions
+
+    times = pa.array([1700, 1200, 5000], pa.timestamp("ms"))
+    batch = pa.RecordBatch.from_pydict({"user_id": [1, 1, 1], "item_id": [20, 10, 30], "timestamp": times})
+    row = pa.Table.from_batches(list(group_long(iter([batch]), timestamps=True))).to_pylist()[0]
+    trained = validate_interactions(pa.Table.from_batches([batch]))
+    assert row["history"] == trained.column("item_id").to_pylist() == [10, 20, 30]
+    assert row["timestamps"] == trained.column("timestamp").to_pylist() == [1, 1, 5]
+
+
 def test_timestamps_become_seconds_as_training_reads_them():
     from seqrec.batchinfer.inputs import seconds
     from seqrec.data.schema import validate_interactions
@@ -91,4 +103,5 @@ def test_timestamps_become_seconds_as_training_reads_them():
     times = pa.array([-1500, 1500, 0, None], pa.timestamp("ms", tz="UTC"))
     assert seconds(times).to_pylist() == [-2, 1, 0, None]
     table = pa.table({"user_id": [1, 1, 1], "item_id": [1, 2, 3], "timestamp": times.slice(0, 3)})
-    assert validate_interactions(table).column("timestamp").to_pylist() == seconds(times.slice(0, 3)).to_pylist()
+    trained = validate_interactions(table)  # rows in time order: -1.5 s, 0 s, 1.5 s
+    assert trained.column("timestamp").to_pylist() == sorted(seconds(times.slice(0, 3)).to_pylist())

@@ -40,8 +40,19 @@ def test_timestamp_type_becomes_int64_seconds() -> None:
                                                                   500000, tzinfo=timezone.utc)]
     table = pa.table({"user_id": [1, 1], "item_id": [1, 2],
                       "timestamp": pa.array(moments, pa.timestamp("ms", tz="UTC"))})
+    out = validate_interactions(table)  # rows in time order first: 1969 before 2024
+    assert out.to_pydict() == {"user_id": [1, 1], "item_id": [2, 1], "timestamp": [-2, 1_704_067_200]}  # floored
+
+
+def test_sub_second_timestamps_order_the_rows_before_they_are_floored() -> None:
+    """1.7 s and 1.2 s floor to the same second; the item at 1.2 s must still come first."""
+    table = pa.table({"user_id": [1, 1, 1, 1], "item_id": [20, 10, 30, 40],
+                      "timestamp": pa.array([1700, 1200, 5000, 9000], pa.timestamp("ms"))})
     out = validate_interactions(table)
-    assert out.column("timestamp").to_pylist() == [1_704_067_200, -2]  # floor, not truncation
+    assert out.column("item_id").to_pylist() == [10, 20, 30, 40]
+    assert out.column("timestamp").to_pylist() == [1, 1, 5, 9]
+    whole = pa.table({"user_id": [1, 1], "item_id": [2, 1], "timestamp": pa.array([2000, 1000], pa.timestamp("ms"))})
+    assert validate_interactions(whole).column("item_id").to_pylist() == [2, 1]  # whole seconds: file order kept
 
 
 def test_whole_float_timestamps_are_cast() -> None:
@@ -93,9 +104,47 @@ def test_zero_rows() -> None:
 
 
 def test_unsigned_ids_out_of_int64_range() -> None:
-    table = pa.table({"user_id": pa.array([2**63], pa.uint64()), "item_id": [1]})
-    with pytest.raises(SchemaError, match=r"column 'user_id' \| received uint64"):
+    """User ids only group rows: uint64 ones stay uint64. Item ids index a vocabulary of int64."""
+    table = pa.table({"user_id": pa.array([2**64 - 1], pa.uint64()), "item_id": [1]})
+    assert validate_interactions(table).column("user_id").to_pylist() == [2**64 - 1]
+    table = pa.table({"user_id": [1], "item_id": pa.array([2**63], pa.uint64())})
+    with pytest.raises(SchemaError, match=r"column 'item_id' \| received uint64"):
         validate_interactions(table)
+
+
+def test_zero_rows_of_the_null_type_say_zero_rows() -> None:
+    table = pa.table({"user_id": pa.array([], pa.null()), "item_id": pa.array([], pa.null())})
+    with pytest.raises(DataError, match=r"received 0 rows, expected at least one interaction"):
+        validate_interactions(table)
+
+
+def test_parts_are_read_each_with_its_own_schema(tmp_path) -> None:
+    """A directory is not read with its first part's schema: narrower integer types widen, and a part
+    that differs in kind (timestamp missing, text ids for integers) is refused by name."""
+    (tmp_path / "widths").mkdir()
+    pq.write_table(pa.table({"user_id": pa.array([1, 1], pa.int32()), "item_id": [1, 2]}),
+                   tmp_path / "widths" / "part-0.parquet")
+    pq.write_table(pa.table({"user_id": [2**40, 2**40], "item_id": [1, 2]}), tmp_path / "widths" / "part-1.parquet")
+    assert read_interactions(tmp_path / "widths").column("user_id").to_pylist() == [1, 1, 2**40, 2**40]
+    cases = {"times": ({"user_id": [1, 1], "item_id": [1, 2]}, {"user_id": [2, 2], "item_id": [6, 5],
+                                                                "timestamp": [30, 20]}, "timestamp int64"),
+             "kinds": ({"user_id": ["a", "a"], "item_id": ["007", "7"]}, {"user_id": ["b", "b"], "item_id": [7, 8]},
+                       "item_id int64")}
+    for name, (first, second, received) in cases.items():
+        (tmp_path / name).mkdir()
+        pq.write_table(pa.table(first), tmp_path / name / "part-0.parquet")
+        pq.write_table(pa.table(second), tmp_path / name / "part-1.parquet")
+        with pytest.raises(SchemaError, match=rf"part-1.parquet' \| received .*{received}.*, as in '.*part-0.parquet'"):
+            read_interactions(tmp_path / name)
+
+
+def test_folder_names_are_not_columns(tmp_path) -> None:
+    """Hive-style folders would turn user '007' into the integer 7, merging it with user '7'."""
+    for user in ("007", "7"):
+        (tmp_path / f"user_id={user}").mkdir()
+        pq.write_table(pa.table({"item_id": [1, 2, 3]}), tmp_path / f"user_id={user}" / "p.parquet")
+    with pytest.raises(SchemaError, match=r"user_id=007/p.parquet': column 'user_id' \| received columns \['item_id'\]"):
+        read_interactions(tmp_path)
 
 
 def test_read_parquet_file_and_directory(tmp_path) -> None:

@@ -155,9 +155,11 @@ def _as_lists(table: pa.Table, starts: np.ndarray, first_row: int, timestamps: b
     users = table.column("user_id").combine_chunks()
     columns = {"user_id": users.cast(_id_type(users.type)).take(pa.array(starts))}
     if timestamps:
-        times = seconds(table.column("timestamp").combine_chunks())
+        raw = table.column("timestamp").combine_chunks()
+        times = seconds(raw)
+        key = raw.cast(pa.int64()) if pa.types.is_timestamp(raw.type) else times  # sub-second order, as training
         group = np.repeat(np.arange(len(starts)), np.diff(offsets))
-        order = np.lexsort((pc.fill_null(times, np.iinfo(np.int64).min).to_numpy(), group))  # stable
+        order = np.lexsort((pc.fill_null(key, np.iinfo(np.int64).min).to_numpy(), group))  # stable
         items, times = items.take(pa.array(order)), times.take(pa.array(order))
     columns["history"] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), items)
     if timestamps:

@@ -27,18 +27,23 @@ _UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 def validate_interactions(table: pa.Table, source: str = "input") -> pa.Table:
     """Check ``table`` and return its canonical form (user_id, item_id, timestamp int64).
 
-    Integer ids become ``int64``; string, large_string and dictionary-encoded ids become
-    ``string``. Extra columns are dropped. Raises SchemaError for a missing, mistyped or
-    null-holding column, DataError for a table without rows.
+    Integer ids become ``int64`` (user ids of type ``uint64`` stay ``uint64``: they only group
+    rows, and above 2**63 - 1 they have no int64); string, large_string and dictionary-encoded ids
+    become ``string``. Extra columns are dropped. Rows whose timestamps differ within a second
+    are put in time order before the timestamps are floored to seconds, so the order survives.
+    Raises SchemaError for a missing, mistyped or null-holding column, DataError for a table
+    without rows.
     """
     for name in ID_COLUMNS:
         _require_column(table, name, source)
-    ids = {name: _id_column(table.column(name), name, source) for name in ID_COLUMNS}
-    timestamps = None
-    if TIMESTAMP in table.column_names:
-        timestamps = _timestamp_column(table.column(TIMESTAMP), source)
     if table.num_rows == 0:
         raise DataError(received_expected(source, "0 rows", "at least one interaction"))
+    timestamps = None
+    if TIMESTAMP in table.column_names:
+        _check_nulls(table.column(TIMESTAMP), TIMESTAMP, source)
+        table = _in_sub_second_order(table)
+        timestamps = _timestamp_column(table.column(TIMESTAMP), source)
+    ids = {name: _id_column(table.column(name), name, source) for name in ID_COLUMNS}
     if timestamps is None:
         positions = group_positions(group_codes(ids["user_id"]))
         timestamps = pa.chunked_array([pa.array(positions, pa.int64())])
@@ -48,9 +53,22 @@ def validate_interactions(table: pa.Table, source: str = "input") -> pa.Table:
 
 
 def read_interactions(path: str | Path) -> pa.Table:
-    """Read a Parquet file (or a directory of parts) and validate it."""
+    """Read a Parquet file, or a directory of parts (``*.parquet`` at any depth, names starting with
+    ``_`` or ``.`` skipped, read in path order), and validate it.
+
+    Every part is read with its own schema and must agree with the first on the id types and on
+    having a timestamp; folder names are not read as columns (no Hive partitioning), so a part
+    without ``user_id`` is refused rather than given ids parsed from a folder name.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return validate_interactions(_read_parts(path), source=f"parquet input '{path}'")
+    return validate_interactions(_read_parquet(path), source=f"parquet input '{path}'")
+
+
+def _read_parquet(path: Path) -> pa.Table:
     try:
-        table = pq.read_table(path)
+        return pq.read_table(path, partitioning=None)
     except (OSError, pa.ArrowException, ValueError) as err:
         text_formats = ",".join(fmt for fmt in IMPORT_FORMATS if fmt != "parquet")
         raise DataError(
@@ -58,7 +76,70 @@ def read_interactions(path: str | Path) -> pa.Table:
                               "a Parquet file or a directory of Parquet parts (text logs convert with "
                               f"`seqrec data import SRC DST --format {{{text_formats}}}`)")
         ) from err
-    return validate_interactions(table, source=f"parquet input '{path}'")
+
+
+def _read_parts(directory: Path) -> pa.Table:
+    """The parts of ``directory`` in one table, each column in one type; SchemaError naming a part that
+    differs from the first in its columns' kinds."""
+    paths = sorted(part for part in directory.rglob("*.parquet")
+                   if not any(name.startswith(("_", ".")) for name in part.relative_to(directory).parts))
+    if not paths:
+        raise DataError(received_expected(f"parquet input '{directory}'", "a directory without *.parquet parts",
+                                          "a Parquet file or a directory of Parquet parts"))
+    tables = [(part, _read_parquet(part)) for part in paths]
+    kinds = [(part, _column_kinds(table, f"parquet part '{part}'")) for part, table in tables]
+    first_part, first = kinds[0]
+    for part, kind in kinds[1:]:
+        if kind != first:
+            raise SchemaError(received_expected(f"parquet part '{part}'", _describe(kind),
+                                                f"{_describe(first)}, as in '{first_part}'"))
+    return pa.concat_tables([_unified(table, first) for _, table in tables])
+
+
+def _column_kinds(table: pa.Table, source: str) -> dict[str, str]:
+    """Each column's kind as the canonical table will hold it: int64, uint64, string, timestamp, float."""
+    for name in ID_COLUMNS:
+        _require_column(table, name, source)
+    names = [name for name in CANONICAL_COLUMNS if name in table.column_names]
+    return {name: _kind(table.schema.field(name).type) for name in names}
+
+
+def _kind(kind: pa.DataType) -> str:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if kind == pa.uint64():
+        return "uint64"
+    if pa.types.is_integer(kind):
+        return "int64"
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return "string"
+    if pa.types.is_timestamp(kind):
+        return "timestamp"
+    return "float" if pa.types.is_floating(kind) else str(kind)  # anything else fails in validation
+
+
+def _describe(kinds: dict[str, str]) -> str:
+    return ", ".join(f"{name} {kind}" for name, kind in kinds.items()) + ("" if TIMESTAMP in kinds else ", no timestamp")
+
+
+def _unified(table: pa.Table, kinds: dict[str, str]) -> pa.Table:
+    """The part's columns of ``kinds`` cast to one type per kind (timestamps to ns since the epoch, UTC)."""
+    types = {"int64": pa.int64(), "uint64": pa.uint64(), "string": pa.string(), "timestamp": pa.timestamp("ns"),
+             "float": pa.float64()}
+    return pa.table({name: table.column(name).cast(types.get(kind, table.schema.field(name).type))
+                     for name, kind in kinds.items()})
+
+
+def _in_sub_second_order(table: pa.Table) -> pa.Table:
+    """``table`` in the order of its finer-than-second timestamps (stable), or as it is when flooring
+    to seconds loses no order (integer or float seconds, or whole seconds in a finer unit)."""
+    kind = table.schema.field(TIMESTAMP).type
+    if not pa.types.is_timestamp(kind) or kind.unit == "s":
+        return table
+    raw = table.column(TIMESTAMP).combine_chunks().cast(pa.int64()).to_numpy()
+    if not np.any(raw % _UNIT_PER_SECOND[kind.unit]):
+        return table
+    return table.take(pa.array(np.argsort(raw, kind="stable")))
 
 
 def group_codes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -111,14 +192,14 @@ def _id_column(column: pa.ChunkedArray, name: str, source: str) -> pa.ChunkedArr
             received_expected(f"{source}: column '{name}'", kind, "an integer or string type")
         )
     _check_nulls(column, name, source)
-    target = pa.int64() if pa.types.is_integer(kind) else pa.string()
+    target = pa.string() if not pa.types.is_integer(kind) else pa.uint64() if (kind, name) == (
+        pa.uint64(), "user_id") else pa.int64()
     return _cast(column, target, name, source)
 
 
 def _timestamp_column(column: pa.ChunkedArray, source: str) -> pa.ChunkedArray:
     """Return the timestamp column as int64 (seconds for timestamp types)."""
     kind = column.type
-    _check_nulls(column, TIMESTAMP, source)
     if pa.types.is_integer(kind):
         return _cast(column, pa.int64(), TIMESTAMP, source)
     if pa.types.is_timestamp(kind):
