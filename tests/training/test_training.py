@@ -131,6 +131,17 @@ def test_eval_names_the_file_when_its_id_type_cannot_match_the_vocabulary(tiny_c
         evaluate_checkpoint(tiny_checkpoint, tmp_path / "text.parquet", "test")
 
 
+def test_eval_refuses_a_file_without_times_for_a_model_that_reads_them(tiny_checkpoints, tmp_path):
+    rng = np.random.default_rng(0)
+    table = pa.table({"user_id": np.repeat(np.arange(20), 5), "item_id": rng.integers(1000, 1060, 100)})
+    pq.write_table(table, tmp_path / "no_times.parquet")  # the tiny checkpoints' items, no timestamp column
+    checkpoint = tiny_checkpoints("hstu", "softmax", num_items=60)  # a random time bias: it reads times
+    with pytest.raises(SchemaError, match="no_times.parquet \\| received interactions without timestamps"):
+        evaluate_checkpoint(checkpoint, tmp_path / "no_times.parquet", "test")
+    plain = tiny_checkpoints("hstu", "softmax", num_items=60, time_bias=False)
+    assert evaluate_checkpoint(plain, tmp_path / "no_times.parquet", "test")["users"] > 0
+
+
 def test_missing_checkpoint_file_is_a_typed_error(tiny_checkpoint, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -41,6 +41,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, split: st
     table = read_interactions(data_path)
     _check_item_type(table, ckpt, data_path)
     raw = build_sequences(table, ckpt.vocab, unknown="keep")  # unknown items: indices beyond the vocabulary
+    if ckpt.model.reads_timestamps() and not raw.has_times:  # scored without them, its time bias would be off
+        raise SchemaError(received_expected(f"{data_path}", "interactions without timestamps",
+                                            "a 'timestamp' column: the model reads timestamps"))
     examples = split_by_name(leave_one_out(raw), split)
     seqs, at = known_only(raw, len(ckpt.vocab))
     if len(seqs.items) == 0:
