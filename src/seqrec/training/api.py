@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow as pa
 
 from seqrec.config import ModelConfig, TrainConfig
-from seqrec.data import EvalExamples, build_sequences, leave_one_out, read_interactions, split_by_name
+from seqrec.data import (EvalExamples, UserSequences, build_sequences, leave_one_out, read_interactions,
+                         split_by_name)
 from seqrec.data.sequences import known_only
 from seqrec.errors import DataError, SchemaError, received_expected
 from seqrec.training.checkpoint import Checkpoint, load_checkpoint
@@ -38,12 +39,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, split: st
     history without a single known item, is a miss (``unknown_targets``, ``no_known_history``).
     """
     ckpt = load_checkpoint(checkpoint)
-    table = read_interactions(data_path)
-    _check_item_type(table, ckpt, data_path)
-    raw = build_sequences(table, ckpt.vocab, unknown="keep")  # unknown items: indices beyond the vocabulary
-    if ckpt.model.reads_timestamps() and not raw.has_times:  # scored without them, its time bias would be off
-        raise SchemaError(received_expected(f"{data_path}", "interactions without timestamps",
-                                            "a 'timestamp' column: the model reads timestamps"))
+    raw = _sequences_for(ckpt, data_path)  # unknown items: indices beyond the vocabulary
     examples = split_by_name(leave_one_out(raw), split)
     seqs, at = known_only(raw, len(ckpt.vocab))
     if len(seqs.items) == 0:
@@ -52,7 +48,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, split: st
     known = EvalExamples(examples.users, at[examples.history_start], at[examples.history_end], examples.targets)
     unknown_target = examples.targets > len(ckpt.vocab)  # (E,)
     no_history = known.history_end == known.history_start  # (E,)
-    scorable = ~unknown_target & ~no_history
+    scorable = ~unknown_target & ~no_history  # (E,)
     ranks = np.full(len(examples), MISS, dtype=np.int64)  # (E,)
     if by_repeat:
         shares = np.full(len(examples), np.nan)  # (E,)
@@ -62,9 +58,24 @@ def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, split: st
     else:
         ranks[scorable] = rank_targets(ckpt.model, seqs, _subset(known, scorable), batch_size, exclude_history)
         metrics = {**ranking_metrics(ranks), "users": int(len(ranks))}
-    unknown = int(np.count_nonzero(raw.items > len(ckpt.vocab)))
-    return {**metrics, "split": split, "exclude_history": exclude_history, "unknown_interactions": unknown,
+    return {**metrics, "split": split, "exclude_history": exclude_history,
+            "unknown_interactions": int(np.count_nonzero(raw.items > len(ckpt.vocab))),
             "unknown_targets": int(unknown_target.sum()), "no_known_history": int((no_history & ~unknown_target).sum())}
+
+
+def _sequences_for(ckpt: Checkpoint, data_path: str | Path) -> UserSequences:
+    """The file's sequences with every item kept (unknown ones beyond the vocabulary); typed errors when the
+    file's ids cannot match the vocabulary or it lacks the timestamps the model reads."""
+    table = read_interactions(data_path)
+    kind = table.schema.field("item_id").type
+    if (ckpt.vocab.raw_type == "int64") != pa.types.is_integer(kind):  # they would match nothing
+        raise SchemaError(received_expected(f"{data_path}: column 'item_id'", kind,
+                                            f"{ckpt.vocab.raw_type} ids, as the checkpoint's vocabulary holds"))
+    raw = build_sequences(table, ckpt.vocab, unknown="keep")
+    if ckpt.model.reads_timestamps() and not raw.has_times:  # scored without them, its time bias would be off
+        raise SchemaError(received_expected(f"{data_path}", "interactions without timestamps",
+                                            "a 'timestamp' column: the model reads timestamps"))
+    return raw
 
 
 MISS = 2**62  # the rank of a target the model cannot score: beyond every cutoff
@@ -73,11 +84,3 @@ MISS = 2**62  # the rank of a target the model cannot score: beyond every cutoff
 def _subset(examples: EvalExamples, pick: np.ndarray) -> EvalExamples:
     return EvalExamples(examples.users[pick], examples.history_start[pick], examples.history_end[pick],
                         examples.targets[pick])
-
-
-def _check_item_type(table: pa.Table, ckpt: Checkpoint, data_path: str | Path) -> None:
-    """Integer ids against a vocabulary of strings (or the reverse) match nothing: say so, naming the file."""
-    kind = table.schema.field("item_id").type
-    if (ckpt.vocab.raw_type == "int64") != pa.types.is_integer(kind):
-        raise SchemaError(received_expected(f"{data_path}: column 'item_id'", kind,
-                                            f"{ckpt.vocab.raw_type} ids, as the checkpoint's vocabulary holds"))
