@@ -42,7 +42,7 @@ def test_every_configuration_is_in_the_json(profiled):
             assert m["status"] == "ok" and m["calls"] == 3, m
             assert 0 < m["p50_ms"] <= m["p99_ms"] and m["users_per_second"] > 0
             assert m["users_per_second"] == pytest.approx(m["batch_size"] * 3 / m["timed_seconds"], rel=0.01)
-        assert m["weights"] == ("trained" if m["catalog_size"] == 300 else "random (seed 0)")
+        assert m["weights"] == ("trained" if m["catalog_size"] == 300 else "trained, random item table (seed 0)")
         assert m["length"] == 12  # the model's window
 
 
@@ -86,6 +86,15 @@ def test_plot_is_a_png(profiled):
     assert path.read_bytes()[:8] == PNG_MAGIC
     height, width, channels = matplotlib.image.imread(path).shape
     assert width > 2 * height > 0 and channels in (3, 4)  # one panel per catalog size, side by side
+
+
+def test_other_catalog_sizes_run_the_checkpoints_graph(tiny_checkpoints, tmp_path):
+    """An HSTU whose trained time bias reads timestamps keeps that input at every catalog size: the other
+    sizes swap in a random item table and keep every other weight, so onnxruntime is measured, not skipped."""
+    config = ProfileConfig(model=str(tiny_checkpoints("hstu", "softmax")), out=str(tmp_path), backends=("onnxruntime",),
+                           batch_sizes=(4,), catalog_sizes=(300, 400), iterations=2, warmup=0, threads=1)
+    report = profile(config, echo=lambda line: None)
+    assert [(m["catalog_size"], m["status"]) for m in report["measurements"]] == [(300, "ok"), (400, "ok")]
 
 
 def test_precisions_a_backend_does_not_run_are_skipped(tiny_checkpoints):

@@ -265,7 +265,7 @@ def score_command(model: str, input_: str, print_config: bool, quiet: bool, **op
 @click.option("--backends", type=CommaList(), default=",".join(SCORE_BACKENDS), show_default=True)
 @click.option("--batch-sizes", type=CommaList(int, "integers"), default="1,32,256,1024", show_default=True)
 @click.option("--catalog-sizes", type=CommaList(int, "integers"),
-              help="items in the catalog; sizes other than the model's run its architecture with random weights  "
+              help="items in the catalog; sizes other than the model's run it with a random item table of that size  "
                    "[default: the model's]")
 @click.option("--precisions", type=CommaList(), default="fp32", show_default=True,
               help=f"any of {','.join(PROFILE_PRECISIONS)}; combinations a backend does not run are skipped")

@@ -1,6 +1,7 @@
 """Every registered model x head exports to ONNX and matches PyTorch through ONNX Runtime on CPU."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -73,6 +74,66 @@ def test_broken_graph_is_refused_and_marked_invalid(tiny_checkpoints, tmp_path, 
     assert json.loads((out / "manifest.json").read_text())["valid"] is False
     with pytest.raises(ExportError, match="parity check failed"):
         load_bundle(out)
+
+
+def test_a_failed_export_over_a_bundle_keeps_it_in_service(tiny_checkpoints, tmp_path, monkeypatch):
+    from seqrec.exporter import validate
+
+    checkpoint, out = tiny_checkpoints("sasrec", "softmax"), tmp_path / "bundle"
+    export_checkpoint(checkpoint, out, ExportConfig(validation_users=8), echo=lambda s: None)
+    served = (out / "model.onnx").read_bytes()
+    original = validate.compare_case
+    monkeypatch.setattr(validate, "compare_case", lambda name, graph, spec, feed, outputs: original(
+        name, graph, spec, feed, {**outputs, "top_items": outputs["top_items"][:, ::-1].copy()}))
+    with pytest.raises(ExportMismatchError, match=r"marked invalid, is in '.*bundle.failed'; '.*bundle' keeps"):
+        export_checkpoint(checkpoint, out, ExportConfig(validation_users=8, top_k=5), echo=lambda s: None)
+    assert load_bundle(out).manifest["valid"] and (out / "model.onnx").read_bytes() == served
+    assert json.loads((tmp_path / "bundle.failed" / "manifest.json").read_text())["valid"] is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "bundle.failed"]  # no staging left behind
+
+
+def test_out_must_be_a_bundle_an_empty_directory_or_absent(tiny_checkpoints, tmp_path, monkeypatch):
+    """Anything else at --out would be deleted by the atomic replace: refused before any work."""
+    checkpoint = tiny_checkpoints("sasrec", "softmax")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("important")
+    (tmp_path / "afile").write_text("x")
+    refusals = {tmp_path / "notes": "a directory that is not a seqrec bundle", tmp_path / "afile": "received a file",
+                checkpoint: "the checkpoint", checkpoint.parent: "or a directory holding it"}
+    for out, message in refusals.items():
+        with pytest.raises(ConfigError, match=message):
+            export_checkpoint(checkpoint, out, ExportConfig(validation_users=8), echo=lambda s: None)
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "important" and (checkpoint / "config.json").is_file()
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path / "empty")
+    old_umask = os.umask(0o022)
+    try:
+        export_checkpoint(checkpoint, ".", ExportConfig(validation_users=8), echo=lambda s: None)  # '.' works too
+    finally:
+        os.umask(old_umask)
+    assert load_bundle(tmp_path / "empty").manifest["valid"]
+    assert (tmp_path / "empty").stat().st_mode & 0o777 == 0o755  # readable by a service, not mkdtemp's 0700
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "empty", "notes"]
+
+
+def test_custom_pointer_op_is_refused_where_the_graph_has_no_history_scatter(tiny_checkpoints, tmp_path):
+    cases = [("softmax", False, "head 'softmax'"), ("cpr", True, "head 'cpr', variant 'CPR:20\\+Mi', exclude_seen True")]
+    for head, exclude_seen, received in cases:
+        with pytest.raises(ConfigError, match=rf"--pointer-op custom \| received {received}"):
+            export_checkpoint(tiny_checkpoints("sasrec", head), tmp_path / "b",
+                              ExportConfig(pointer_op="custom", exclude_seen=exclude_seen), echo=lambda s: None)
+
+
+def test_tensorrt_topk_limit_counts_the_candidates_not_the_window(tiny_checkpoints):
+    from seqrec.exporter.tensorrt import check_topk_sizes
+    from seqrec.training import load_checkpoint
+
+    softmax = load_checkpoint(tiny_checkpoints("sasrec", "softmax")).model
+    check_topk_sizes(softmax, 3840)  # the window (12) never enters a TopK
+    cpr = load_checkpoint(tiny_checkpoints("sasrec", "cpr")).model  # CPR:20+Mi
+    check_topk_sizes(cpr, 3820)
+    with pytest.raises(ConfigError, match=r"received 3841, expected <= 3840"):
+        check_topk_sizes(cpr, 3821)
 
 
 def test_bad_export_options_are_typed_errors(tiny_checkpoints, tmp_path):

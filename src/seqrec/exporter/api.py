@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import shutil
 import tempfile
 import time
@@ -13,8 +14,9 @@ from typing import Callable
 import torch
 
 from seqrec.config import ExportConfig
-from seqrec.errors import ConfigError, received_expected
-from seqrec.exporter.bundle import ONNX_FILE, PLAN_FILE, VOCAB_FILE, Bundle, graph_signature, write_manifest
+from seqrec.errors import ConfigError, ExportMismatchError, received_expected
+from seqrec.exporter.bundle import (MANIFEST_FILE, ONNX_FILE, PLAN_FILE, VOCAB_FILE, Bundle, graph_signature,
+                                    write_manifest)
 from seqrec.exporter.graph import ScoringGraph
 from seqrec.exporter.onnx_export import export_onnx
 from seqrec.exporter.runners import OnnxRuntimeRunner
@@ -33,20 +35,33 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out: str | Path, cfg:
     ``checkpoint`` is a checkpoint directory (recorded in the manifest as ``source.checkpoint``, so
     ``seqrec profile`` can rebuild the graph at other sizes) or a loaded ``Checkpoint`` (``seqrec
     profile`` exports models with random weights this way, without writing them to disk).
-    Raises ExportMismatchError after writing a bundle marked invalid when parity fails.
+    ``out`` must be absent, empty, or a bundle (which a valid export replaces atomically); it may not
+    be or hold the checkpoint. When parity fails the bundle is written marked invalid, to ``out``
+    if it held no bundle, else to ``OUT.failed`` beside it, leaving the earlier bundle in service;
+    then ExportMismatchError says where.
     """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     source = None if isinstance(checkpoint, Checkpoint) else str(Path(checkpoint).resolve())
     window = _window(ckpt, cfg)
+    _check_pointer_op(ckpt, cfg)
     if cfg.format == "tensorrt":
-        from seqrec.exporter.tensorrt import require_tensorrt
+        from seqrec.exporter.tensorrt import check_topk_sizes, require_tensorrt
 
+        check_topk_sizes(ckpt.model, cfg.top_k)
         require_tensorrt()  # fail in one line before any work when there is no GPU
+    out = checked_output(out, source)
+    staging = _staging_directory(out)
+    try:
+        return _export_into(staging, out, ckpt, cfg, window, source, echo)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already unless something failed
+
+
+def _export_into(staging: Path, out: Path, ckpt: Checkpoint, cfg: ExportConfig, window: int, source: str | None,
+                 echo: Callable[[str], None]) -> Bundle:
     spec = _scaled(spec_of_model(ckpt.model), cfg.precision)
     graph = ScoringGraph(_in_precision(ckpt.model, cfg.precision), cfg.top_k, cfg.exclude_seen, window, cfg.pointer_op)
     reference = ScoringGraph(ckpt.model, cfg.top_k, cfg.exclude_seen, window)
-    out = Path(out)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
     started = time.perf_counter()
     export_onnx(graph, spec, spec.sample_inputs(ckpt.model_config.num_items, 3, window, cfg.seed),
                 staging / ONNX_FILE, cfg.opset)
@@ -67,10 +82,68 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out: str | Path, cfg:
     ckpt.vocab.save(staging / VOCAB_FILE)
     manifest = _manifest(ckpt, cfg, spec, window, reports, export_seconds, source)
     write_manifest(staging, manifest)
+    if not manifest["valid"] and (out / MANIFEST_FILE).is_file():  # keep the bundle in service
+        failed = out.with_name(f"{out.name}.failed")
+        _move_into_place(staging, failed)
+        _require_parity(reports, failed, kept=out)
     _move_into_place(staging, out)
-    for report in reports:
-        require_parity(report)
+    _require_parity(reports, out, kept=None)
     return Bundle(out, manifest, ckpt.vocab)
+
+
+def _require_parity(reports: list, written: Path, kept: Path | None) -> None:
+    """ExportMismatchError of the first failed report, saying where the invalid bundle went."""
+    for report in reports:
+        try:
+            require_parity(report)
+        except ExportMismatchError as err:
+            where = f"the bundle, marked invalid, is in '{written}'"
+            where += f"; '{kept}' keeps the bundle it held" if kept is not None else ""
+            raise ExportMismatchError(f"{err} ({where})") from err
+
+
+def checked_output(out: str | Path, checkpoint: str | None) -> Path:
+    """``out`` as an absolute path that an export may write: absent, an empty directory or a bundle, and
+    neither the checkpoint nor a directory around it. ConfigError otherwise (checked before any work)."""
+    out = Path(out).resolve()
+    if checkpoint is not None and (out == Path(checkpoint) or out in Path(checkpoint).parents):
+        raise ConfigError(received_expected(f"--out '{out}'", f"the checkpoint '{checkpoint}' or a directory "
+                                            "holding it", "a bundle directory apart from the checkpoint"))
+    if out.exists() and not out.is_dir():
+        raise ConfigError(received_expected(f"--out '{out}'", "a file", "a bundle directory (absent, empty, or a "
+                                            "bundle to replace)"))
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
+        raise ConfigError(received_expected(f"--out '{out}'", "a directory that is not a seqrec bundle (no "
+                                            f"{MANIFEST_FILE}); it is not replaced", "an absent or empty directory, "
+                                            "or a bundle to replace"))
+    return out
+
+
+def _staging_directory(out: Path) -> Path:
+    """A fresh directory beside ``out`` (same file system, so the final rename is atomic), with the
+    permissions the umask gives a new directory (not mkdtemp's 0700: services may read bundles)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as err:
+        raise ConfigError(received_expected(f"--out '{out}'", f"a path where {(err.strerror or str(err)).lower()}",
+                                            "a directory this user can create and write")) from err
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
+    return staging
+
+
+def _check_pointer_op(ckpt: Checkpoint, cfg: ExportConfig) -> None:
+    """``--pointer-op custom`` only changes a graph that scatters history scores: a CPR head with a context
+    partition, without --exclude-seen (which drops the history items instead)."""
+    variant = getattr(ckpt.model.head, "variant", None)
+    if cfg.pointer_op == "custom" and (variant is None or not variant.context or cfg.exclude_seen):
+        received = (f"head {ckpt.model_config.head!r}, variant {ckpt.model_config.cpr_variant!r}, "
+                    f"exclude_seen {cfg.exclude_seen}")
+        raise ConfigError(received_expected("--pointer-op custom", received, "a CPR head with history partitions "
+                                            "(C, CP or CPR:..) and no --exclude-seen: no other graph has the "
+                                            "history scatter the custom node replaces"))
 
 
 def _window(ckpt: Checkpoint, cfg: ExportConfig) -> int:

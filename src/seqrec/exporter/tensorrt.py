@@ -3,7 +3,7 @@
 TensorRT 10+ networks are created strongly typed, so the precision is the one the ONNX graph
 carries (``seqrec export --precision`` casts inside the graph). One optimisation profile covers
 batch 1..``max_batch`` and history length 1..4 x window (the graph fits any length to its window).
-A timing cache beside the plan makes rebuilds fast. Imported lazily: without tensorrt or a GPU
+A timing cache kept between exports (``timing_cache_path``) makes rebuilds faster. Imported lazily: without tensorrt or a GPU
 every entry point raises one line saying so.
 
 A ``--pointer-op custom`` graph holds one ``seqrec::CprScatter`` node: ``build_engine`` first
@@ -15,13 +15,14 @@ and its parity are unverified until ``benchmarks/gpu_check.py`` runs where a GPU
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from seqrec.config import ExportConfig
-from seqrec.errors import ExportError, MissingDependencyError, received_expected
+from seqrec.errors import ConfigError, ExportError, MissingDependencyError, received_expected
 from seqrec.exporter.graph import ScoringGraph
 from seqrec.exporter.onnx_export import require_module
 from seqrec.exporter.runners import Runner
@@ -56,15 +57,26 @@ def build_engine(onnx_path: Path, plan_path: Path, inputs: tuple[str, ...], wind
     for name in inputs:
         profile.set_shape(name, (1, 1), (OPT_BATCH, window), (MAX_BATCH, 4 * window))
     config.add_optimization_profile(profile)
-    cache_path = plan_path.with_suffix(".timing-cache")
+    cache_path = timing_cache_path(trt.__version__)
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(received_expected("TensorRT engine build", "no engine (see the TensorRT log above)", "an engine"))
     plan_path.write_bytes(bytes(serialized))
-    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    staged = cache_path.with_name(f".{cache_path.name}.{os.getpid()}")
+    staged.write_bytes(bytes(config.get_timing_cache().serialize()))
+    staged.replace(cache_path)  # atomic: a concurrent build reads the old cache or the new one
     return plan_path
+
+
+def timing_cache_path(version: str) -> Path:
+    """Where TensorRT's timing cache lives between exports: ``$SEQREC_CACHE`` (default ~/.cache/seqrec), one
+    file per TensorRT version. A plan is built in a fresh staging directory, so a cache beside it was never
+    found again."""
+    root = Path(os.environ.get("SEQREC_CACHE", Path.home() / ".cache" / "seqrec"))
+    return root / f"tensorrt-{version}.timing-cache"
 
 
 def register_plugins(onnx_path: Path, window: int) -> bool:
@@ -102,7 +114,10 @@ class TensorRTRunner(Runner):
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = {name: torch.from_numpy(feed[name]).cuda() for name in self.inputs}
         for name, tensor in tensors.items():
-            self.context.set_input_shape(name, tuple(tensor.shape))
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                raise ExportError(received_expected(f"TensorRT input '{name}' shape", tuple(tensor.shape),
+                                                    f"batch <= {MAX_BATCH} and length <= 4 x the window (the "
+                                                    "engine's optimisation profile)"))
             self.context.set_tensor_address(name, tensor.data_ptr())
         batch = next(iter(tensors.values())).shape[0]
         outputs = {}
@@ -116,13 +131,21 @@ class TensorRTRunner(Runner):
         return {name: tensor.cpu().numpy() for name, tensor in outputs.items()}
 
 
+def check_topk_sizes(model: torch.nn.Module, top_k: int) -> None:
+    """ConfigError, before any work, when the graph's largest TopK would exceed TensorRT's: the catalog step
+    takes sum(k_R) + K candidates (the reranker stages and the final top-K take fewer); the window only adds
+    columns, never to a TopK's k."""
+    variant = getattr(model.head, "variant", None)
+    candidates = top_k + (sum(variant.rerank) if variant is not None else 0)
+    if candidates > TOPK_LIMIT:
+        raise ConfigError(received_expected("TopK size in the graph (top_k + the reranker k's)", candidates,
+                                            f"<= {TOPK_LIMIT} for TensorRT"))
+
+
 def build_and_check_engine(onnx_path: Path, plan_path: Path, spec: ExportSpec, cfg: ExportConfig, window: int,
                            cases: dict, reference: ScoringGraph) -> ParityReport:
     """Build the engine and check it against PyTorch on the same cases as ONNX Runtime."""
-    variant = getattr(reference.model.head, "variant", None)
-    candidates = cfg.top_k + window + (sum(variant.rerank) if variant is not None else 0)
-    if candidates > TOPK_LIMIT:
-        raise ExportError(received_expected("TopK size in the graph", candidates, f"<= {TOPK_LIMIT} for TensorRT"))
+    check_topk_sizes(reference.model, cfg.top_k)
     build_engine(onnx_path, plan_path, spec.inputs, window)
     with TensorRTRunner(plan_path, spec.inputs) as runner:
         return check_parity(runner, reference, spec, cases)

@@ -25,7 +25,7 @@ class Measurement:
     setup: Setup
     batch_size: int
     length: int  # longest history; lengths are uniform in 1..length
-    weights: str  # "trained" or "random (seed S)"
+    weights: str  # "trained", or "trained, random item table (seed S)" for another catalog size
     timing: Timing | None = None  # None when skipped
     reason: str = ""  # why it was skipped
 

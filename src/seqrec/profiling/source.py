@@ -4,8 +4,8 @@ precision and catalog size.
 Catalog sizes. Latency depends on shapes, not on weights: the item table (N + 1, D), the (B, N)
 logits and their top-K cost the same whatever the numbers in them. So for a catalog of N items
 other than the model's own, the same architecture (the checkpoint's ModelConfig with
-``num_items = N``) is built with seeded random weights; the model's own catalog runs its trained
-weights. Graphs for ONNX Runtime and TensorRT are exported from that model through the same
+``num_items = N``) is built with a seeded random item table and the checkpoint's other weights (so
+the graph is the one the checkpoint exports); the model's own catalog runs its trained weights. Graphs for ONNX Runtime and TensorRT are exported from that model through the same
 ``export_checkpoint`` as ``seqrec export`` (with the bundle's own export settings when profiling a
 bundle), parity checked on a few users, into a temporary folder under the output directory.
 
@@ -141,7 +141,9 @@ def _bundle_checkpoint(bundle: Bundle) -> tuple[Checkpoint | None, str]:
 
 
 def checkpoint_for_catalog(source: ProfileSource, catalog: int, seed: int) -> Checkpoint | None:
-    """The trained model for its own catalog; the same architecture with seeded random weights otherwise."""
+    """The trained model for its own catalog; otherwise the same model with a seeded random item table of
+    ``catalog`` rows: every other weight is the checkpoint's, so the graph is the one it exports (an HSTU's
+    trained time bias keeps its timestamps input, a CPR head its facets)."""
     if catalog == source.catalog or source.checkpoint is None:
         return source.checkpoint
     from seqrec.models import build_model
@@ -150,8 +152,13 @@ def checkpoint_for_catalog(source: ProfileSource, catalog: int, seed: int) -> Ch
     with torch.random.fork_rng():  # seeded weights without moving the caller's random state
         torch.manual_seed(seed)
         model = build_model(cfg).eval()
+    trained = {name: value for name, value in source.checkpoint.model.state_dict().items()
+               if not name.endswith("item_embedding.weight")}
+    missing, unexpected = model.load_state_dict(trained, strict=False)
+    assert not unexpected and all(name.endswith("item_embedding.weight") for name in missing), (missing, unexpected)
     vocab = Vocabulary.from_items(np.arange(1, catalog + 1))
-    meta = {"data": {"fingerprint": None}, "profile": f"random weights (seed {seed}) for a catalog of {catalog}"}
+    meta = {"data": {"fingerprint": None},
+            "profile": f"the checkpoint's weights with a random item table (seed {seed}) of {catalog} items"}
     return Checkpoint(model, cfg, source.checkpoint.train_config, vocab, meta)
 
 

@@ -65,7 +65,7 @@ def _resolved(cfg: ProfileConfig, source: ProfileSource) -> ProfileConfig:
 def _profile_catalog(source: ProfileSource, cfg: ProfileConfig, catalog: int, echo: Echo) -> list[Measurement]:
     ckpt = checkpoint_for_catalog(source, catalog, cfg.seed)
     feeds = {batch: _histories(source, catalog, batch, cfg) for batch in cfg.batch_sizes}
-    weights = "trained" if catalog == source.catalog else f"random (seed {cfg.seed})"
+    weights = "trained" if catalog == source.catalog else f"trained, random item table (seed {cfg.seed})"
     measurements = []
     for backend in cfg.backends:
         for precision in cfg.precisions:
