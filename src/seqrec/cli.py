@@ -160,7 +160,8 @@ def data_stats(path: str) -> None:
                    "and --cpr-base-detach the encoder trains as a softmax model's, the head a second stage)")
 @click.option("--temperature", type=float)
 @click.option("--patience", type=int, help="epochs without validation gain before stopping")
-@click.option("--max-minutes", type=float, help="stop after this much training time")
+@click.option("--max-minutes", type=float, help="stop the selection run after this much training time (--refit "
+                                                 "then trains the chosen number of epochs, uncapped)")
 @click.option("--eval-users", type=int, help="validate on a fixed random subset of users")
 @click.option("--refit/--no-refit", default=None,
               help="after early stopping picks the epoch count, train a fresh model on every item but each "

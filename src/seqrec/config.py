@@ -7,6 +7,7 @@ JSON alone (``ModelConfig.from_dict``), so no code is ever executed from a check
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -40,9 +41,24 @@ def _check_range(name: str, value: float | None, low: float, high: float | None 
     """value in [low, high] (high None: no upper bound); None passes: an optional setting left unset."""
     if value is None:
         return
-    if value < low or (high is not None and value > high):
+    if not math.isfinite(value) or value < low or (high is not None and value > high):  # NaN compares false
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ConfigError(received_expected(name, value, bound))
+
+
+def _check_device(device: str) -> None:
+    """A torch device string this machine has: 'cpu', or 'cuda' / 'cuda:N' where CUDA is available."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(received_expected("device", repr(device), "cpu, cuda or cuda:N")) from err
+    if parsed.type not in ("cpu", "cuda"):
+        raise ConfigError(received_expected("device", repr(device), "cpu, cuda or cuda:N"))
+    if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(received_expected("device", repr(device), f"cpu, or one of the {torch.cuda.device_count()} "
+                                            "CUDA devices of this machine"))
 
 
 class _JsonConfig:
@@ -169,6 +185,8 @@ class TrainConfig(_JsonConfig):
         _check_range("weight_decay", self.weight_decay, 0.0)
         _check_range("eval_users", self.eval_users, 1)
         _check_range("max_minutes", self.max_minutes, 0.0)
+        _check_range("seed", self.seed, 0, 2**63 - 1)
+        _check_device(self.device)
 
 
 @dataclass

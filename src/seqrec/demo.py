@@ -15,6 +15,7 @@ from seqrec.batchinfer import score
 from seqrec.config import ExportConfig, ScoreConfig, resolve_configs
 from seqrec.exporter import export_checkpoint
 from seqrec.data import SynthConfig, generate_interactions, interaction_stats, write_interactions
+from seqrec.directories import checked_output
 from seqrec.training import evaluate_checkpoint, train
 from seqrec.training.evaluation import ranges_to_indices
 from seqrec.training.loop import prepare_data
@@ -33,11 +34,16 @@ class DemoConfig:
     seed: int = 0
 
 
+DEMO_MARKER = ".seqrec-demo"
+
+
 def run_demo(cfg: DemoConfig, echo=print) -> dict[str, Any]:
     """Generate data, train, evaluate against a popularity baseline, export to ONNX with a parity
     check, score every user with the exported bundle; write everything to ``cfg.out``."""
     started = time.perf_counter()
-    out = Path(cfg.out)
+    out = checked_output(cfg.out, "demo output", DEMO_MARKER)  # a demo's own directory is replaced part by part
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("written by seqrec demo: a later demo may replace this directory's contents\n")
     data_path = out / "interactions.parquet"
     table = generate_interactions(SynthConfig(users=cfg.users, items=cfg.items, repeat_prob=cfg.repeat_prob,
                                               seed=cfg.seed))
@@ -56,7 +62,7 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict[str, Any]:
     echo(f"[4/5] export   ONNX scoring graph with top-10 inside -> {out / 'bundle'}")
     bundle = export_checkpoint(out / "checkpoint", out / "bundle", ExportConfig(top_k=10), echo=lambda line: echo(f"      {line}"))
     echo(f"[5/5] score    every user's history with the bundle (onnxruntime) -> {out / 'scored'}")
-    shutil.rmtree(out / "scored", ignore_errors=True)  # the demo's own output from an earlier run
+    shutil.rmtree(out / "scored", ignore_errors=True)  # an earlier demo's: the marker says the directory is a demo's
     scored = score(ScoreConfig(model=str(out / "bundle"), input=str(data_path), output=str(out / "scored"),
                                progress=False), echo=lambda line: echo(f"      {line}"))
     summary = {"model": metrics, "popularity": baseline, "export": {"valid": bundle.manifest["valid"],

@@ -98,8 +98,8 @@ def test_out_must_be_a_bundle_an_empty_directory_or_absent(tiny_checkpoints, tmp
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("important")
     (tmp_path / "afile").write_text("x")
-    refusals = {tmp_path / "notes": "a directory that is not a seqrec bundle", tmp_path / "afile": "received a file",
-                checkpoint: "the checkpoint", checkpoint.parent: "or a directory holding it"}
+    refusals = {tmp_path / "notes": "a directory that is not a bundle", tmp_path / "afile": "received a file",
+                checkpoint: "or a directory holding it", checkpoint.parent: "or a directory holding it"}
     for out, message in refusals.items():
         with pytest.raises(ConfigError, match=message):
             export_checkpoint(checkpoint, out, ExportConfig(validation_users=8), echo=lambda s: None)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from seqrec.config import TrainConfig
 from seqrec.errors import CheckpointError, ConfigError, DataError, SchemaError, TrainingDivergedError
 from seqrec.models import ENCODERS, HEADS
-from seqrec.training import evaluate, evaluate_checkpoint, load_checkpoint, prepare_data, train_model
+from seqrec.training import evaluate, evaluate_checkpoint, load_checkpoint, prepare_data, train, train_model
 from seqrec.training import loop
 from seqrec.training.loop import length_bucketed_batches, train_windows
 
@@ -148,6 +149,74 @@ def test_missing_checkpoint_file_is_a_typed_error(tiny_checkpoint, tmp_path):
     (broken / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
     with pytest.raises(CheckpointError, match=r"missing \['weights.safetensors', 'vocab.parquet', 'meta.json'\]"):
         load_checkpoint(broken)
+
+
+def test_a_broken_checkpoint_is_one_typed_error(tiny_checkpoint, tmp_path):
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_checkpoint, truncated)
+    weights = (truncated / "weights.safetensors").read_bytes()
+    (truncated / "weights.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(CheckpointError, match=r"weights.safetensors \| received weights that do not load"):
+        load_checkpoint(truncated)
+    malformed = tmp_path / "malformed"
+    shutil.copytree(tiny_checkpoint, malformed)
+    config = json.loads((malformed / "config.json").read_text())
+    del config["model"]
+    (malformed / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config.json \| received a malformed config \(KeyError\('model'\)\)"):
+        load_checkpoint(malformed)
+
+
+def test_training_never_loses_what_out_held(synth_parquet, tiny_checkpoint, tmp_path, make_configs, monkeypatch):
+    """--out is checked before any training (only a checkpoint is ever replaced), and a save that fails
+    half way leaves the previous checkpoint whole."""
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "config.json").write_text("{}")  # someone's file, not a checkpoint
+    (tmp_path / "notes" / "other.txt").write_text("keep")
+    monkeypatch.setattr(loop, "fit", lambda *args, **kwargs: pytest.fail("trained before checking --out"))
+    with pytest.raises(ConfigError, match=r"--out '.*notes' \| received a directory that is not a checkpoint"):
+        train(synth_parquet, tmp_path / "notes", *make_configs())
+    monkeypatch.undo()
+    kept = tmp_path / "kept"
+    shutil.copytree(tiny_checkpoint, kept)
+    before = {path.name: path.read_bytes() for path in kept.iterdir()}
+    import safetensors.torch
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # a kill, or a full disk, in the middle of the save
+
+    monkeypatch.setattr(safetensors.torch, "save_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(synth_parquet, kept, *make_configs(epochs=1), progress=False)
+    assert {path.name: path.read_bytes() for path in kept.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["kept", "notes"]  # no staging left behind
+
+
+def test_scores_that_stop_being_finite_are_divergence_not_a_result(synth_parquet, tmp_path, make_configs):
+    """A huge step can leave finite-looking losses and weights whose scores are NaN: NDCG 0.0 would still
+    have beaten the initial best and been saved. Now it is divergence: nothing to keep, nothing saved."""
+    with pytest.raises(TrainingDivergedError, match=r"weights and scores after epoch 1 \| received values that are "
+                                                     r"not finite"):
+        train(synth_parquet, tmp_path / "diverged", *make_configs(epochs=3, lr=1e8, batch_size=500), progress=False)
+    assert not (tmp_path / "diverged").exists()
+
+
+def test_the_summary_says_why_training_stopped(synth_parquet, tmp_path, make_configs):
+    patience = train(synth_parquet, None, *make_configs(epochs=30, patience=1, lr=0.05), progress=False)
+    limit = train(synth_parquet, None, *make_configs(epochs=1), progress=False)
+    assert patience.meta["training"]["stopped_by"] == "patience" and limit.meta["training"]["stopped_by"] == "epochs"
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("lr", float("nan"), "lr | received nan, expected >= 0.0"),
+    ("max_minutes", float("inf"), "max_minutes | received inf"),
+    ("seed", -1, "seed | received -1, expected in [0, 9223372036854775807]"),
+    ("device", "cuda:7", "device | received 'cuda:7', expected cpu, or one of the"),
+    ("device", "gpu", "device | received 'gpu', expected cpu, cuda or cuda:N"),
+])
+def test_non_finite_numbers_seeds_and_devices_are_refused(option, value, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        TrainConfig(**{option: value})
 
 
 def copy_with_schema_version(checkpoint: Path, out: Path, version: int) -> Path:

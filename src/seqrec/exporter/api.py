@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -14,6 +12,7 @@ from typing import Callable
 import torch
 
 from seqrec.config import ExportConfig
+from seqrec.directories import checked_output, replace_directory, staging_directory
 from seqrec.errors import ConfigError, ExportMismatchError, received_expected
 from seqrec.exporter.bundle import (MANIFEST_FILE, ONNX_FILE, PLAN_FILE, VOCAB_FILE, Bundle, graph_signature,
                                     write_manifest)
@@ -49,8 +48,8 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out: str | Path, cfg:
 
         check_topk_sizes(ckpt.model, cfg.top_k)
         require_tensorrt()  # fail in one line before any work when there is no GPU
-    out = checked_output(out, source)
-    staging = _staging_directory(out)
+    out = checked_output(out, "bundle", MANIFEST_FILE, protect=source)
+    staging = staging_directory(out)
     try:
         return _export_into(staging, out, ckpt, cfg, window, source, echo)
     finally:
@@ -84,9 +83,9 @@ def _export_into(staging: Path, out: Path, ckpt: Checkpoint, cfg: ExportConfig, 
     write_manifest(staging, manifest)
     if not manifest["valid"] and (out / MANIFEST_FILE).is_file():  # keep the bundle in service
         failed = out.with_name(f"{out.name}.failed")
-        _move_into_place(staging, failed)
+        replace_directory(staging, failed)
         _require_parity(reports, failed, kept=out)
-    _move_into_place(staging, out)
+    replace_directory(staging, out)
     _require_parity(reports, out, kept=None)
     return Bundle(out, manifest, ckpt.vocab)
 
@@ -100,38 +99,6 @@ def _require_parity(reports: list, written: Path, kept: Path | None) -> None:
             where = f"the bundle, marked invalid, is in '{written}'"
             where += f"; '{kept}' keeps the bundle it held" if kept is not None else ""
             raise ExportMismatchError(f"{err} ({where})") from err
-
-
-def checked_output(out: str | Path, checkpoint: str | None) -> Path:
-    """``out`` as an absolute path that an export may write: absent, an empty directory or a bundle, and
-    neither the checkpoint nor a directory around it. ConfigError otherwise (checked before any work)."""
-    out = Path(out).resolve()
-    if checkpoint is not None and (out == Path(checkpoint) or out in Path(checkpoint).parents):
-        raise ConfigError(received_expected(f"--out '{out}'", f"the checkpoint '{checkpoint}' or a directory "
-                                            "holding it", "a bundle directory apart from the checkpoint"))
-    if out.exists() and not out.is_dir():
-        raise ConfigError(received_expected(f"--out '{out}'", "a file", "a bundle directory (absent, empty, or a "
-                                            "bundle to replace)"))
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
-        raise ConfigError(received_expected(f"--out '{out}'", "a directory that is not a seqrec bundle (no "
-                                            f"{MANIFEST_FILE}); it is not replaced", "an absent or empty directory, "
-                                            "or a bundle to replace"))
-    return out
-
-
-def _staging_directory(out: Path) -> Path:
-    """A fresh directory beside ``out`` (same file system, so the final rename is atomic), with the
-    permissions the umask gives a new directory (not mkdtemp's 0700: services may read bundles)."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as err:
-        raise ConfigError(received_expected(f"--out '{out}'", f"a path where {(err.strerror or str(err)).lower()}",
-                                            "a directory this user can create and write")) from err
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
-    return staging
 
 
 def _check_pointer_op(ckpt: Checkpoint, cfg: ExportConfig) -> None:
@@ -192,16 +159,3 @@ def _onnx_versions() -> dict[str, str]:
     import onnxruntime
 
     return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    """Replace ``out`` with the staged bundle: readers see the old bundle or the new one, never half."""
-    if out.exists():
-        retired = out.with_name(f".{out.name}.old")
-        shutil.rmtree(retired, ignore_errors=True)
-        out.rename(retired)
-        staging.rename(out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging.rename(out)

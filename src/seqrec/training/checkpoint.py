@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ import safetensors.torch
 
 from seqrec.config import SCHEMA_VERSION, ModelConfig, TrainConfig
 from seqrec.data import Vocabulary
-from seqrec.errors import CheckpointError, received_expected
+from seqrec.directories import checked_output, replace_directory, staging_directory
+from seqrec.errors import CheckpointError, ConfigError, received_expected
 from seqrec.models import SequentialRecommender, build_model
 
 CONFIG_FILE = "config.json"
@@ -34,16 +36,32 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def checked_checkpoint_output(directory: str | Path) -> Path:
+    """``directory`` as a path training may replace (absent, empty, or a checkpoint); ConfigError otherwise,
+    before any training, so a bad ``--out`` costs nothing and nothing else there is ever deleted."""
+    directory = checked_output(directory, "checkpoint", WEIGHTS_FILE)  # config.json alone is too common a name
+    if directory.parent.exists() and not directory.parent.is_dir():
+        raise ConfigError(received_expected(f"--out '{directory}'", f"a path under the file '{directory.parent}'",
+                                            "a directory this user can create and write"))
+    return directory
+
+
 def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = {"schema_version": SCHEMA_VERSION, "model": ckpt.model_config.to_dict(),
-              "train": ckpt.train_config.to_dict()}
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    safetensors.torch.save_model(ckpt.model, str(directory / WEIGHTS_FILE))
-    ckpt.vocab.save(directory / VOCAB_FILE)
-    meta = {**ckpt.meta, "versions": library_versions()}
-    (directory / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    """Write the checkpoint beside ``directory``, then rename it into place: a killed or failed save
+    leaves the previous checkpoint as it was."""
+    directory = checked_checkpoint_output(directory)
+    staging = staging_directory(directory)
+    try:
+        config = {"schema_version": SCHEMA_VERSION, "model": ckpt.model_config.to_dict(),
+                  "train": ckpt.train_config.to_dict()}
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        safetensors.torch.save_model(ckpt.model, str(staging / WEIGHTS_FILE))
+        ckpt.vocab.save(staging / VOCAB_FILE)
+        meta = {**ckpt.meta, "versions": library_versions()}
+        (staging / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        replace_directory(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already unless the save failed
     return directory
 
 
@@ -55,17 +73,31 @@ def load_checkpoint(directory: str | Path, device: str = "cpu") -> Checkpoint:
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise CheckpointError(received_expected(f"{directory / CONFIG_FILE} schema_version", version,
                                                 f"an integer <= {SCHEMA_VERSION}"))
-    model_config = ModelConfig.from_dict(config["model"])
+    model_config, train_config = _configs(directory, config)
     _refuse_changed_architecture(directory, version, model_config)
     model = build_model(model_config, initialise=False)  # every weight is loaded next
-    missing, unexpected = safetensors.torch.load_model(model, str(directory / WEIGHTS_FILE), strict=False,
-                                                       device=device)
+    try:
+        missing, unexpected = safetensors.torch.load_model(model, str(directory / WEIGHTS_FILE), strict=False,
+                                                           device=device)
+    except (safetensors.SafetensorError, RuntimeError, OSError) as err:  # truncated, or shapes of another model
+        raise CheckpointError(received_expected(f"{directory / WEIGHTS_FILE}", f"weights that do not load "
+                                                f"({str(err).splitlines()[0][:200]})",
+                                                "the weights of the model config.json describes")) from err
     if missing or unexpected:
         raise CheckpointError(received_expected(f"{directory / WEIGHTS_FILE} tensors",
                                                 f"missing {missing}, unexpected {unexpected}",
                                                 "exactly the model's parameters"))
-    return Checkpoint(model.to(device).eval(), model_config, TrainConfig.from_dict(config["train"]),
+    return Checkpoint(model.to(device).eval(), model_config, train_config,
                       Vocabulary.load(directory / VOCAB_FILE), _read_json(directory / META_FILE))
+
+
+def _configs(directory: Path, config: dict) -> tuple[ModelConfig, TrainConfig]:
+    """The model and training configs of config.json; CheckpointError naming the file when malformed."""
+    try:
+        return ModelConfig.from_dict(config["model"]), TrainConfig.from_dict(config["train"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(received_expected(f"{directory / CONFIG_FILE}", f"a malformed config ({err!r})",
+                                                "the 'model' and 'train' sections seqrec train writes")) from err
 
 
 def library_versions() -> dict[str, str]:

@@ -22,8 +22,8 @@ from seqrec.data import (EvalExamples, Split, UserSequences, Vocabulary, build_s
 from seqrec.errors import DataError, TrainingDivergedError, received_expected
 from seqrec.models import SequentialRecommender, build_model
 from seqrec.models.heads import causal_histories
-from seqrec.training.checkpoint import Checkpoint, save_checkpoint
-from seqrec.training.evaluation import evaluate
+from seqrec.training.checkpoint import Checkpoint, checked_checkpoint_output, save_checkpoint
+from seqrec.training.evaluation import evaluate, scored_batches
 from seqrec.training.losses import draw_negatives, full_cross_entropy, sampled_softmax
 
 
@@ -51,6 +51,8 @@ def train_model(data: TrainingData, model_cfg: ModelConfig, train_cfg: TrainConf
                 out: str | Path | None = None, progress: bool = True) -> Checkpoint:
     """Train, restore the best validation weights, evaluate valid and test, save to ``out``."""
     check_trainable(model_cfg, train_cfg)
+    if out is not None:
+        checked_checkpoint_output(out)  # before any work: a bad --out costs nothing
     _seed_everything(train_cfg.seed)
     model_cfg = dataclasses.replace(model_cfg, num_items=len(data.vocab))
     model = trainable_model(model_cfg, train_cfg)
@@ -111,13 +113,15 @@ def fit(model: SequentialRecommender, data: TrainingData, cfg: TrainConfig, prog
     best = {"ndcg@10": -1.0, "epoch": 0, "state": None}
     started, losses = time.perf_counter(), []
     stopped = None
+    reason = "epochs"  # why the loop ends: the epoch limit, patience, max_minutes or divergence
     for epoch in range(1, cfg.epochs + 1):
         try:
             losses.append(train_epoch(model, optimizer, data.seqs, windows, cfg, rng, progress, epoch))
+            _require_finite_scores(model, data.seqs, valid, cfg, epoch)
         except TrainingDivergedError as error:
             if best["state"] is None:  # nothing worth keeping
                 raise
-            stopped = f"{error}; kept the weights of epoch {best['epoch']}"
+            stopped, reason = f"{error}; kept the weights of epoch {best['epoch']}", "diverged"
             _report(progress, f"stopped: {stopped}")
             break
         if epoch % cfg.eval_every and epoch != cfg.epochs:
@@ -129,16 +133,40 @@ def fit(model: SequentialRecommender, data: TrainingData, cfg: TrainConfig, prog
         elapsed = time.perf_counter() - started
         _report(progress, f"epoch {epoch:3d}  loss {losses[-1]:.4f}  valid ndcg@10 {score:.4f}"
                           f"{'  *' if improved else ''}  [{elapsed:.0f}s]")
-        if epoch - best["epoch"] >= cfg.patience * cfg.eval_every or _out_of_time(cfg, started):
+        if epoch - best["epoch"] >= cfg.patience * cfg.eval_every:
+            reason = "patience"
+            break
+        if _out_of_time(cfg, started) and epoch < cfg.epochs:
+            reason = "max_minutes"
             break
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     seconds = time.perf_counter() - started
-    _report(progress, f"trained {len(losses)} epochs in {seconds:.0f}s; best valid ndcg@10 "
-                      f"{best['ndcg@10']:.4f} at epoch {best['epoch']}")
+    _report(progress, f"trained {len(losses)} epochs in {seconds:.0f}s ({STOP_REASONS[reason]}); best valid "
+                      f"ndcg@10 {best['ndcg@10']:.4f} at epoch {best['epoch']}")
     summary = {"epochs": len(losses), "best_epoch": best["epoch"], "best_valid_ndcg@10": best["ndcg@10"],
-               "seconds": round(seconds, 1), "losses": [round(x, 5) for x in losses]}
+               "seconds": round(seconds, 1), "losses": [round(x, 5) for x in losses], "stopped_by": reason}
     return summary if stopped is None else {**summary, "stopped": stopped}
+
+
+STOP_REASONS = {"epochs": "the epoch limit", "patience": "patience: no validation gain",
+                "max_minutes": "the --max-minutes budget", "diverged": "divergence"}
+
+
+def _require_finite_scores(model: SequentialRecommender, seqs: UserSequences, valid: EvalExamples, cfg: TrainConfig,
+                           epoch: int) -> None:
+    """TrainingDivergedError when the weights or the scores of a few validation users are no longer finite:
+    the last optimizer step of an epoch can spoil the weights after its loss was checked, and NaN scores
+    rank every target last, which would still count as a validation result."""
+    finite = all(bool(torch.isfinite(param).all()) for param in model.parameters())
+    if finite and len(valid):
+        sample = EvalExamples(valid.users[:32], valid.history_start[:32], valid.history_end[:32], valid.targets[:32])
+        logits = [batch[0] for batch in scored_batches(model, seqs, sample, 32, False, cfg.device)][0]  # (B, N+1)
+        finite = bool(torch.isfinite(logits[:, 1:]).all())  # scored_batches ran to its end: training mode is back
+    if not finite:
+        raise TrainingDivergedError(received_expected(
+            f"weights and scores after epoch {epoch}", "values that are not finite",
+            f"finite values (diverged at lr {cfg.lr:g}, precision {cfg.precision}: try a lower --lr)"))
 
 
 def refit_split(split: Split) -> Split:

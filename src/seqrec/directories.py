@@ -1,0 +1,60 @@
+"""Output directories that are replaced whole: written beside their final path, then renamed into place.
+
+Training writes checkpoints and ``seqrec export`` writes bundles this way, so a reader (or a killed
+run) sees the old directory or the new one, never half of each, and a failed run leaves the old one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from seqrec.errors import ConfigError, received_expected
+
+
+def checked_output(out: str | Path, what: str, marker: str, option: str = "--out",
+                   protect: str | None = None) -> Path:
+    """``out`` as an absolute path a run may replace: absent, an empty directory, or a ``what`` (a
+    directory holding ``marker``); never ``protect`` (an input) or a directory holding it. ConfigError
+    otherwise, so that nothing else at that path is ever deleted. Checked before any work."""
+    out = Path(out).resolve()
+    if protect is not None and (out == Path(protect).resolve() or out in Path(protect).resolve().parents):
+        raise ConfigError(received_expected(f"{option} '{out}'", f"'{protect}' or a directory holding it",
+                                            f"a {what} directory apart from it"))
+    if out.exists() and not out.is_dir():
+        raise ConfigError(received_expected(f"{option} '{out}'", "a file", f"a {what} directory (absent, empty, "
+                                            f"or a {what} to replace)"))
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
+        raise ConfigError(received_expected(f"{option} '{out}'", f"a directory that is not a {what} (no {marker}); "
+                                            "it is not replaced", f"an absent or empty directory, or a {what} to "
+                                            "replace"))
+    return out
+
+
+def staging_directory(out: Path, option: str = "--out") -> Path:
+    """A fresh directory beside ``out`` (same file system, so the final rename is atomic), with the
+    permissions the umask gives a new directory (not mkdtemp's 0700: services may read the result)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as err:
+        raise ConfigError(received_expected(f"{option} '{out}'", f"a path where {(err.strerror or str(err)).lower()}",
+                                            "a directory this user can create and write")) from err
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
+    return staging
+
+
+def replace_directory(staging: Path, out: Path) -> None:
+    """Replace ``out`` with ``staging``: readers see the old directory or the new one, never half."""
+    if out.exists():
+        retired = out.with_name(f".{out.name}.old")
+        shutil.rmtree(retired, ignore_errors=True)
+        out.rename(retired)
+        staging.rename(out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        staging.rename(out)
