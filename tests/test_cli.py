@@ -107,6 +107,18 @@ def test_train_cpr_head_then_eval_by_repeat(synth_parquet, tmp_path):
                                                "no_known_history       0"]
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--model", "gru4rec", "--pc-steps", 7], "pc_steps | received 7 for --model gru4rec, --head softmax, --loss ce, "
+                                              "expected only with --model pcrec, which reads it"),
+    (["--model", "gru4rec", "--heads", 4], "heads | received 4 for --model gru4rec"),
+    (["--cpr-variant", "C"], "cpr_variant | received 'C' for --model sasrec, --head softmax"),
+    (["--negatives", 5], "negatives | received 5 for --model sasrec, --head softmax, --loss ce"),
+])
+def test_an_option_the_run_never_reads_is_refused(args, message):
+    result = run("train", "--data", ".", "--out", "x", *args, "--print-config")
+    assert result.exit_code == 1 and message in result.output and len(result.output.strip().splitlines()) == 1
+
+
 def test_bad_cpr_variant_is_a_typed_one_liner(synth_parquet, tmp_path):
     result = run("train", "--data", synth_parquet, "--out", tmp_path / "c", "--head", "cpr", "--cpr-variant", "CPR:5,50")
     assert result.exit_code == 1 and "cpr_variant | received 'CPR:5,50'" in result.output

@@ -328,7 +328,34 @@ def resolve_configs(model: str, head: str, options: dict) -> tuple[ModelConfig, 
     model_cfg = ModelConfig.from_dict({**defaults.model, **model_given, "model": model, "head": head})
     train_cfg = TrainConfig.from_dict({**defaults.train, **train_given})
     check_trainable(model_cfg, train_cfg)
+    _refuse_unused(given, model_cfg, train_cfg)
     return model_cfg, train_cfg
+
+
+# options that only some models, heads or losses read: (who reads it, whether this run does)
+_USED_BY = {
+    "pc_steps": ("--model pcrec", lambda m, t: m.model == "pcrec"),
+    "pc_alpha": ("--model pcrec", lambda m, t: m.model == "pcrec"),
+    "pc_activation": ("--model pcrec", lambda m, t: m.model == "pcrec"),
+    "heads": ("an attention model (sasrec, hstu, pcrec)", lambda m, t: m.model != "gru4rec"),
+    "positions": ("an attention model (sasrec, hstu, pcrec)", lambda m, t: m.model != "gru4rec"),
+    "ffn_multiplier": ("--model sasrec", lambda m, t: m.model == "sasrec"),
+    "cpr_variant": ("--head cpr", lambda m, t: m.head == "cpr"),
+    "cpr_recency": ("--head cpr", lambda m, t: m.head == "cpr"),
+    "cpr_pooling": ("--head cpr", lambda m, t: m.head == "cpr"),
+    "cpr_base_projection": ("--head cpr", lambda m, t: m.head == "cpr"),
+    "negatives": ("--loss sampled", lambda m, t: t.loss == "sampled"),
+}
+
+
+def _refuse_unused(given: dict, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    """An option given explicitly that this model, head or loss never reads would be recorded in config.json
+    and silently ignored: refuse it."""
+    for name in given:
+        if name in _USED_BY and not _USED_BY[name][1](model_cfg, train_cfg):
+            raise ConfigError(received_expected(name, f"{given[name]!r} for --model {model_cfg.model}, --head "
+                                                f"{model_cfg.head}, --loss {train_cfg.loss}",
+                                                f"only with {_USED_BY[name][0]}, which reads it"))
 
 
 def check_trainable(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
