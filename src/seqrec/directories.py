@@ -40,12 +40,18 @@ def staging_directory(out: Path, option: str = "--out") -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     except OSError as err:
-        raise ConfigError(received_expected(f"{option} '{out}'", f"a path where {(err.strerror or str(err)).lower()}",
-                                            "a directory this user can create and write")) from err
+        raise unusable_path(option, out, err) from err
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)
     return staging
+
+
+def unusable_path(option: str, path: Path, err: OSError) -> ConfigError:
+    """The one-line error for an output path the file system refuses (under a file, no permission, ...)."""
+    reason = (err.strerror or str(err)).lower()
+    return ConfigError(received_expected(f"{option} '{path}'", f"a path where {reason} ({type(err).__name__})",
+                                         "a directory this user can create and write"))
 
 
 def replace_directory(staging: Path, out: Path) -> None:

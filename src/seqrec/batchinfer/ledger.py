@@ -26,6 +26,7 @@ import shutil
 from pathlib import Path
 
 from seqrec.batchinfer.outputs import REJECTS_DIR, TEMP_SUFFIX, fsync_directory
+from seqrec.directories import unusable_path
 from seqrec.errors import ConfigError, DataError, received_expected
 
 LEDGER_FILE = "_ledger.jsonl"
@@ -72,7 +73,7 @@ class Ledger:
                 ledger = cls(directory, job, [], False)
                 ledger._append({"job": job})
         except OSError as err:
-            raise _unusable(directory, err) from err
+            raise unusable_path("--output", directory, err) from err
         ledger._lock_handle = lock  # held until ``close`` (or the process's end, whatever ends it)
         return ledger
 
@@ -120,12 +121,6 @@ def _lock(path: Path, create: bool = False):
         handle.close()
         raise _in_use(path) from None
     return handle
-
-
-def _unusable(directory: Path, err: OSError) -> ConfigError:
-    reason = (err.strerror or str(err)).lower()
-    return ConfigError(received_expected(f"--output '{directory}'", f"a path where {reason} ({type(err).__name__})",
-                                         "a directory this user can create and write"))
 
 
 def _in_use(path: Path) -> ConfigError:
