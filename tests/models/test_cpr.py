@@ -297,3 +297,16 @@ def test_rerank_inputs_are_the_running_logits_of_each_stage():
     for before, after, k in zip(inputs, inputs[1:], (60, 20)):  # a stage changes its own top-k only
         top = torch.zeros_like(before, dtype=torch.bool).scatter(1, before.topk(k, dim=1).indices, True)
         assert (after != before).any(1).all() and not ((after != before) & ~top).any()
+
+
+def test_pooling_of_repeated_slots_keeps_float64():
+    """log-sum-exp pooling promotes low precision to float32 and must not round float64 down."""
+    from seqrec.models.cpr import pool_occurrences
+
+    ids = torch.tensor([[0, 3, 5, 3], [2, 2, 2, 7]])
+    values = torch.randn(2, 4, dtype=torch.float64)
+    pooled = pool_occurrences(ids, values)
+    assert pooled.dtype == torch.float64
+    expected = torch.logaddexp(values[0, 1], values[0, 3])
+    assert torch.equal(pooled[0, 1], expected) and torch.equal(pooled[0, 3], expected)
+    assert pool_occurrences(ids, values.to(torch.bfloat16)).dtype == torch.float32

@@ -80,6 +80,34 @@ def test_zero_steps_is_hstu_exactly():
     assert not torch.allclose(stepped(items)[:, 1:], hstu(items)[:, 1:])  # the steps do act
 
 
+@pytest.mark.parametrize("cpr", [False, True])
+def test_one_seed_gives_pcrec_the_hstu_weights_and_random_stream(cpr):
+    """Paired by seed, PCRec and HSTU differ only by the PC steps: same item table, same HSTU layers,
+    and the stream left as HSTU leaves it (training's batch order and dropout masks)."""
+    head = {"head": "cpr", "cpr_variant": "CPR:5+Mi"} if cpr else {}
+    built, draws = {}, {}
+    for model, pc in (("hstu", {}), ("pcrec", {"pc_steps": 2})):
+        torch.manual_seed(3)
+        built[model] = build_model(ModelConfig(model=model, num_items=NUM_ITEMS, dim=16, heads=2, layers=2,
+                                               max_length=12, **head, **pc)).state_dict()
+        draws[model] = torch.rand(4)
+    shared = built["hstu"].keys()
+    assert shared < built["pcrec"].keys()
+    assert all(torch.equal(built["hstu"][key], built["pcrec"][key]) for key in shared)
+    assert torch.equal(draws["hstu"], draws["pcrec"])
+
+
+def test_a_float64_model_keeps_float64_in_the_pc_steps():
+    """The fp32 promotion of the PC steps must not round a float64 model down (gradcheck, debugging)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(model="pcrec", num_items=NUM_ITEMS, dim=8, heads=2, layers=1, max_length=6, pc_steps=2)
+    steps = PredictiveCoding(cfg).double()
+    states = torch.randn(2, 6, 8, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[False, False, True, True, True, True], [True] * 6])
+    assert steps(states, mask).dtype == torch.float64
+    assert torch.autograd.gradcheck(lambda s: steps(s, mask), (states,))
+
+
 @pytest.mark.parametrize("model,pc", PC_MODELS)
 def test_padding_and_batch_mates_change_nothing_with_times(model, pc):
     net = tiny(model, **pc)

@@ -318,10 +318,10 @@ def _with_history_columns(logits: torch.Tensor, columns: torch.Tensor, ids: torc
 def pool_occurrences(ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Each slot's value -> log-sum-exp of the values of every slot of its row holding the same id (M, L).
 
-    Computed in float32. Padding slots (id 0) pool among themselves; callers ignore them.
+    Computed in float32 at least (float64 stays). Padding slots (id 0) pool among themselves; callers ignore them.
     """
     same = ids.unsqueeze(2) == ids.unsqueeze(1)  # (M, L, L): [m, j, k] = slots j and k hold one id
-    spread = values.float().unsqueeze(1).expand(same.shape)  # (M, L, L): [m, j, k] = values[m, k]
+    spread = values.to(torch.promote_types(values.dtype, torch.float32)).unsqueeze(1).expand(same.shape)  # (M, L, L): [m, j, k] = values[m, k]
     return spread.masked_fill(~same, float("-inf")).logsumexp(-1)  # (M, L)
 
 

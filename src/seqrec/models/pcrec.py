@@ -41,7 +41,7 @@ does not run; DESIGN.md asks for the consistent version):
   activation scale, and the update cannot increase |eps_t| (for fixed f) when 0 <= alpha <= 2.
 - **fp32.** gamma, theta, mu, eps and all their updates run with autocast disabled, in fp32, under
   bf16 training and in fp16 / bf16 exports (the rate's weights and theta_0 are read as fp32 there); the
-  refined state goes back to the layer's dtype.
+  refined state goes back to the layer's dtype (a float64 model keeps float64 throughout).
 - **Static graph.** T is a Python int fixed at construction and the loop over it has no
   data-dependent branch, so ``torch.export`` unrolls it into one static graph. T = 0 is HSTU
   exactly (the PC modules are skipped; the HSTU layers are the same code and weights).
@@ -66,8 +66,10 @@ ACTIVATIONS = {"softplus": F.softplus, "sigmoid": torch.sigmoid, "tanh": torch.t
 
 class PCRecEncoder(HSTUEncoder):
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__(cfg)  # the HSTU layers first: same construction order, same weights per seed
-        self.pc_steps = nn.ModuleList(PredictiveCoding(cfg) for _ in range(cfg.layers))
+        super().__init__(cfg)  # the HSTU layers, drawn as HSTU draws them
+        with torch.random.fork_rng(devices=[]):  # the PC modules' draws leave the stream as HSTU leaves it, so
+            # with one seed the item table, training's batch order and dropout masks are HSTU's too
+            self.pc_steps = nn.ModuleList(PredictiveCoding(cfg) for _ in range(cfg.layers))
 
     def after_layer(self, index: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.pc_steps[index](x, mask)
@@ -91,9 +93,10 @@ class PredictiveCoding(nn.Module):
         if self.steps == 0:
             return states
         with torch.autocast(states.device.type, enabled=False):
-            s = states.float()  # (B, L, D)
-            gamma = torch.sigmoid(F.linear(s, self.rate.weight.float(), self.rate.bias.float()))  # (B, L, D)
-            pairs = _past_pairs(mask)  # (B, L, L) float: s < t, both real
+            dtype = torch.promote_types(states.dtype, torch.float32)  # fp32, or fp64 for a float64 model
+            s = states.to(dtype)  # (B, L, D)
+            gamma = torch.sigmoid(F.linear(s, self.rate.weight.to(dtype), self.rate.bias.to(dtype)))  # (B, L, D)
+            pairs = _past_pairs(mask).to(dtype)  # (B, L, L): 1 where s < t, both real
             theta = self._initial_theta(pairs)  # (B, L, L)
             for step in range(self.steps):
                 f = self.activation(s)  # (B, L, D)
@@ -107,7 +110,7 @@ class PredictiveCoding(nn.Module):
         """theta_0: each row a softmax over its real past of the learned logits by distance, (B, L, L)."""
         length = pairs.shape[-1]
         index = (distances(length, pairs.device) - 1).clamp(0, self.theta_0.shape[0] - 1)  # (L, L)
-        logits = self.theta_0.float()[index].masked_fill(pairs == 0, -1e9)  # (B, L, L); no past: all -1e9
+        logits = self.theta_0.to(pairs.dtype)[index].masked_fill(pairs == 0, -1e9)  # (B, L, L); no past: all -1e9
         return torch.softmax(logits, dim=-1) * pairs  # (B, L, L), rows sum to 1 (0 with no past)
 
 
