@@ -25,6 +25,10 @@ class CheckpointError(SeqrecError):
     """A checkpoint directory is missing a file or was written by an incompatible version."""
 
 
+class ModelInputError(SeqrecError, ValueError):
+    """Tensors handed to a model lack the shape, dtype or id range it takes."""
+
+
 class ExportError(SeqrecError):
     """A model could not be exported, or an exported bundle is missing, invalid or incompatible."""
 

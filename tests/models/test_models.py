@@ -12,8 +12,9 @@ NUM_ITEMS = 37
 
 def tiny_model(model: str, positions: str = "relative", head: str = "softmax", **overrides):
     torch.manual_seed(0)
-    cfg = ModelConfig(model=model, num_items=NUM_ITEMS, dim=16, heads=2, layers=2, max_length=12,
-                      positions=positions, dropout=0.2, head=head, cpr_variant="CPR:9+Mi", **overrides)
+    settings = {"num_items": NUM_ITEMS, "dim": 16, "heads": 2, "layers": 2, "max_length": 12, "dropout": 0.2,
+                "cpr_variant": "CPR:9+Mi", **overrides}
+    cfg = ModelConfig(model=model, positions=positions, head=head, **settings)
     return build_model(cfg).eval()
 
 
@@ -97,3 +98,54 @@ def test_item_table_is_drawn_with_the_configured_std(std, expected):
     table = build_model(ModelConfig(num_items=4000, dim=16, embedding_std=std)).item_embedding.weight
     assert table[0].abs().sum() == 0  # padding row
     assert table[1:].std().item() == pytest.approx(expected, rel=0.03)
+
+
+@pytest.mark.parametrize("model,head", [(m, h) for m in ENCODERS for h in HEADS])
+def test_wrong_inputs_are_typed_errors_at_the_boundary(model, head):
+    """What a library caller gets wrong is named at the model's door, not a crash in an embedding or a scatter."""
+    from seqrec.errors import ModelInputError
+
+    net = tiny_model(model, head=head)
+    items = random_histories(3, 10)
+    times = torch.arange(30).view(3, 10) * 1000
+    cases = [
+        (lambda: net(items[0]), r"items \| received \(10,\), expected a \(batch, length >= 1\)"),
+        (lambda: net(items[:, :0]), r"items \| received \(3, 0\)"),
+        (lambda: net(items.float()), r"items dtype \| received torch.float32, expected an integer dtype"),
+        (lambda: net(items.clone().index_fill_(1, torch.tensor([4]), NUM_ITEMS + 1)),
+         rf"item ids \| received ids from 0 to {NUM_ITEMS + 1}, expected ids in 0..{NUM_ITEMS}"),
+        (lambda: net(items - 1), r"item ids \| received ids from -1 to"),
+        (lambda: net(items, times[:1]), r"timestamps shape \| received \(1, 10\), expected one per item, "
+                                        r"the shape of items \(3, 10\)"),
+        (lambda: net(items, times[:, 2:]), r"timestamps shape \| received \(3, 8\)"),
+        (lambda: net.top_k(items, NUM_ITEMS + 1), rf"k \| received {NUM_ITEMS + 1}, expected an integer in 1..{NUM_ITEMS}"),
+        (lambda: net.top_k(items, 0), r"k \| received 0"),
+        (lambda: net.top_k_reference(items, -1), r"k \| received -1"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ModelInputError, match=message):
+            call()
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_any_integer_dtype_of_ids_scores_as_int64(head):
+    net = tiny_model("sasrec", head=head)
+    items = random_histories(4, 9)
+    assert torch.equal(net(items.int()), net(items))
+    for exclude_seen in (False, True):
+        assert all(torch.equal(a, b) for a, b in zip(net.top_k(items.int(), 5, exclude_seen),
+                                                     net.top_k(items, 5, exclude_seen)))
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("kernel", ["matmul", "fused"])
+def test_rows_shorter_than_k_end_in_item_zero_whatever_the_path(head, kernel):
+    """With exclude_seen a user with nearly the whole catalog in the window has fewer than k items left:
+    the rest of the row is id 0 with -inf on every path (no excluded id comes back)."""
+    net = tiny_model("sasrec", head=head, max_length=40)
+    net.head.topk_kernel = kernel
+    items = torch.arange(1, 36).view(1, 35).repeat(2, 1)  # items 1..35 seen, 36 and 37 left
+    items[1, :30] = 0  # the second user has seen 5
+    for scores, ids in (net.top_k(items, 8, exclude_seen=True), net.top_k_reference(items, 8, exclude_seen=True)):
+        assert sorted(ids[0, :2].tolist()) == [36, 37] and ids[0, 2:].eq(0).all()
+        assert scores[0, 2:].eq(float("-inf")).all() and scores[1].isfinite().all()

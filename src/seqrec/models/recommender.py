@@ -7,11 +7,13 @@ point after the last slot (B, N + 1), which is what evaluation, export and batch
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
 from seqrec.config import ModelConfig
-from seqrec.errors import ConfigError, received_expected
+from seqrec.errors import ConfigError, ModelInputError, received_expected
 from seqrec.models.cpr import CPRHead
 from seqrec.models.gru4rec import GRU4RecEncoder
 from seqrec.models.heads import SoftmaxHead
@@ -51,8 +53,11 @@ class SequentialRecommender(nn.Module):
     def encode_layers(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> list[torch.Tensor]:
         """items (B, L) left padded with 0 -> per-layer hidden [(B, L, D)], zero at padding.
 
-        Histories longer than ``max_length`` keep their most recent ``max_length`` items.
+        Histories longer than ``max_length`` keep their most recent ``max_length`` items. Any integer
+        dtype is taken (as int64); anything else, or ids outside 0..N, is a ModelInputError.
         """
+        items = checked_items(items, self.cfg.num_items)
+        check_timestamps(timestamps, items)
         items = items[:, -self.cfg.max_length :]  # (B, L)
         if timestamps is not None:
             timestamps = timestamps[:, -self.cfg.max_length :]  # (B, L)
@@ -70,6 +75,7 @@ class SequentialRecommender(nn.Module):
 
     def forward(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
         """items (B, L) left padded -> logits (B, N + 1) for the next item; column 0 is -inf."""
+        items = checked_items(items, self.cfg.num_items)
         layers = self.encode_layers(items, timestamps)
         return self.head.logits(layers, items[:, -self.cfg.max_length :])
 
@@ -79,18 +85,69 @@ class SequentialRecommender(nn.Module):
         """items (B, L) left padded -> the k best next items (B, K) and their logits (B, K), best first.
 
         Equal to ``forward`` + ``topk`` (ties aside); ``exclude_seen`` drops the items of the model's
-        window (the last ``max_length`` of ``items``).
+        window (the last ``max_length`` of ``items``). Where a row has fewer than k eligible items, the
+        rest of it is id 0 with -inf, whichever head or candidate kernel (and in exported graphs).
         """
+        check_k(k, self.cfg.num_items)
+        items = checked_items(items, self.cfg.num_items)
         layers = self.encode_layers(items, timestamps)
-        return self.head.top_k(layers, items[:, -self.cfg.max_length :], k, exclude_seen, pointer_op)
+        scores, ids = self.head.top_k(layers, items[:, -self.cfg.max_length :], k, exclude_seen, pointer_op)
+        return scores, void_ineligible(scores, ids)
 
     def top_k_reference(self, items: torch.Tensor, k: int, exclude_seen: bool = False,
                         timestamps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The slow path: full (B, N+1) logits, seen items (of the model's window) -inf, ``torch.topk``."""
+        check_k(k, self.cfg.num_items)
+        items = checked_items(items, self.cfg.num_items)
         logits = self.forward(items, timestamps)
         if exclude_seen:
             logits = logits.scatter(1, items[:, -self.cfg.max_length :], float("-inf"))
-        return logits.topk(k, dim=1)
+        scores, ids = logits.topk(k, dim=1)  # (B, K) each
+        return scores, void_ineligible(scores, ids)
+
+
+def void_ineligible(scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """ids (B, K) with 0 wherever the score is -inf: an excluded or padding item, never a result."""
+    return ids.masked_fill(scores == float("-inf"), 0)
+
+
+def checked_items(items: torch.Tensor, num_items: int) -> torch.Tensor:
+    """items as the model takes them: (B, L >= 1) int64 ids in 0..N, 0 = padding; ModelInputError otherwise.
+
+    The id range is read on eager CPU tensors only: elsewhere it would cost a device sync per call or
+    break a trace (the embedding lookup then fails on its own)."""
+    if not isinstance(items, torch.Tensor) or items.dim() != 2 or items.shape[1] == 0:
+        shape = tuple(items.shape) if isinstance(items, torch.Tensor) else type(items).__name__
+        raise ModelInputError(received_expected("items", shape, "a (batch, length >= 1) tensor of item ids, "
+                                                "left padded with 0"))
+    if items.dtype == torch.bool or items.is_floating_point() or items.is_complex():
+        raise ModelInputError(received_expected("items dtype", items.dtype, "an integer dtype (item ids)"))
+    items = items.long()  # (B, L)
+    if items.is_cpu and items.numel() and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+        low, high = int(items.min()), int(items.max())
+        if low < 0 or high > num_items:
+            raise ModelInputError(received_expected("item ids", f"ids from {low} to {high}",
+                                                    f"ids in 0..{num_items} (0 = padding, {num_items} items)"))
+    return items
+
+
+def check_timestamps(timestamps: torch.Tensor | None, items: torch.Tensor) -> None:
+    """timestamps, when given, are numbers of the items' shape (B, L): one per item, not broadcast."""
+    if timestamps is None:
+        return
+    if not isinstance(timestamps, torch.Tensor) or timestamps.dtype == torch.bool or timestamps.is_complex():
+        kind = timestamps.dtype if isinstance(timestamps, torch.Tensor) else type(timestamps).__name__
+        raise ModelInputError(received_expected("timestamps", kind, "a tensor of seconds, the shape of items"))
+    if timestamps.dim() != 2 or not (torch.compiler.is_compiling() or torch.jit.is_tracing()) and (
+            timestamps.shape != items.shape):
+        raise ModelInputError(received_expected("timestamps shape", tuple(timestamps.shape),
+                                                f"one per item, the shape of items {tuple(items.shape)}"))
+
+
+def check_k(k: int, num_items: int) -> None:
+    """k best items of a catalog of N: 1 <= k <= N (beyond N only padding or repeats would fill the row)."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= num_items:
+        raise ModelInputError(received_expected("k", repr(k), f"an integer in 1..{num_items} (the catalog size)"))
 
 
 def build_model(cfg: ModelConfig, initialise: bool = True) -> SequentialRecommender:
