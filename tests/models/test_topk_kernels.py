@@ -84,3 +84,24 @@ def test_unknown_topk_kernel():
     net.head.topk_kernel = "onnx"
     with pytest.raises(ConfigError, match=r"head topk_kernel \| received 'onnx', expected one of auto, matmul, fused"):
         net.top_k(histories(), 5)
+
+
+def test_a_cosine_head_builds_the_fused_caches_once_per_table_version(monkeypatch):
+    """With l2_normalize, scoring batch after batch must reuse one unit table (catalog_topk's norm order
+    and int8 copy key on the table object), and see an update of the weights."""
+    from seqrec.kernels import blocked_catalog_topk
+
+    builds = []
+    build = blocked_catalog_topk._NORM_ORDERS._build
+    monkeypatch.setattr(blocked_catalog_topk._NORM_ORDERS, "_build", lambda table: builds.append(1) or build(table))
+    net = catalog_model("softmax", l2_normalize=True)
+    net.head.topk_kernel = "fused"
+    items = histories()
+    with torch.no_grad():
+        first = [net.top_k(items, 7)[1] for _ in range(3)]
+        assert len(builds) == 1 and all(torch.equal(first[0], ids) for ids in first)
+        net.item_embedding.weight.mul_(torch.rand(CATALOG + 1, 1) + 0.5)  # new norms, same unit rows
+        net.item_embedding.weight[5].neg_()
+        expected = net.top_k_reference(items, 7)[1]
+        torch.testing.assert_close(net.top_k(items, 7)[1], expected, rtol=0, atol=0)
+    assert len(builds) == 2

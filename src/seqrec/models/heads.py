@@ -40,6 +40,7 @@ from torch import nn
 
 from seqrec.errors import ConfigError, received_expected
 from seqrec.kernels import catalog_topk, register_catalog_topk_opaque
+from seqrec.kernels.blocked_catalog_topk import TableCache
 
 TOPK_KERNELS = ("auto", "matmul", "fused")
 NORMALIZE_EPS = 1e-12  # F.normalize's; in fp16 it is 0 and a zero row would be 0 / 0, so at least fp16's tiny
@@ -53,6 +54,7 @@ class SoftmaxHead(nn.Module):
         self.item_embedding = item_embedding
         self.l2_normalize = bool(cfg is not None and cfg.l2_normalize)
         self.topk_kernel = "auto"  # see the module docstring
+        self._unit_tables = TableCache(self._unit)  # the unit table of the last weights scored
 
     def logits(self, layers: list[torch.Tensor], items: torch.Tensor,
                rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -63,7 +65,7 @@ class SoftmaxHead(nn.Module):
               pointer_op: str = "standard") -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self._unit(layers[-1][:, -1])  # (B, D)
         exclude = items if exclude_seen else None
-        return catalog_candidates(hidden, self._unit(self.item_embedding.weight), k, exclude, self.topk_kernel)
+        return catalog_candidates(hidden, self._scored_table(), k, exclude, self.topk_kernel)
 
     def sampled_logits(self, layers: list[torch.Tensor], items: torch.Tensor, rows: torch.Tensor | None,
                        targets: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,6 +74,17 @@ class SoftmaxHead(nn.Module):
         negative = hidden @ self._unit(self.item_embedding(negatives)).T  # [M, D] x [D, S] -> [M, S]
         columns = torch.cat([targets.unsqueeze(1), negatives.expand(len(targets), -1)], dim=1)  # (M, 1+S)
         return torch.cat([positive, negative], dim=1), columns
+
+    def _scored_table(self) -> torch.Tensor:
+        """The item table that ``top_k`` scores (N + 1, D): the weights, or with ``l2_normalize`` their unit
+        rows, built once per version of the weights when no gradient is wanted. catalog_topk's caches
+        (norm order, int8 copy) key on the tensor object, so a new unit table per call rebuilt them."""
+        weight = self.item_embedding.weight
+        if not self.l2_normalize:
+            return weight
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and weight.requires_grad):
+            return self._unit(weight)
+        return self._unit_tables.get(weight)
 
     def _unit(self, vectors: torch.Tensor) -> torch.Tensor:
         """Unit rows with ``l2_normalize`` (a zero row stays zero, in fp16 too), else unchanged."""
