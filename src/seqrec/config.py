@@ -371,6 +371,10 @@ def check_trainable(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
                                             f"cpr_base_weight {train_cfg.cpr_base_weight}",
                                             "head 'cpr' and cpr_base_weight > 0 (else the base never trains)"))
     variant = parse_cpr_variant(model_cfg.cpr_variant) if model_cfg.head == "cpr" else None
+    if variant and not model_cfg.cpr_base_projection and not (variant.context or variant.rerank):
+        raise ConfigError(received_expected("cpr_base_projection", f"False with variant {model_cfg.cpr_variant!r}",
+                                            "True, or a variant with history or reranker partitions (C, CP or "
+                                            "CPR:..): a plain base alone is --head softmax, and Mi would feed nothing"))
     if train_cfg.cpr_detach_partitions and not (variant and (variant.context or variant.rerank)):
         raise ConfigError(received_expected("cpr_detach_partitions", f"True with head {model_cfg.head!r}, variant "
                                             f"{model_cfg.cpr_variant!r}",

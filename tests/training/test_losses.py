@@ -137,6 +137,19 @@ def test_l2_normalize_is_refused_with_the_cpr_head():
     check_trainable(ModelConfig(num_items=5, l2_normalize=True), TrainConfig())
 
 
+def test_a_plain_base_without_history_or_reranker_partitions_is_refused():
+    """softmax(+Mi) with the plain base would train --head softmax, with a Mi layer that feeds nothing."""
+    for variant in ("softmax", "softmax+Mi"):
+        with pytest.raises(ConfigError, match=re.escape(f"cpr_base_projection | received False with variant "
+                                                        f"{variant!r}")):
+            check_trainable(ModelConfig(num_items=5, head="cpr", cpr_variant=variant, cpr_base_projection=False),
+                            TrainConfig())
+        check_trainable(ModelConfig(num_items=5, head="cpr", cpr_variant=variant), TrainConfig())
+    for variant in ("C+Mi", "CP", "CPR:3+Mi"):
+        check_trainable(ModelConfig(num_items=5, head="cpr", cpr_variant=variant, cpr_base_projection=False),
+                        TrainConfig())
+
+
 def _gradients(net, loss):
     net.zero_grad()
     loss.backward()
