@@ -123,3 +123,19 @@ def test_bad_cpr_variant_is_a_typed_one_liner(synth_parquet, tmp_path):
     result = run("train", "--data", synth_parquet, "--out", tmp_path / "c", "--head", "cpr", "--cpr-variant", "CPR:5,50")
     assert result.exit_code == 1 and "cpr_variant | received 'CPR:5,50'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_ctrl_c_in_train_exits_130_saying_out_is_unchanged(synth_parquet, tmp_path, monkeypatch):
+    """The interrupt is raised from inside training (as Ctrl-C raises it in the epoch loop)."""
+    from seqrec.training import loop
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train_epoch", interrupted)
+    result = CliRunner().invoke(main, ["train", "--data", str(synth_parquet), "--out", str(tmp_path / "ckpt"),
+                                       "--epochs", "1", "--dim", "8", "--quiet"])
+    assert result.exit_code == 130, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "Interrupted: the output directory is as it was before this run (results are put in place only when complete)")
+    assert not (tmp_path / "ckpt").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -37,6 +38,9 @@ class CommaList(click.ParamType):
                                         f"a comma-separated list of {self.items}"), param, ctx)
 
 
+AFTER_INTERRUPT = "seqrec.after_interrupt"  # ctx.meta key: () -> str, what Ctrl-C leaves behind
+
+
 class SeqrecGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
@@ -44,6 +48,30 @@ class SeqrecGroup(click.Group):
         except SeqrecError as error:
             click.echo(f"Error: {error}", err=True)
             sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo(f"\nInterrupted: {_after_interrupt(ctx)}", err=True)
+            sys.exit(130)  # 128 + SIGINT, as a shell reports it
+
+
+def _after_interrupt(ctx: click.Context) -> str:
+    """What an interrupted command left behind and how to go on (``ctx.meta``, shared with the command's
+    context, holds what the command said about it)."""
+    explain = ctx.meta.get(AFTER_INTERRUPT)
+    return explain() if explain else "stopped before the end"
+
+
+def _output_kept() -> str:
+    return "the output directory is as it was before this run (results are put in place only when complete)"
+
+
+def _score_interrupted(output: str) -> str:
+    from seqrec.batchinfer.ledger import recorded_parts
+
+    recorded = recorded_parts(Path(output))
+    if recorded is None:
+        return f"nothing was written to '{output}'"
+    return (f"{recorded[0]} of {recorded[1]} parts are finished in '{output}'; run the same command with --resume "
+            "to score the rest")
 
 
 @click.group(cls=SeqrecGroup)
@@ -90,8 +118,8 @@ def data_import(fmt: str, src: str, dst: str) -> None:
 @click.option("--items", type=int, default=500, show_default=True)
 @click.option("--repeat-prob", type=float, default=0.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--min-length", type=int, default=5, show_default=True, help="shortest user history")
-@click.option("--max-length", type=int, default=50, show_default=True, help="longest user history")
+@click.option("--min-length", type=int, help="shortest user history  [default: min(5, max length)]")
+@click.option("--max-length", type=int, help="longest user history  [default: min(50, items)]")
 def data_synth(dst: str, **options) -> None:
     """Write a synthetic interactions Parquet with learnable sequential structure."""
     from seqrec.data import SynthConfig, synthesize_to
@@ -180,6 +208,7 @@ def train_command(data_path: str, out: str, model: str, head: str, print_config:
     if print_config:
         click.echo(json.dumps({"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}, indent=2))
         return
+    click.get_current_context().meta[AFTER_INTERRUPT] = _output_kept
     ckpt = train(data_path, out, model_cfg, train_cfg, progress=not quiet)
     click.echo(json.dumps({"checkpoint": out, **{k: _headline(v) for k, v in ckpt.meta["metrics"].items()}}))
 
@@ -224,6 +253,7 @@ def export_command(checkpoint: str, out: str, format_: str, **options) -> None:
     from seqrec.config import ExportConfig
     from seqrec.exporter import export_checkpoint
 
+    click.get_current_context().meta[AFTER_INTERRUPT] = _output_kept
     bundle = export_checkpoint(checkpoint, out, ExportConfig(format=format_, **options), echo=click.echo)
     click.echo(json.dumps({"bundle": out, "valid": bundle.manifest["valid"],
                            "export_seconds": bundle.manifest["export_seconds"]}))
@@ -258,6 +288,7 @@ def score_command(model: str, input_: str, print_config: bool, quiet: bool, **op
     if print_config:
         click.echo(json.dumps(cfg.to_dict(), indent=2))
         return
+    click.get_current_context().meta[AFTER_INTERRUPT] = lambda: _score_interrupted(cfg.output)
     score(cfg, echo=click.echo)
 
 
@@ -311,8 +342,12 @@ def _repeat_table(metrics: dict) -> str:
     keys = [key for key in metrics["all"] if key.startswith(("ndcg@", "hr@", "mrr@")) or key.endswith("share")]
     lines = [f"{'':22s}" + "".join(f"{g:>10s}" for g in groups), f"{'users':22s}" +
              "".join(f"{metrics[g]['users']:>10d}" for g in groups)]
-    lines += [f"{key:22s}" + "".join(f"{metrics[g][key]:>10.4f}" for g in groups) for key in keys]
+    lines += [f"{key:22s}" + "".join(_cell(metrics[g][key]) for g in groups) for key in keys]
     return "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    return f"{'n/a':>10s}" if value is None else f"{value:>10.4f}"
 
 
 def _headline(metrics: dict) -> dict:

@@ -41,10 +41,23 @@ def staging_directory(out: Path, option: str = "--out") -> Path:
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     except OSError as err:
         raise unusable_path(option, out, err) from err
+    staging.chmod(0o777 & ~_umask())
+    return staging
+
+
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    staging.chmod(0o777 & ~umask)
-    return staging
+    return umask
+
+
+def _umask_permissions(directory: Path) -> None:
+    """Files under ``directory`` get the mode the umask gives a new file: some writers (safetensors)
+    create theirs owner-only, which a scoring job under another account could not read."""
+    mode = 0o666 & ~_umask()
+    for path in directory.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
 
 
 def unusable_path(option: str, path: Path, err: OSError) -> ConfigError:
@@ -55,7 +68,9 @@ def unusable_path(option: str, path: Path, err: OSError) -> ConfigError:
 
 
 def replace_directory(staging: Path, out: Path) -> None:
-    """Replace ``out`` with ``staging``: readers see the old directory or the new one, never half."""
+    """Replace ``out`` with ``staging``: readers see the old directory or the new one, never half.
+    Its files get the umask's permissions first."""
+    _umask_permissions(staging)
     if out.exists():
         retired = out.with_name(f".{out.name}.old")
         shutil.rmtree(retired, ignore_errors=True)

@@ -74,3 +74,22 @@ def test_killed_twice_then_resumed_equals_an_uninterrupted_run(bundle, run_confi
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["users_scored"] == PARTS * USERS and summary["parts"] == PARTS
     assert not list(out.glob(".*")) and sorted(parts_done(out)) == sorted(p.name for p in inputs.iterdir())
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_what_is_finished_and_how_to_go_on(bundle, tmp_path):
+    inputs = write_parts(tmp_path / "in", PARTS, USERS, seed=4, row_group=100)
+    out = tmp_path / "out"
+    process = start(bundle, inputs, out, resume=False)
+    deadline = time.monotonic() + 180
+    while not parts_done(out):
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read().decode()[-2000:]
+        time.sleep(0.002)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    message = process.stdout.read().decode().strip().splitlines()[-1]
+    done = len(parts_done(out))
+    assert 1 <= done < PARTS, message
+    assert message == (f"Interrupted: {done} of {PARTS} parts are finished in '{out}'; run the same command "
+                       "with --resume to score the rest")
+    assert "Traceback" not in message

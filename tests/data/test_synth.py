@@ -69,11 +69,11 @@ def test_fast_on_100k_users() -> None:
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
-    ("users", 0, r"SynthConfig\.users \| received 0, expected an integer >= 1"),
-    ("repeat_prob", 1.5, r"SynthConfig\.repeat_prob \| received 1\.5"),
-    ("max_length", 600, r"SynthConfig\.max_length \| received 600, expected an integer in "
+    ("users", 0, r"users \| received 0, expected an integer >= 1"),
+    ("repeat_prob", 1.5, r"repeat_prob \| received 1\.5"),
+    ("max_length", 600, r"max_length \| received 600, expected an integer in "
                         r"\[min_length=5, items=500\]"),
-    ("taste_clusters", 0, r"SynthConfig\.taste_clusters \| received 0"),
+    ("taste_clusters", 0, r"taste_clusters \| received 0"),
 ])
 def test_config_ranges(field: str, value: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -88,8 +88,18 @@ def test_fewer_items_than_default_taste_clusters(items: int) -> None:
     assert table["item_id"].to_numpy().max() <= items
 
 
+@pytest.mark.parametrize("items", [2, 5, 20, 49])
+def test_small_catalogs_take_their_length_defaults_from_the_catalog(items: int) -> None:
+    """`data synth --items 20` used to fail on a max length of 50 the user never set."""
+    cfg = SynthConfig(users=30, items=items)
+    assert cfg.max_length == items and cfg.min_length == min(5, items)
+    lengths = np.unique(generate_interactions(cfg)["user_id"].to_numpy(), return_counts=True)[1]
+    assert lengths.min() >= cfg.min_length and lengths.max() <= items
+    assert SynthConfig(items=500).max_length == 50 and SynthConfig(items=500).min_length == 5
+
+
 def test_explicit_taste_clusters_above_items_still_refused() -> None:
-    with pytest.raises(ConfigError, match=r"SynthConfig\.taste_clusters \| received 20, expected an "
+    with pytest.raises(ConfigError, match=r"taste_clusters \| received 20, expected an "
                                           r"integer in \[1, items=19\]"):
         SynthConfig(items=19, max_length=10, taste_clusters=20)
 

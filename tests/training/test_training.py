@@ -88,6 +88,22 @@ def test_checkpoint_round_trip(tiny_checkpoint, synth_parquet):
     assert ckpt.model.item_embedding.weight.data_ptr() == ckpt.model.head.item_embedding.weight.data_ptr()
 
 
+def test_every_checkpoint_file_gets_the_umask_permissions(tiny_checkpoint, tmp_path):
+    """safetensors writes its file owner-only; a scoring job under another account must read the weights."""
+    import os
+
+    from seqrec.training.checkpoint import save_checkpoint
+
+    old_umask = os.umask(0o022)
+    try:
+        out = save_checkpoint(tmp_path / "copy", load_checkpoint(tiny_checkpoint))
+    finally:
+        os.umask(old_umask)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in out.iterdir()}
+    assert modes == dict.fromkeys(["config.json", "meta.json", "vocab.parquet", "weights.safetensors"], 0o644)
+    assert out.stat().st_mode & 0o777 == 0o755
+
+
 def test_exclude_history_never_counts_a_history_item(tiny_checkpoint, synth_parquet):
     plain = evaluate_checkpoint(tiny_checkpoint, synth_parquet, "test")
     excluded = evaluate_checkpoint(tiny_checkpoint, synth_parquet, "test", exclude_history=True)
@@ -149,6 +165,11 @@ def test_missing_checkpoint_file_is_a_typed_error(tiny_checkpoint, tmp_path):
     (broken / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
     with pytest.raises(CheckpointError, match=r"missing \['weights.safetensors', 'vocab.parquet', 'meta.json'\]"):
         load_checkpoint(broken)
+    bundle = tmp_path / "bundle"  # `seqrec eval BUNDLE`: say what it is, not which checkpoint files it lacks
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"received an export bundle \(manifest.json\), expected the checkpoint"):
+        load_checkpoint(bundle)
 
 
 def test_a_broken_checkpoint_is_one_typed_error(tiny_checkpoint, tmp_path):
@@ -275,6 +296,18 @@ def test_by_repeat_groups_partition_the_users(tiny_checkpoint, synth_parquet):
     excluded = evaluate_checkpoint(tiny_checkpoint, synth_parquet, "test", exclude_history=True, by_repeat=True)
     assert excluded["repeat"]["hr@50"] == 0.0 and excluded["all"]["top10_repeat_share"] == 0.0
     assert 0.0 < grouped["all"]["top10_repeat_share"] <= 1.0
+
+
+def test_a_group_without_users_has_no_metrics_rather_than_zeros():
+    """On data without repeats the 'repeat' group is empty: None (JSON null, 'n/a' in the table), not 0.0."""
+    from seqrec.training.evaluation import by_repeat_metrics
+
+    ranks, shares = np.array([0, 3, 20]), np.array([0.1, np.nan, 0.0])
+    groups = by_repeat_metrics(ranks, shares, np.zeros(3, dtype=bool))
+    assert groups["repeat"]["users"] == 0 and groups["repeat"]["ndcg@10"] is None
+    assert groups["repeat"]["top10_repeat_share"] is None and set(groups["repeat"]) == set(groups["new"])
+    assert groups["new"] == groups["all"] and groups["new"]["hr@10"] == pytest.approx(2 / 3)
+    assert groups["new"]["top10_repeat_share"] == pytest.approx(0.05)  # the user scored on nothing left out
 
 
 def test_cpr_recency_bias_trains_at_its_own_learning_rate():

@@ -168,6 +168,19 @@ def _read(path: Path, job: dict) -> tuple[dict, list[dict], bool]:
     return records[0]["job"], entries, any(record.get("finished") for record in records)
 
 
+def recorded_parts(directory: Path) -> tuple[int, int] | None:
+    """(parts finished, parts of the job) as the ledger in ``directory`` has them, for a message after an
+    interrupt; None where there is no readable ledger."""
+    path = Path(directory) / LEDGER_FILE
+    try:
+        lines = path.read_text().splitlines()
+        job = json.loads(lines[0])["job"]
+    except (OSError, IndexError, KeyError, TypeError, json.JSONDecodeError):
+        return None
+    finished = sum(line.startswith("{") and line.endswith("}") and '"part"' in line for line in lines[1:])
+    return finished, len(job.get("parts", []))
+
+
 def _changed_parts(recorded: list, current: list) -> list[str]:
     """Names of the input parts added, removed or rewritten (size or footer) since the ledger was begun."""
     before, now = ({entry[0]: entry for entry in parts} for parts in (recorded, current))

@@ -23,6 +23,8 @@ _OWN_CLUSTER_SUCCESSORS = 0.8  # share of an item's successors drawn from its ow
 _RESAMPLE_ROUNDS = 4  # popularity re-draws before falling back to a uniform unseen item
 _START_TIME = 1_600_000_000  # seconds since the epoch of the earliest first interaction
 _DEFAULT_TASTE_CLUSTERS = 20  # capped at the number of items when taste_clusters is not given
+_DEFAULT_MAX_LENGTH = 50  # capped at the number of items: without repeats a history holds each item once
+_DEFAULT_MIN_LENGTH = 5
 
 
 @dataclass
@@ -33,8 +35,8 @@ class SynthConfig:
     items: int = 500
     repeat_prob: float = 0.0
     seed: int = 0
-    min_length: int = 5
-    max_length: int = 50
+    min_length: int | None = None  # None: min(5, max_length)
+    max_length: int | None = None  # None: min(50, items)
     zipf_exponent: float = 1.1
     taste_clusters: int | None = None  # None: min(20, items)
     transitions_per_item: int = 5
@@ -42,9 +44,13 @@ class SynthConfig:
     repeat_window: int = 10
 
     def __post_init__(self) -> None:
-        """Resolve the default taste_clusters; raise ConfigError for any value out of range."""
+        """Resolve the defaults that depend on the catalog; raise ConfigError for any value out of range."""
         if self.taste_clusters is None:
             self.taste_clusters = min(_DEFAULT_TASTE_CLUSTERS, self.items)
+        if self.max_length is None:
+            self.max_length = max(min(_DEFAULT_MAX_LENGTH, self.items), 1)
+        if self.min_length is None:
+            self.min_length = min(_DEFAULT_MIN_LENGTH, self.max_length)
         checks = [
             ("users", self.users >= 1, "an integer >= 1"),
             ("items", self.items >= 2, "an integer >= 2"),
@@ -62,8 +68,7 @@ class SynthConfig:
         ]
         for name, ok, expected in checks:
             if not ok:
-                raise ConfigError(received_expected(f"SynthConfig.{name}",
-                                                    getattr(self, name), expected))
+                raise ConfigError(received_expected(name, getattr(self, name), expected))
 
 
 @dataclass

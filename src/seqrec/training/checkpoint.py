@@ -122,6 +122,10 @@ def _refuse_changed_architecture(directory: Path, version: int, model_config: Mo
 def _require_files(directory: Path) -> None:
     names = (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, META_FILE)
     missing = [name for name in names if not (directory / name).is_file()]
+    if missing and (directory / "manifest.json").is_file():  # exporter.bundle's manifest
+        raise CheckpointError(received_expected(f"checkpoint directory {directory}", "an export bundle (manifest.json)",
+                                                "the checkpoint directory that `seqrec train --out` wrote (a bundle "
+                                                "is for `seqrec score` and `seqrec profile`)"))
     if missing:
         raise CheckpointError(received_expected(f"checkpoint directory {directory}", f"missing {missing}",
                                                 f"the files {', '.join(names)}"))

@@ -78,13 +78,15 @@ def ranks_and_repeat_shares(model: SequentialRecommender, seqs: UserSequences, e
 
 
 def by_repeat_metrics(ranks: np.ndarray, shares: np.ndarray, repeated: np.ndarray, top: int = 10
-                      ) -> dict[str, dict[str, float]]:
+                      ) -> dict[str, dict[str, float | None]]:
     """``evaluate_by_repeat``'s groups from ranks (E,), top-``top`` history shares (E,; NaN where the
-    model scored nothing, left out of the share) and whether each target repeats its history (E,)."""
-    def group(pick: np.ndarray) -> dict[str, float]:
+    model scored nothing, left out of the share) and whether each target repeats its history (E,).
+    A group without users (no repeats in the data, say) has None for every metric, not 0."""
+    def group(pick: np.ndarray) -> dict[str, float | None]:
         scored = pick & ~np.isnan(shares)
-        share = float(shares[scored].mean()) if scored.any() else 0.0
-        return {**ranking_metrics(ranks[pick]), "users": int(pick.sum()), f"top{top}_repeat_share": share}
+        share = float(shares[scored].mean()) if scored.any() else None
+        metrics = ranking_metrics(ranks[pick]) if pick.any() else dict.fromkeys(ranking_metrics(ranks[:0]))
+        return {**metrics, "users": int(pick.sum()), f"top{top}_repeat_share": share}
 
     everyone = np.ones(len(ranks), dtype=bool)
     return {"repeat": group(repeated), "new": group(~repeated), "all": group(everyone)}
