@@ -273,7 +273,7 @@ def export_command(checkpoint: str, out: str, format_: str, **options) -> None:
 @click.option("--engine", type=click.Choice(SCORE_ENGINES), default="local", show_default=True)
 @click.option("--resume", is_flag=True, help="continue the job in --output: keep its finished parts")
 @click.option("--address", help="Ray cluster to join (--engine ray) [default: start a local one]")
-@click.option("--actors", type=int, default=2, show_default=True, help="Ray scorer actors")
+@click.option("--actors", type=int, help="Ray scorer actors (--engine ray)  [default: 2]")
 @click.option("--threads", type=int, help="intra-op threads of the backend")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="torch backend: bf16 autocasts the matrix products")

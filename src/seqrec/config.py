@@ -228,7 +228,7 @@ class ScoreConfig(_JsonConfig):
     engine: str = "local"
     resume: bool = False  # continue a killed job in ``output`` (parts in its ledger are kept)
     address: str | None = None  # Ray cluster to join (engine ray); None starts a local one
-    actors: int = 2  # Ray scorer actors
+    actors: int | None = None  # Ray scorer actors (engine ray); None: DEFAULT_ACTORS
     threads: int | None = None  # intra-op threads of the backend; None: the library's default
     precision: str = "fp32"  # torch backend: bf16 autocasts the matrix products (a bundle's is set at export)
     progress: bool = True
@@ -241,6 +241,10 @@ class ScoreConfig(_JsonConfig):
         _check_choice("precision", self.precision, PRECISIONS)
         _check_range("batch_size", self.batch_size, 1)
         _check_range("actors", self.actors, 1)
+        for name in ("address", "actors"):  # a local run would ignore them: someone who meant a cluster
+            if self.engine != "ray" and getattr(self, name) is not None:
+                raise ConfigError(received_expected(name, f"{getattr(self, name)!r} with engine {self.engine!r}",
+                                                    "only with engine 'ray' (--engine ray), which reads it"))
         _check_range("top_k", self.top_k, 1)
         _check_range("threads", self.threads, 1)
 

@@ -54,6 +54,35 @@ def test_every_bad_row_kind_goes_to_the_rejects_with_its_reason(bundle, bad_rows
     assert summary["peak_rss_mb"] > 0 and summary["users_per_second"] > 0
 
 
+def test_an_interleaved_log_is_refused_before_any_work_and_scores_once_grouped(bundle, run_config, tmp_path):
+    """A log in time order mixes users; streamed as it is, a user would be scored on the first run of
+    their rows only. It is refused, naming the part, the user and the row; sorted by user it scores."""
+    from seqrec.batchinfer.inputs import InputPart, check_grouped
+    from seqrec.errors import DataError
+
+    log = pa.table({"user_id": pa.array([5, 5, 6, 7, 7, 5, None, 8], pa.int64()),
+                    "item_id": pa.array([1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007], pa.int64())})
+    (tmp_path / "logs").mkdir()
+    pq.write_table(log, tmp_path / "logs" / "a.parquet")
+    cfg = run_config(bundle, tmp_path / "logs")
+    with pytest.raises(DataError, match=r"a.parquet' \| received user 5 again at row 5, after other users' rows, "
+                                        r"expected each user's rows together"):
+        score(cfg, echo=lambda line: None)
+    assert not Path(cfg.output).exists()  # nothing written: a rerun needs no --resume
+    part = InputPart(str(tmp_path / "logs" / "a.parquet"), "a.parquet", 8)
+    for rows in (1, 2, 3):  # a user continuing across read batches is one run; coming back is caught
+        with pytest.raises(DataError, match="user 5 again at row 5"):
+            check_grouped(part, batch_rows=rows)
+    grouped = log.take([0, 1, 5, 2, 3, 4, 6, 7])
+    pq.write_table(grouped, tmp_path / "logs" / "a.parquet")
+    for rows in (1, 2, 3):
+        check_grouped(part, batch_rows=rows)
+    summary = score(cfg, echo=lambda line: None)
+    assert summary["users_scored"] == 4 and summary["rejected_by_reason"] == {"null_user_id": 1}
+    scored = pq.read_table(Path(cfg.output) / "a.parquet")
+    assert scored.column("user_id").to_pylist() == [5, 6, 7, 8]
+
+
 def test_uint64_ids_beyond_int64_keep_the_users_and_reject_the_items_in_both_forms(bundle, run_config, tmp_path):
     huge = 2**64 - 1
     users, items = pa.array([huge, 2, 3], pa.uint64()), pa.array([[1000, 1001], [1002, huge], [1003]], pa.list_(pa.uint64()))
@@ -267,3 +296,32 @@ def test_seqrec_score_command(bundle, parts_dir, tmp_path):
                                        "--backend", "torch"])
     assert result.exit_code == 1 and result.output.startswith("Error: --backend torch | received the export bundle")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_ray_options_without_the_ray_engine_are_refused(bundle, parts_dir, tmp_path):
+    """A local run would ignore them: someone who meant a cluster would get a local run reported as success."""
+    for option, value, shown in (("--address", "10.0.0.5:6379", "'10.0.0.5:6379'"), ("--actors", "4", "4")):
+        result = CliRunner().invoke(main, ["score", str(bundle), "--input", str(parts_dir), "--output",
+                                           str(tmp_path / "out"), option, value, "--quiet"])
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith(f"Error: {option[2:]} | received {shown} with engine 'local', expected only "
+                                        "with engine 'ray'"), result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_ray_cluster_that_cannot_be_reached_is_one_error_and_leaves_no_ledger(bundle, parts_dir, run_config,
+                                                                                 monkeypatch):
+    """ray.init is replaced by one that fails as Ray's does for an unreachable --address: the real one
+    retries for minutes (or aborts the process) on this machine, too long and too blunt for a test."""
+    ray = pytest.importorskip("ray")
+
+    def unreachable(address=None, **_):
+        raise ConnectionError(f"Failed to connect to Ray cluster at {address}")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", unreachable)
+    cfg = run_config(bundle, parts_dir, engine="ray", address="10.9.9.9:6379")
+    with pytest.raises(ConfigError, match=r"--address '10.9.9.9:6379' \| received no cluster reached \(Failed to "
+                                          r"connect to Ray cluster at 10.9.9.9:6379\), expected a running Ray cluster"):
+        score(cfg, echo=lambda line: None)
+    assert not Path(cfg.output).exists()  # a rerun with the right address needs no --resume

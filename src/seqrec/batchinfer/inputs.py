@@ -8,11 +8,12 @@ wrong schema fails in one message naming the part and the column. Two forms (DES
   optionally ``timestamps`` (list, aligned with ``history``).
 - **long**: an interaction log, ``user_id``, ``item_id``, optionally ``timestamp``. Requirement:
   within a part, each user's rows are contiguous (a log sorted or clustered by user, as a
-  ``GROUP BY user`` export writes it; ``seqrec data import`` keeps its source's row order, so an
-  interleaved source needs sorting first); their order is by ``timestamp``
+  ``GROUP BY user`` export or ``seqrec data import`` writes it); their order is by ``timestamp``
   when present (ties keep file order), else file order. Grouping then streams with one user's rows
-  carried between record batches, so memory does not grow with the part. A user whose rows come
-  back later in the part is a second user row: a ``duplicate_user`` reject (see ``outputs``).
+  carried between record batches, so memory does not grow with the part. ``check_grouped`` reads
+  the ``user_id`` column of every long-form part before any work and refuses a part in which a user's
+  rows come back later (a log in time order, interleaved): scored as it streams, that user would get
+  a list from the first run of rows only, and the rest would be rejected.
 
 ``read_part`` yields list-form record batches (``user_id``, ``history`` [, ``timestamps``] and, for
 the long form, ``row``: the part row of the user's first interaction) whatever the form.
@@ -83,6 +84,28 @@ def plan_input(pattern: str, output: str | Path, needs_timestamps: bool) -> Inpu
                                                 f"the {first[0]} form with {first[1]} user ids of '{paths[0]}'"))
         parts.append(InputPart(path, Path(path).name, rows, part_fingerprint(path)))
     return InputPlan(tuple(parts), first[0], first[1], needs_timestamps)
+
+
+def check_grouped(part: InputPart, batch_rows: int = 1 << 20) -> None:
+    """DataError unless each user's rows in the long-form ``part`` are contiguous (null ids aside: they
+    are rejects). Streams the ``user_id`` column; holds the part's distinct user ids meanwhile."""
+    reader = pq.ParquetFile(part.path, buffer_size=READ_BUFFER, pre_buffer=False)
+    seen: set = set()
+    last, row = None, 0  # the user of the previous row and the part row of the batch's first row
+    for batch in reader.iter_batches(batch_size=batch_rows, columns=["user_id"], use_threads=False):
+        users = batch.column(0)
+        starts = group_starts(users)  # (G,)
+        firsts = users.take(pa.array(starts)).to_pylist()
+        for start, user in zip(starts.tolist(), firsts):
+            if user is None or (start == 0 and user == last):
+                continue
+            if user in seen:
+                raise DataError(received_expected(
+                    f"input part '{part.path}'", f"user {user!r} again at row {row + start}, after other users' rows",
+                    "each user's rows together in an interaction log (sort it by user_id, keeping time order; "
+                    "`seqrec data import` writes it so)"))
+            seen.add(user)
+        last, row = users[len(users) - 1].as_py() if len(users) else last, row + len(users)
 
 
 def part_fingerprint(path: str) -> str:

@@ -7,12 +7,13 @@ import json
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
 from tqdm.auto import tqdm
 
-from seqrec.batchinfer.inputs import LIST_FORM, InputPlan, plan_input
+from seqrec.batchinfer.inputs import LIST_FORM, LONG_FORM, InputPlan, check_grouped, plan_input
 from seqrec.batchinfer.ledger import Ledger
 from seqrec.batchinfer.model import ScoringModel, open_model
 from seqrec.batchinfer.outputs import REJECTS_DIR, merge_rejects
@@ -24,19 +25,27 @@ from seqrec.config import ScoreConfig
 def score(cfg: ScoreConfig, echo: Callable[[str], None] = print) -> dict:
     """Score ``cfg.input`` into ``cfg.output``; returns the summary (also in ``_summary.json``).
 
-    Everything that can be checked before reading data is checked first: the model against the
-    backend and options, every input part's schema, the output directory (or its ledger with
-    ``--resume``). Parts already in the ledger are skipped; the others are scored by the engine.
+    Everything that can be checked before scoring is checked first: the model against the
+    backend and options, every input part's schema (and, for an interaction log, that each user's
+    rows are together), the output directory (or its ledger with ``--resume``). Parts already in the ledger are skipped; the others are scored by the engine.
     """
     started = time.perf_counter()
     model = open_model(cfg)
     plan = plan_input(cfg.input, cfg.output, "timestamps" in model.inputs)
+    if plan.form == LONG_FORM:
+        for part in plan.parts:
+            check_grouped(part)
     out = Path(cfg.output)
-    ledger = Ledger.open(out, job_identity(model, plan, cfg.layout), cfg.resume)
-    try:
-        return _run(cfg, model, plan, ledger, started, echo)
-    finally:
-        ledger.close()
+    with ExitStack() as cluster:
+        if cfg.engine == "ray":  # reached before the ledger is written: a wrong --address leaves nothing behind
+            from seqrec.batchinfer.ray_engine import ray_cluster
+
+            cluster.enter_context(ray_cluster(cfg))
+        ledger = Ledger.open(out, job_identity(model, plan, cfg.layout), cfg.resume)
+        try:
+            return _run(cfg, model, plan, ledger, started, echo)
+        finally:
+            ledger.close()
 
 
 def _run(cfg: ScoreConfig, model: ScoringModel, plan: InputPlan, ledger: Ledger, started: float,

@@ -24,6 +24,7 @@ workers, and ``DIR`` shared with them); without it a local Ray is started and sh
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -39,10 +40,11 @@ from seqrec.batchinfer.local import READ_BATCHES
 from seqrec.batchinfer.model import open_model
 from seqrec.batchinfer.writer import PartWriter
 from seqrec.config import ScoreConfig
-from seqrec.errors import SeqrecError, received_expected
+from seqrec.errors import ConfigError, SeqrecError, received_expected
 from seqrec.exporter.onnx_export import require_module
 
 CPUS_PER_ACTOR = 0.5
+DEFAULT_ACTORS = 2
 GROUPED_ROWS = 8192  # input rows per batch (and row group) while a Ray task groups a long log
 SEQUENCE = "_seq"  # global input order of a result row
 
@@ -79,11 +81,31 @@ class RayScorer:
         return pa.Table.from_batches(results)
 
 
-def run_ray(cfg: ScoreConfig, plan: InputPlan, todo: list[InputPart], writer: PartWriter) -> None:
+@contextmanager
+def ray_cluster(cfg: ScoreConfig) -> Iterator[None]:
+    """Ray for the job: the one already initialised in this process, else ``cfg.address`` joined (or a
+    local one started) and shut down after. A cluster that cannot be reached is one ConfigError, raised
+    before the job writes anything."""
     ray = require_module("ray", "the ray engine", "pip install 'seqrec[ray]'")
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=cfg.address, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(address=cfg.address, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            where = f"--address {cfg.address!r}" if cfg.address else "a local Ray cluster"
+            raise ConfigError(received_expected(where, f"no cluster reached ({str(err).splitlines()[0]})",
+                                                "a running Ray cluster (ray start --head) at that address, "
+                                                "or no --address to start a local one")) from err
+    try:
+        yield
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def run_ray(cfg: ScoreConfig, plan: InputPlan, todo: list[InputPart], writer: PartWriter) -> None:
+    """Score ``todo`` on the Ray of ``ray_cluster`` (entered by the caller) and write it through ``writer``."""
+    ray = require_module("ray", "the ray engine", "pip install 'seqrec[ray]'")
     staging = Path(cfg.output) / STAGING_DIR
     try:
         shutil.rmtree(staging, ignore_errors=True)
@@ -95,8 +117,6 @@ def run_ray(cfg: ScoreConfig, plan: InputPlan, todo: list[InputPart], writer: Pa
             writer.handle(part, batch)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if started_here:
-            ray.shutdown()
 
 
 def _work_units(paths: list[str]) -> tuple[list[dict], list[int]]:
@@ -128,7 +148,7 @@ def _score_to(ray, cfg: ScoreConfig, plan: InputPlan, units: list[dict], directo
         dataset = ray.data.from_items(units, override_num_blocks=len(units))
         dataset = dataset.map_batches(RayScorer, fn_constructor_kwargs={"cfg": actor_cfg, "columns": columns},
                                       batch_format="pyarrow", batch_size=1,
-                                      compute=ray.data.ActorPoolStrategy(size=cfg.actors), **resources)
+                                      compute=ray.data.ActorPoolStrategy(size=cfg.actors or DEFAULT_ACTORS), **resources)
         dataset.write_parquet(str(directory))
     finally:
         context.enable_progress_bars = saved

@@ -239,9 +239,15 @@ def _read_csv(path: Path, source: str, columns: list[str],
 
 
 def convert_interactions(src: str | Path, fmt: str, dst: str | Path) -> dict:
-    """``seqrec data import``: read ``src`` in format ``fmt``, write canonical Parquet, return stats."""
+    """``seqrec data import``: read ``src`` in format ``fmt``, write canonical Parquet, return stats.
+
+    The rows are written grouped by user, in time order within a user (ties keep the source's order):
+    the file is then also an interaction log that ``seqrec score`` reads as it is (a log in time
+    order, users interleaved, is refused there). Training reads the same sequences either way.
+    """
     from seqrec.data.stats import interaction_stats
 
     table = import_interactions(src, fmt)
+    table = table.take(pc.sort_indices(table, [("user_id", "ascending"), ("timestamp", "ascending")]))  # stable
     write_interactions(table, dst)
     return {"written": str(dst), **interaction_stats(table)}
