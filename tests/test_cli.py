@@ -63,8 +63,11 @@ def test_train_then_eval_json(synth_parquet, tmp_path):
 
 
 def test_print_config_resolves_model_defaults():
-    result = run("train", "--data", ".", "--out", "x", "--model", "gru4rec", "--lr", 0.01, "--print-config")
+    result = run("train", "--model", "gru4rec", "--lr", 0.01, "--print-config")  # no --data / --out needed
     config = json.loads(result.output)
+    assert config["model"]["num_items"] is None  # set from the data, not the placeholder 1
+    missing = CliRunner().invoke(main, ["train", "--out", "x"])
+    assert missing.exit_code == 2 and "Missing option '--data'." in missing.output
     assert config["model"]["model"] == "gru4rec" and config["train"]["lr"] == 0.01
     assert config["model"]["layers"] == 1  # gru4rec's own default, not the dataclass default
     assert config["train"]["refit"] is False and config["model"]["cpr_pooling"] == "logsumexp"

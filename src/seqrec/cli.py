@@ -138,8 +138,8 @@ def data_stats(path: str) -> None:
 
 
 @main.command("train")
-@click.option("--data", "data_path", type=click.Path(exists=True), required=True, help="interactions Parquet")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="checkpoint directory")
+@click.option("--data", "data_path", type=click.Path(exists=True), help="interactions Parquet  [required]")
+@click.option("--out", type=click.Path(file_okay=False), help="checkpoint directory  [required]")
 @click.option("--model", type=click.Choice(MODELS), default="sasrec", show_default=True)
 @click.option("--head", type=click.Choice(HEADS), default="softmax", show_default=True)
 @click.option("--cpr-variant", help="softmax-CPR partitions for --head cpr: softmax, C, CP or CPR:k1,k2,.. "
@@ -205,9 +205,13 @@ def train_command(data_path: str, out: str, model: str, head: str, print_config:
     from seqrec.training import train
 
     model_cfg, train_cfg = resolve_configs(model, head, options)
-    if print_config:
-        click.echo(json.dumps({"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}, indent=2))
+    if print_config:  # needs neither --data nor --out; the catalog size comes from the data
+        click.echo(json.dumps({"model": {**model_cfg.to_dict(), "num_items": None}, "train": train_cfg.to_dict()},
+                              indent=2))
         return
+    for name, value in (("--data", data_path), ("--out", out)):
+        if value is None:
+            raise click.UsageError(f"Missing option '{name}'.")
     click.get_current_context().meta[AFTER_INTERRUPT] = _output_kept
     ckpt = train(data_path, out, model_cfg, train_cfg, progress=not quiet)
     click.echo(json.dumps({"checkpoint": out, **{k: _headline(v) for k, v in ckpt.meta["metrics"].items()}}))
@@ -227,6 +231,9 @@ def eval_command(checkpoint: str, data_path: str, split: str, exclude_history: b
     from seqrec.training import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(checkpoint, data_path, split, exclude_history, by_repeat=by_repeat)
+    warning = _catalog_warning(metrics)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         click.echo(json.dumps(metrics))
         return
@@ -235,6 +242,17 @@ def eval_command(checkpoint: str, data_path: str, split: str, exclude_history: b
     for key, value in metrics.items():
         if not isinstance(value, dict):  # the groups of --by-repeat are in the table above
             click.echo(f"{key:22s} {value:.4f}" if isinstance(value, float) else f"{key:22s} {value}")
+
+
+def _catalog_warning(metrics: dict) -> str | None:
+    """A line when most test targets are items the model never saw: most likely another data set than
+    the one it was trained on (the metrics stand: those targets count as misses)."""
+    users = metrics["all"]["users"] if "all" in metrics else metrics["users"]
+    unknown = metrics["unknown_targets"]
+    if users and unknown * 2 > users:
+        return (f"{unknown} of {users} {metrics['split']} targets are items this model never saw (counted as "
+                "misses): is this the data it was trained on?")
+    return None
 
 
 @main.command("export")

@@ -325,3 +325,13 @@ def test_a_ray_cluster_that_cannot_be_reached_is_one_error_and_leaves_no_ledger(
                                           r"connect to Ray cluster at 10.9.9.9:6379\), expected a running Ray cluster"):
         score(cfg, echo=lambda line: None)
     assert not Path(cfg.output).exists()  # a rerun with the right address needs no --resume
+
+
+def test_an_input_without_rows_scores_nothing_and_says_so(bundle, run_config, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"user_id": pa.array([], pa.int64()), "history": pa.array([], pa.list_(pa.int64()))}),
+                   tmp_path / "in" / "a.parquet")
+    summary = score(run_config(bundle, tmp_path / "in"), echo=lambda line: None)
+    assert summary["users_scored"] == 0 and summary["users_rejected"] == 0
+    assert capsys.readouterr().err.strip() == (f"warning: the input '{tmp_path / 'in'}' has no rows (in 1 part): "
+                                                "nothing to score")

@@ -132,6 +132,16 @@ def test_eval_keeps_the_files_split_and_counts_unknown_targets_as_misses(tiny_ch
     late = evaluate_checkpoint(tiny_checkpoint, tmp_path / "late.parquet", "test")
     assert late["hr@50"] == 0.0 and late["ndcg@10"] == 0.0 and late["unknown_targets"] == late["users"]
     assert late["users"] == base["all"]["users"]  # the same users, each now with an unknown target
+    from click.testing import CliRunner
+
+    from seqrec.cli import main
+
+    result = CliRunner().invoke(main, ["eval", str(tiny_checkpoint), "--data", str(tmp_path / "late.parquet"), "--json"])
+    assert result.exit_code == 0 and result.output.splitlines()[0] == (
+        f"warning: {late['users']} of {late['users']} test targets are items this model never saw (counted as "
+        "misses): is this the data it was trained on?")
+    result = CliRunner().invoke(main, ["eval", str(tiny_checkpoint), "--data", str(tmp_path / "early.parquet")])
+    assert result.exit_code == 0 and "warning" not in result.output
     unknown = table.set_column(table.schema.get_field_index("item_id"), "item_id",
                                pa.array(np.arange(len(table)) + 10**9, table.schema.field("item_id").type))
     pq.write_table(unknown, tmp_path / "unknown.parquet")

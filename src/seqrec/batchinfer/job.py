@@ -35,6 +35,9 @@ def score(cfg: ScoreConfig, echo: Callable[[str], None] = print) -> dict:
     if plan.form == LONG_FORM:
         for part in plan.parts:
             check_grouped(part)
+    if not any(part.rows for part in plan.parts):  # scored as asked, but a nightly job fed nothing should say so
+        _stderr_line(f"warning: the input '{cfg.input}' has no rows (in {len(plan.parts)} "
+                     f"part{'s' if len(plan.parts) != 1 else ''}): nothing to score")
     out = Path(cfg.output)
     with ExitStack() as cluster:
         if cfg.engine == "ray":  # reached before the ledger is written: a wrong --address leaves nothing behind
