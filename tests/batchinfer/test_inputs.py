@@ -63,17 +63,30 @@ def test_parts_are_streamed_in_record_batches(tmp_path):
 
 
 def test_a_long_log_is_grouped_across_batch_boundaries(tmp_path):
-    users = [7, 7, 7, 3, 9, 9, 9, 9, 9, 4, 7]  # user 7 comes back at the end: a second row for 7
+    users = [7, 7, 7, 3, 9, 9, 9, 9, 9, 4, 8]  # each user's rows together: streamed
     path = write(tmp_path / "log.parquet", user_id=users, item_id=list(range(1000, 1011)))
     plan = plan_input(str(path), tmp_path / "out", False)
-    assert plan.form == LONG_FORM
+    assert plan.form == LONG_FORM and plan.parts[0].grouped
     for batch_rows in (1, 2, 4, 100):
         rows = pa.Table.from_batches(list(read_part(plan.parts[0], plan, batch_rows))).to_pylist()
         assert rows == [{"user_id": 7, "history": [1000, 1001, 1002], "row": 0},
                         {"user_id": 3, "history": [1003], "row": 3},
                         {"user_id": 9, "history": [1004, 1005, 1006, 1007, 1008], "row": 4},
                         {"user_id": 4, "history": [1009], "row": 9},
-                        {"user_id": 7, "history": [1010], "row": 10}]
+                        {"user_id": 8, "history": [1010], "row": 10}]
+
+
+def test_a_log_whose_user_comes_back_is_sorted_by_user_first(tmp_path):
+    users = [7, 7, 7, 3, 9, 9, 9, 9, 9, 4, 7]  # user 7 comes back at the end: one user, four items
+    path = write(tmp_path / "log.parquet", user_id=users, item_id=list(range(1000, 1011)))
+    plan = plan_input(str(path), tmp_path / "out", False)
+    assert not plan.parts[0].grouped
+    for batch_rows in (1, 2, 4, 100):
+        rows = pa.Table.from_batches(list(read_part(plan.parts[0], plan, batch_rows))).to_pylist()
+        assert rows == [{"user_id": 3, "history": [1003], "row": 3},
+                        {"user_id": 4, "history": [1009], "row": 9},
+                        {"user_id": 7, "history": [1000, 1001, 1002, 1010], "row": 0},
+                        {"user_id": 9, "history": [1004, 1005, 1006, 1007, 1008], "row": 4}]
 
 
 def test_a_long_log_is_ordered_by_timestamp_within_a_user_ties_in_file_order():

@@ -54,33 +54,31 @@ def test_every_bad_row_kind_goes_to_the_rejects_with_its_reason(bundle, bad_rows
     assert summary["peak_rss_mb"] > 0 and summary["users_per_second"] > 0
 
 
-def test_an_interleaved_log_is_refused_before_any_work_and_scores_once_grouped(bundle, run_config, tmp_path):
-    """A log in time order mixes users; streamed as it is, a user would be scored on the first run of
-    their rows only. It is refused, naming the part, the user and the row; sorted by user it scores."""
-    from seqrec.batchinfer.inputs import InputPart, check_grouped
-    from seqrec.errors import DataError
+def test_an_interleaved_log_is_grouped_by_user_as_a_sorted_one_is(bundle, run_config, tmp_path):
+    """A log in time order mixes users. Streamed as it is, a user was scored on the first run of their
+    rows only and the rest rejected; such a part is sorted by user first (stably: each user's rows keep
+    their order), and rejects keep the part's own row numbers."""
+    from seqrec.batchinfer.inputs import first_return
 
-    log = pa.table({"user_id": pa.array([5, 5, 6, 7, 7, 5, None, 8], pa.int64()),
-                    "item_id": pa.array([1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007], pa.int64())})
-    (tmp_path / "logs").mkdir()
-    pq.write_table(log, tmp_path / "logs" / "a.parquet")
-    cfg = run_config(bundle, tmp_path / "logs")
-    with pytest.raises(DataError, match=r"a.parquet' \| received user 5 again at row 5, after other users' rows, "
-                                        r"expected each user's rows together"):
-        score(cfg, echo=lambda line: None)
-    assert not Path(cfg.output).exists()  # nothing written: a rerun needs no --resume
-    part = InputPart(str(tmp_path / "logs" / "a.parquet"), "a.parquet", 8)
-    for rows in (1, 2, 3):  # a user continuing across read batches is one run; coming back is caught
-        with pytest.raises(DataError, match="user 5 again at row 5"):
-            check_grouped(part, batch_rows=rows)
-    grouped = log.take([0, 1, 5, 2, 3, 4, 6, 7])
-    pq.write_table(grouped, tmp_path / "logs" / "a.parquet")
-    for rows in (1, 2, 3):
-        check_grouped(part, batch_rows=rows)
-    summary = score(cfg, echo=lambda line: None)
-    assert summary["users_scored"] == 4 and summary["rejected_by_reason"] == {"null_user_id": 1}
-    scored = pq.read_table(Path(cfg.output) / "a.parquet")
-    assert scored.column("user_id").to_pylist() == [5, 6, 7, 8]
+    log = pa.table({"user_id": pa.array([5, 5, 6, 7, 7, 5, None, 8, 6], pa.int64()),
+                    "item_id": pa.array([1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008], pa.int64())})
+    grouped = log.take([0, 1, 5, 2, 8, 3, 4, 6, 7])
+    for name, table in (("interleaved", log), ("grouped", grouped)):
+        (tmp_path / name).mkdir()
+        pq.write_table(table, tmp_path / name / "a.parquet", row_group_size=4)
+    for rows in (1, 2, 3, 100):  # a user continuing across read batches is one run; coming back is found
+        assert first_return(str(tmp_path / "interleaved" / "a.parquet"), batch_rows=rows) == (5, 5)
+        assert first_return(str(tmp_path / "grouped" / "a.parquet"), batch_rows=rows) is None
+    outputs = {}
+    for name in ("interleaved", "grouped"):
+        cfg = run_config(bundle, tmp_path / name, batch_size=2)
+        summary = score(cfg, echo=lambda line: None)
+        assert summary["users_scored"] == 4 and summary["rejected_by_reason"] == {"null_user_id": 1}
+        outputs[name] = read_dir(cfg.output)
+    assert outputs["interleaved"]["a.parquet"] == outputs["grouped"]["a.parquet"]
+    assert outputs["interleaved"]["a.parquet"].column("user_id").to_pylist() == [5, 6, 7, 8]
+    assert [(r["row"], r["reason"]) for r in outputs["interleaved"]["_rejects.parquet"].to_pylist()] == \
+        [(6, "null_user_id")]  # its row in the part as given, not in the sorted one
 
 
 def test_uint64_ids_beyond_int64_keep_the_users_and_reject_the_items_in_both_forms(bundle, run_config, tmp_path):

@@ -1,4 +1,4 @@
-"""Scoring input: which parts, which form, checked up front; then streamed, never read whole.
+"""Scoring input: which parts, which form, checked up front; then streamed (an interleaved log part aside).
 
 ``PATH`` is a Parquet file, a directory of parts (``*.parquet``, names starting with ``_`` or ``.``
 skipped) or a glob. Every part's schema is read from its footer and checked before any work, so a
@@ -6,14 +6,14 @@ wrong schema fails in one message naming the part and the column. Two forms (DES
 
 - **list**: one row per user, ``user_id`` and ``history`` (list of raw item ids, oldest first),
   optionally ``timestamps`` (list, aligned with ``history``).
-- **long**: an interaction log, ``user_id``, ``item_id``, optionally ``timestamp``. Requirement:
-  within a part, each user's rows are contiguous (a log sorted or clustered by user, as a
-  ``GROUP BY user`` export or ``seqrec data import`` writes it); their order is by ``timestamp``
-  when present (ties keep file order), else file order. Grouping then streams with one user's rows
-  carried between record batches, so memory does not grow with the part. ``check_grouped`` reads
-  the ``user_id`` column of every long-form part before any work and refuses a part in which a user's
-  rows come back later (a log in time order, interleaved): scored as it streams, that user would get
-  a list from the first run of rows only, and the rest would be rejected.
+- **long**: an interaction log, ``user_id``, ``item_id``, optionally ``timestamp``, grouped by user
+  here (DESIGN.md). A user's rows are ordered by ``timestamp`` when present (ties keep file order),
+  else file order. Where each user's rows are contiguous within the part (a log sorted or clustered
+  by user, as a ``GROUP BY user`` export or ``seqrec data import`` writes it), grouping streams with one user's rows
+  carried between record batches, so memory does not grow with the part. ``plan_input`` reads the
+  ``user_id`` column of every long-form part (``first_return``); a part in which a user's rows come
+  back after other users' (a log in time order) is read whole and sorted by user before grouping
+  (``_sorted_by_user``, stable), so its memory is the part's, as the duplicate-user check's already is.
 
 ``read_part`` yields list-form record batches (``user_id``, ``history`` [, ``timestamps``] and, for
 the long form, ``row``: the part row of the user's first interaction) whatever the form.
@@ -39,6 +39,7 @@ from seqrec.errors import DataError, SchemaError, received_expected
 LIST_FORM, LONG_FORM = "list", "long"
 FORMS_EXPECTED = ("user_id + history (a list of item ids per user, optionally timestamps), or user_id + item_id "
                   "(+ timestamp) (an interaction log)")
+ORIGINAL_ROW = "_part_row"  # a row's number in its part, carried through the sort of an interleaved log
 READ_BUFFER = 1 << 20  # bytes; column chunks are streamed through it rather than loaded whole
 
 
@@ -48,6 +49,7 @@ class InputPart:
     name: str  # the output part's file name, from the input's
     rows: int  # input rows (users in the list form, interactions in the long form)
     fingerprint: str = ""  # size and footer digest (``part_fingerprint``): a rewritten part is another part
+    grouped: bool = True  # each user's rows contiguous (always, in the list form); else sorted before grouping
 
 
 @dataclass(frozen=True)
@@ -82,30 +84,29 @@ def plan_input(pattern: str, output: str | Path, needs_timestamps: bool) -> Inpu
         if (form, user_type) != first[:2]:
             raise SchemaError(received_expected(f"input part '{path}'", f"a {form} form with {user_type} user ids",
                                                 f"the {first[0]} form with {first[1]} user ids of '{paths[0]}'"))
-        parts.append(InputPart(path, Path(path).name, rows, part_fingerprint(path)))
+        grouped = form == LIST_FORM or first_return(path) is None
+        parts.append(InputPart(path, Path(path).name, rows, part_fingerprint(path), grouped))
     return InputPlan(tuple(parts), first[0], first[1], needs_timestamps)
 
 
-def check_grouped(part: InputPart, batch_rows: int = 1 << 20) -> None:
-    """DataError unless each user's rows in the long-form ``part`` are contiguous (null ids aside: they
-    are rejects). Streams the ``user_id`` column; holds the part's distinct user ids meanwhile."""
-    reader = pq.ParquetFile(part.path, buffer_size=READ_BUFFER, pre_buffer=False)
+def first_return(path: str, batch_rows: int = 1 << 20) -> tuple[object, int] | None:
+    """(user, row) where a user of the long-form part at ``path`` comes back after other users' rows,
+    or None when each user's rows are contiguous (null ids aside: they are rejects). Streams the
+    ``user_id`` column; holds the part's distinct user ids meanwhile."""
+    reader = pq.ParquetFile(path, buffer_size=READ_BUFFER, pre_buffer=False)
     seen: set = set()
     last, row = None, 0  # the user of the previous row and the part row of the batch's first row
     for batch in reader.iter_batches(batch_size=batch_rows, columns=["user_id"], use_threads=False):
         users = batch.column(0)
         starts = group_starts(users)  # (G,)
-        firsts = users.take(pa.array(starts)).to_pylist()
-        for start, user in zip(starts.tolist(), firsts):
+        for start, user in zip(starts.tolist(), users.take(pa.array(starts)).to_pylist()):
             if user is None or (start == 0 and user == last):
                 continue
             if user in seen:
-                raise DataError(received_expected(
-                    f"input part '{part.path}'", f"user {user!r} again at row {row + start}, after other users' rows",
-                    "each user's rows together in an interaction log (sort it by user_id, keeping time order; "
-                    "`seqrec data import` writes it so)"))
+                return user, row + start
             seen.add(user)
         last, row = users[len(users) - 1].as_py() if len(users) else last, row + len(users)
+    return None
 
 
 def part_fingerprint(path: str) -> str:
@@ -129,7 +130,16 @@ def read_part(part: InputPart, plan: InputPlan, batch_rows: int) -> Iterator[pa.
     if plan.form == LIST_FORM:
         yield from batches
     else:
-        yield from group_long(batches, plan.timestamps)
+        yield from group_long(batches if part.grouped else _sorted_by_user(part, plan, batch_rows), plan.timestamps)
+
+
+def _sorted_by_user(part: InputPart, plan: InputPlan, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """A long-form part whose users' rows are interleaved (a log in time order), read whole and sorted
+    by user (stable: each user's rows keep their order), with each row's part row in ``ORIGINAL_ROW``."""
+    table = pq.read_table(part.path, columns=plan.columns(), use_threads=False)
+    table = table.append_column(ORIGINAL_ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    order = pc.sort_indices(table, [("user_id", "ascending")])  # stable; null ids last
+    yield from table.take(order).to_batches(max_chunksize=batch_rows)
 
 
 def group_long(batches: Iterator[pa.RecordBatch], timestamps: bool) -> Iterator[pa.RecordBatch]:
@@ -187,7 +197,10 @@ def _as_lists(table: pa.Table, starts: np.ndarray, first_row: int, timestamps: b
     columns["history"] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), items)
     if timestamps:
         columns["timestamps"] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), times)
-    columns["row"] = pa.array(first_row + starts, pa.int64())
+    if ORIGINAL_ROW in table.column_names:  # rows sorted by user: each group's first row in the part
+        columns["row"] = table.column(ORIGINAL_ROW).combine_chunks().take(pa.array(starts))
+    else:
+        columns["row"] = pa.array(first_row + starts, pa.int64())
     return pa.RecordBatch.from_pydict(columns)
 
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from seqrec.batchinfer.inputs import LIST_FORM, LONG_FORM, InputPlan, check_grouped, plan_input
+from seqrec.batchinfer.inputs import LIST_FORM, InputPlan, plan_input
 from seqrec.batchinfer.ledger import Ledger
 from seqrec.batchinfer.model import ScoringModel, open_model
 from seqrec.batchinfer.outputs import REJECTS_DIR, merge_rejects
@@ -26,15 +26,12 @@ def score(cfg: ScoreConfig, echo: Callable[[str], None] = print) -> dict:
     """Score ``cfg.input`` into ``cfg.output``; returns the summary (also in ``_summary.json``).
 
     Everything that can be checked before scoring is checked first: the model against the
-    backend and options, every input part's schema (and, for an interaction log, that each user's
-    rows are together), the output directory (or its ledger with ``--resume``). Parts already in the ledger are skipped; the others are scored by the engine.
+    backend and options, every input part's schema, the output directory (or its ledger with
+    ``--resume``). Parts already in the ledger are skipped; the others are scored by the engine.
     """
     started = time.perf_counter()
     model = open_model(cfg)
     plan = plan_input(cfg.input, cfg.output, "timestamps" in model.inputs)
-    if plan.form == LONG_FORM:
-        for part in plan.parts:
-            check_grouped(part)
     if not any(part.rows for part in plan.parts):  # scored as asked, but a nightly job fed nothing should say so
         _stderr_line(f"warning: the input '{cfg.input}' has no rows (in {len(plan.parts)} "
                      f"part{'s' if len(plan.parts) != 1 else ''}): nothing to score")
