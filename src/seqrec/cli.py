@@ -16,7 +16,7 @@ from seqrec.config import (CPR_POOLINGS, EXPORT_FORMATS, EXPORT_PRECISIONS, HEAD
                            PC_ACTIVATIONS,
                            POINTER_OPS, POSITIONS, PRECISIONS, PROFILE_PRECISIONS, SCORE_BACKENDS, SCORE_ENGINES, SCORE_LAYOUTS,
                            resolve_configs)
-from seqrec.errors import SeqrecError, received_expected
+from seqrec.errors import ConfigError, SeqrecError, received_expected
 
 
 class CommaList(click.ParamType):
@@ -89,7 +89,8 @@ def data() -> None:
 @click.option("--format", "fmt", type=click.Choice(IMPORT_FORMATS), required=True)
 @click.argument("src", type=click.Path(exists=True, dir_okay=True))
 @click.argument("dst", type=click.Path(dir_okay=False))
-def data_import(fmt: str, src: str, dst: str) -> None:
+@click.option("--overwrite", is_flag=True, help="replace DST if it exists")
+def data_import(fmt: str, src: str, dst: str, overwrite: bool) -> None:
     """Convert SRC into the canonical interactions Parquet DST.
 
     \b
@@ -109,7 +110,15 @@ def data_import(fmt: str, src: str, dst: str) -> None:
     """
     from seqrec.data import convert_interactions
 
+    _refuse_existing(dst, overwrite)
     click.echo(json.dumps(convert_interactions(src, fmt, dst)))
+
+
+def _refuse_existing(dst: str, overwrite: bool) -> None:
+    """A DST that exists is kept unless --overwrite: it may be the data a checkpoint was trained on."""
+    if Path(dst).exists() and not overwrite:
+        raise ConfigError(received_expected(f"DST '{dst}'", "a file that exists", "a new path, or --overwrite "
+                                            "to replace it"))
 
 
 @data.command("synth")
@@ -120,11 +129,13 @@ def data_import(fmt: str, src: str, dst: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--min-length", type=int, help="shortest user history  [default: min(5, max length)]")
 @click.option("--max-length", type=int, help="longest user history  [default: min(50, items)]")
-def data_synth(dst: str, **options) -> None:
+@click.option("--overwrite", is_flag=True, help="replace DST if it exists")
+def data_synth(dst: str, overwrite: bool, **options) -> None:
     """Write a synthetic interactions Parquet with learnable sequential structure."""
     from seqrec.data import SynthConfig, synthesize_to
 
     cfg = SynthConfig(**options)
+    _refuse_existing(dst, overwrite)
     click.echo(json.dumps(synthesize_to(cfg, dst)))
 
 

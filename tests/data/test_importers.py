@@ -222,3 +222,20 @@ def test_shared_data_sets(shared_data: Path, name: str, fmt: str, users: int, it
     assert (stats["users"], stats["items"], stats["interactions"]) == (users, items,
                                                                        interactions)
     assert stats["repeat_share"] == 0.0
+
+
+def test_cli_keeps_an_existing_destination_unless_told_to_overwrite(tmp_path) -> None:
+    """DST may be the data a checkpoint was trained on: replaced only with --overwrite, and then whole."""
+    src = _write(tmp_path / "log.txt", "1 10\n1 11\n")
+    dst = tmp_path / "train.parquet"
+    dst.write_bytes(b"precious")
+    for command in (["data", "import", "--format", "sasrec", str(src), str(dst)],
+                    ["data", "synth", str(dst), "--users", "5", "--items", "20"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1 and result.output == (f"Error: DST '{dst}' | received a file that exists, "
+                                                           "expected a new path, or --overwrite to replace it\n")
+        assert dst.read_bytes() == b"precious"
+    result = CliRunner().invoke(main, ["data", "import", "--format", "sasrec", str(src), str(dst), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(dst).num_rows == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["log.txt",
+                                                                                                "train.parquet"]

@@ -6,6 +6,8 @@ Text formats are parsed with Arrow compute kernels over the whole file (no Pytho
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,17 +38,23 @@ def import_interactions(src: str | Path, fmt: str) -> pa.Table:
 
 
 def write_interactions(table: pa.Table, dst: str | Path) -> Path:
-    """Write ``table`` as zstd-compressed Parquet at ``dst``, creating parent directories.
+    """Write ``table`` as zstd-compressed Parquet at ``dst``, creating parent directories; written
+    beside ``dst`` and renamed, so a failed write leaves what was there.
 
     ConfigError naming ``dst`` when it cannot be created or written.
     """
     dst = Path(dst)
+    temporary = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, dst, compression="zstd")
+        pq.write_table(table, temporary, compression="zstd")
+        os.replace(temporary, dst)
     except (OSError, pa.ArrowException) as err:
         raise ConfigError(received_expected(f"output file '{dst}'", f"an unwritable path ({err})",
                                             "a file path this user can create and write")) from err
+    finally:
+        with contextlib.suppress(OSError):  # absent after the rename, or its directory never existed
+            temporary.unlink(missing_ok=True)
     return dst
 
 
