@@ -56,7 +56,10 @@ class SequentialRecommender(nn.Module):
         Histories longer than ``max_length`` keep their most recent ``max_length`` items. Any integer
         dtype is taken (as int64); anything else, or ids outside 0..N, is a ModelInputError.
         """
-        items = checked_items(items, self.cfg.num_items)
+        return self._encode_checked(checked_items(items, self.cfg.num_items), timestamps)
+
+    def _encode_checked(self, items: torch.Tensor, timestamps: torch.Tensor | None) -> list[torch.Tensor]:
+        """``encode_layers`` for items that ``checked_items`` has passed (so a call reads its ids once)."""
         check_timestamps(timestamps, items)
         items = items[:, -self.cfg.max_length :]  # (B, L)
         if timestamps is not None:
@@ -76,7 +79,7 @@ class SequentialRecommender(nn.Module):
     def forward(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
         """items (B, L) left padded -> logits (B, N + 1) for the next item; column 0 is -inf."""
         items = checked_items(items, self.cfg.num_items)
-        layers = self.encode_layers(items, timestamps)
+        layers = self._encode_checked(items, timestamps)
         return self.head.logits(layers, items[:, -self.cfg.max_length :])
 
 
@@ -90,7 +93,7 @@ class SequentialRecommender(nn.Module):
         """
         check_k(k, self.cfg.num_items)
         items = checked_items(items, self.cfg.num_items)
-        layers = self.encode_layers(items, timestamps)
+        layers = self._encode_checked(items, timestamps)
         scores, ids = self.head.top_k(layers, items[:, -self.cfg.max_length :], k, exclude_seen, pointer_op)
         return scores, void_ineligible(scores, ids)
 
@@ -99,7 +102,7 @@ class SequentialRecommender(nn.Module):
         """The slow path: full (B, N+1) logits, seen items (of the model's window) -inf, ``torch.topk``."""
         check_k(k, self.cfg.num_items)
         items = checked_items(items, self.cfg.num_items)
-        logits = self.forward(items, timestamps)
+        logits = self.head.logits(self._encode_checked(items, timestamps), items[:, -self.cfg.max_length :])  # (B, N+1)
         if exclude_seen:
             logits = logits.scatter(1, items[:, -self.cfg.max_length :], float("-inf"))
         scores, ids = logits.topk(k, dim=1)  # (B, K) each
