@@ -45,3 +45,15 @@ def as_long_log(table: pa.Table) -> pa.Table:
 def read_dir(directory: Path) -> dict[str, pa.Table]:
     """The output parts (and the rejects) of a scored directory, by file name."""
     return {path.name: pq.read_table(path) for path in sorted(Path(directory).glob("*.parquet"))}
+
+
+def damage_last_row_group(path: Path) -> None:
+    """Junk over the page header of the last row group's history column: the footer (all that planning
+    reads) stays intact, and reading that row group fails, as a file damaged in transfer would."""
+    metadata = pq.ParquetFile(path).metadata
+    group = metadata.row_group(metadata.num_row_groups - 1)
+    column = next(group.column(index) for index in range(group.num_columns)
+                  if group.column(index).path_in_schema.startswith("history"))
+    with open(path, "r+b") as handle:
+        handle.seek(column.data_page_offset)
+        handle.write(b"\xff" * 32)

@@ -14,9 +14,9 @@ from seqrec.batchinfer.ledger import LEDGER_FILE
 from seqrec.config import ExportConfig
 from seqrec.cli import main
 from seqrec.exporter import export_checkpoint
-from seqrec.errors import ConfigError, SchemaError
+from seqrec.errors import ConfigError, DataError, SchemaError
 
-from histories import as_long_log, read_dir
+from histories import as_long_log, damage_last_row_group, read_dir, write_parts
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +237,43 @@ def test_resume_refuses_an_input_part_rewritten_with_as_many_rows(bundle, run_co
     pq.write_table(pa.table({"user_id": [100, 200], "history": [[1003, 1001], [1002]]}), tmp_path / "in" / "a.parquet")
     with pytest.raises(ConfigError, match=r"differs in input parts a.parquet \(added, removed or rewritten\)"):
         score(run_config(bundle, tmp_path / "in", output=cfg.output, resume=True), echo=lambda line: None)
+
+
+def finished_parts(out: Path) -> list[str]:
+    return [record["part"] for record in map(json.loads, (out / LEDGER_FILE).read_text().splitlines())
+            if "part" in record]
+
+
+def test_a_damaged_part_stops_the_job_after_the_parts_before_it_are_committed(bundle, run_config, tmp_path):
+    """Planning reads only the footers, so a part damaged inside (a bad copy) fails while it is read: one
+    DataError naming the part, not pyarrow's OSError, after every part scored before it is committed. Written
+    again, it is scored by --resume from its new contents; a finished part rewritten is still refused."""
+    inputs = write_parts(tmp_path / "in", parts=4, users=60)
+    damage_last_row_group(inputs / "part-003.parquet")
+    cfg = run_config(bundle, inputs, batch_size=16)
+    with pytest.raises(DataError, match=r"input part '.*part-003.parquet' \| received a damaged file \(.+\), "
+                                        r"expected a readable Parquet file \(write the part again, then run the "
+                                        r"same command with --resume\)"):
+        score(cfg, echo=lambda line: None)
+    out = Path(cfg.output)
+    assert finished_parts(out) == ["part-000.parquet", "part-001.parquet", "part-002.parquet"]
+    assert not list(out.glob("part-003*")) and not list(out.glob(".*"))  # nothing half written in view
+
+    first = pq.read_table(inputs / "part-000.parquet")
+    pq.write_table(pq.read_table(inputs / "part-001.parquet").slice(0, 45), inputs / "part-003.parquet")
+    lines = []
+    summary = score(run_config(bundle, inputs, batch_size=16, output=cfg.output, resume=True), echo=lines.append)
+    assert lines[:2] == ["resuming: 3 of 4 parts already scored, 1 to go", "input parts rewritten since the job "
+                         "began, not yet scored: part-003.parquet (scored from their new contents)"]
+    uninterrupted = run_config(bundle, inputs, batch_size=16)
+    assert summary["users_scored"] == score(uninterrupted, echo=lambda line: None)["users_scored"]
+    assert read_dir(out) == read_dir(uninterrupted.output)
+    score(run_config(bundle, inputs, output=cfg.output, resume=True), echo=lines.append)  # held to the new job line
+    assert "already complete" in lines[-1]
+
+    pq.write_table(first.slice(0, 30), inputs / "part-000.parquet")  # finished: its output has the old users
+    with pytest.raises(ConfigError, match=r"differs in input parts part-000.parquet \(added, removed or rewritten\)"):
+        score(run_config(bundle, inputs, output=cfg.output, resume=True), echo=lambda line: None)
 
 
 def test_a_job_running_on_the_output_directory_keeps_others_out(bundle, parts_dir, run_config):

@@ -1,5 +1,6 @@
 """The Ray engine on a local Ray cluster started here: the same files as the local engine."""
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -7,8 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from seqrec.batchinfer import score
+from seqrec.batchinfer.ledger import LEDGER_FILE
 
-from histories import as_long_log, read_dir
+from histories import as_long_log, damage_last_row_group, read_dir, write_parts
 
 ray = pytest.importorskip("ray", reason="the ray engine needs ray: pip install 'seqrec[ray]'")
 
@@ -57,38 +59,76 @@ def test_ray_engine_writes_what_the_local_engine_writes(local_ray, bundle, input
     assert not (Path(distributed.output) / "_staging").exists()
 
 
-def _staged(directory: Path, numbers: list[list[int]]) -> None:
-    """Ray-like result files: file f holds rows whose ``_seq`` are numbers[f] (in that order)."""
-    directory.mkdir()
-    for index, chunk in enumerate(numbers):
-        pq.write_table(pa.table({"user_id": [1000 + n for n in chunk], "_seq": pa.array(chunk, pa.int64())}),
-                       directory / f"{index:03d}.parquet")
+@pytest.mark.slow
+def test_a_damaged_part_stops_a_ray_job_with_the_parts_before_it_committed(local_ray, bundle, run_config, tmp_path):
+    """The parts are committed as Ray returns their last rows, not once the whole job is scored: a row group
+    that cannot be read fails the job with the DataError the actor raised (not Ray's wrapped traceback),
+    and the parts finished before it stay finished for --resume (one actor, so the units run in input
+    order and the damaged one, the last, runs after every other)."""
+    from seqrec.errors import DataError
+
+    inputs = write_parts(tmp_path / "in", parts=4, users=60, row_group=20)
+    damage_last_row_group(inputs / "part-003.parquet")
+    cfg = run_config(bundle, inputs, batch_size=16, engine="ray", actors=1)
+    with pytest.raises(DataError, match=r"input part '.*part-003.parquet', row group 2 \| received a damaged file"):
+        score(cfg, echo=lambda line: None)
+    done = [json.loads(line).get("part") for line in (Path(cfg.output) / LEDGER_FILE).read_text().splitlines()[1:]]
+    assert done[:2] == ["part-000.parquet", "part-001.parquet"] and "part-003.parquet" not in done
+
+    pq.write_table(pq.read_table(inputs / "part-001.parquet").slice(0, 45), inputs / "part-003.parquet")
+    lines = []
+    score(run_config(bundle, inputs, batch_size=16, engine="ray", actors=1, output=cfg.output, resume=True),
+          echo=lines.append)
+    assert lines[0] == f"resuming: {len(done)} of 4 parts already scored, {4 - len(done)} to go"
+    local = run_config(bundle, inputs, batch_size=16)
+    score(local, echo=lambda line: None)
+    assert read_dir(cfg.output) == read_dir(local.output)
+    assert not (Path(cfg.output) / "_staging").exists()
 
 
-def test_results_come_back_in_input_order_whatever_order_ray_wrote_them(tmp_path):
-    from seqrec.batchinfer.inputs import InputPart
-    from seqrec.batchinfer.ray_engine import _ordered_results
+def _table(numbers: list[int]) -> pa.Table:
+    """A Ray-like result table: rows whose ``_seq`` are ``numbers`` (in that order)."""
+    return pa.table({"user_id": [1000 + n for n in numbers], "_seq": pa.array(numbers, pa.int64())})
 
-    _staged(tmp_path / "results", [[7, 8, 9, 3, 4], [0, 1, 2], [10, 5, 6], [11]])  # runs cut and shuffled
-    parts = [InputPart(f"/in/p{i}", f"p{i}", rows) for i, rows in enumerate([4, 0, 6, 2])]
-    events = [(part.name, None if batch is None else batch.column("user_id").to_pylist())
-              for part, batch in _ordered_results(tmp_path / "results", parts, [4, 0, 6, 2])]
-    users = {name: sum((rows for n, rows in events if n == name and rows), []) for name in ("p0", "p1", "p2", "p3")}
-    assert users == {"p0": [1000, 1001, 1002, 1003], "p1": [], "p2": [1004, 1005, 1006, 1007, 1008, 1009],
-                     "p3": [1010, 1011]}
-    assert [name for name, rows in events if rows is None] == ["p0", "p1", "p2", "p3"]  # each part closed once
-    assert all(batch is None or "_seq" not in batch.schema.names for _, batch in
-               _ordered_results(tmp_path / "results", parts, [4, 0, 6, 2]))
+
+def test_staged_parts_complete_as_their_last_rows_come_back_and_read_in_input_order(tmp_path):
+    from seqrec.batchinfer.ray_engine import StagedParts
+
+    staged = StagedParts(tmp_path / "results", [4, 0, 6, 2])  # part 1 has no rows
+    assert staged.complete_at_start() == [1]
+    completed = [staged.add(_table(numbers)) for numbers in ([7, 8, 9, 3, 4], [11], [0, 1, 2], [10, 5, 6])]
+    assert completed == [[], [], [0], [2, 3]]  # runs cut, shuffled and spanning parts
+    users = {index: sum((batch.column("user_id").to_pylist() for batch in staged.rows(index)), [])
+             for index in (0, 1, 2, 3)}
+    assert users == {0: [1000, 1001, 1002, 1003], 1: [], 2: [1004, 1005, 1006, 1007, 1008, 1009], 3: [1010, 1011]}
+    assert all("_seq" not in batch.schema.names for batch in staged.rows(2))
+    staged.drop(2)
+    assert not (tmp_path / "results" / "000002").exists()
+    staged.check_all_returned()
+
+
+@pytest.mark.parametrize("numbers, message", [([[0, 1], [3], [2, 2]], r"row 2 twice"),
+                                               ([[0, 1, 1], [3]], r"row 1 twice")])
+def test_a_doubled_ray_row_fails_instead_of_reaching_the_output(tmp_path, numbers, message):
+    from seqrec.batchinfer.ray_engine import StagedParts
+    from seqrec.errors import SeqrecError
+
+    staged = StagedParts(tmp_path / "results", [4])
+    completed = sum((staged.add(_table(chunk)) for chunk in numbers), [])
+    assert completed == [0]  # as many rows as the part has, or more: the check comes when it is read
+    with pytest.raises(SeqrecError, match=message):
+        list(staged.rows(0))
 
 
 @pytest.mark.parametrize("numbers, message", [([[0, 1], [3]], r"rows 2\.\.2 missing"),
-                                               ([[0, 1, 2], [2, 3]], r"row 2 twice"),
-                                               ([[0, 1, 2]], r"rows 3\.\.3 missing")])
-def test_lost_or_doubled_ray_rows_fail_instead_of_reaching_the_output(tmp_path, numbers, message):
-    from seqrec.batchinfer.inputs import InputPart
-    from seqrec.batchinfer.ray_engine import _ordered_results
+                                               ([[0, 1, 2]], r"rows 3\.\.3 missing"),
+                                               ([[0, 1, 2, 3], [4]], r"received row numbers 4\.\.4, expected row numbers 0\.\.3")])
+def test_a_lost_or_stray_ray_row_fails_the_job(tmp_path, numbers, message):
+    from seqrec.batchinfer.ray_engine import StagedParts
     from seqrec.errors import SeqrecError
 
-    _staged(tmp_path / "results", numbers)
+    staged = StagedParts(tmp_path / "results", [4])
     with pytest.raises(SeqrecError, match=message):
-        list(_ordered_results(tmp_path / "results", [InputPart("/in/p", "p", 4)], [4]))
+        for chunk in numbers:
+            staged.add(_table(chunk))
+        staged.check_all_returned()

@@ -96,7 +96,7 @@ def first_return(path: str, batch_rows: int = 1 << 20) -> tuple[object, int] | N
     reader = pq.ParquetFile(path, buffer_size=READ_BUFFER, pre_buffer=False)
     seen: set = set()
     last, row = None, 0  # the user of the previous row and the part row of the batch's first row
-    for batch in reader.iter_batches(batch_size=batch_rows, columns=["user_id"], use_threads=False):
+    for batch in readable(reader.iter_batches(batch_size=batch_rows, columns=["user_id"], use_threads=False), path):
         users = batch.column(0)
         starts = group_starts(users)  # (G,)
         for start, user in zip(starts.tolist(), users.take(pa.array(starts)).to_pylist()):
@@ -126,17 +126,35 @@ def part_fingerprint(path: str) -> str:
 def read_part(part: InputPart, plan: InputPlan, batch_rows: int) -> Iterator[pa.RecordBatch]:
     """Stream one part as list-form record batches of at most ``batch_rows`` input rows."""
     reader = pq.ParquetFile(part.path, buffer_size=READ_BUFFER, pre_buffer=False)
-    batches = reader.iter_batches(batch_size=batch_rows, columns=plan.columns(), use_threads=False)
+    batches = readable(reader.iter_batches(batch_size=batch_rows, columns=plan.columns(), use_threads=False),
+                       part.path)
     if plan.form == LIST_FORM:
         yield from batches
     else:
-        yield from group_long(batches if part.grouped else _sorted_by_user(part, plan, batch_rows), plan.timestamps)
+        yield from group_long(batches if part.grouped else _sorted_by_user(batches, _columns_schema(reader, plan), batch_rows),
+                              plan.timestamps)
 
 
-def _sorted_by_user(part: InputPart, plan: InputPlan, batch_rows: int) -> Iterator[pa.RecordBatch]:
+def readable(batches: Iterator[pa.RecordBatch], path: str, row_group: int | None = None) -> Iterator[pa.RecordBatch]:
+    """``batches`` of the Parquet file ``path``; a damaged page is a DataError naming the file, not an
+    OSError from deep inside the job (planning read only the files' footers)."""
+    try:
+        yield from batches
+    except (OSError, pa.ArrowException) as err:
+        where = f", row group {row_group}" if row_group is not None else ""
+        cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DataError(received_expected(f"input part '{path}'{where}", f"a damaged file ({cause})",
+                                          "a readable Parquet file (write the part again, then run the same command with --resume)")) from err
+
+
+def _columns_schema(reader: pq.ParquetFile, plan: InputPlan) -> pa.Schema:
+    return pa.schema([reader.schema_arrow.field(name) for name in plan.columns()])
+
+
+def _sorted_by_user(batches: Iterator[pa.RecordBatch], schema: pa.Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
     """A long-form part whose users' rows are interleaved (a log in time order), read whole and sorted
     by user (stable: each user's rows keep their order), with each row's part row in ``ORIGINAL_ROW``."""
-    table = pq.read_table(part.path, columns=plan.columns(), use_threads=False)
+    table = pa.Table.from_batches(list(batches), schema)
     table = table.append_column(ORIGINAL_ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
     order = pc.sort_indices(table, [("user_id", "ascending")])  # stable; null ids last
     yield from table.take(order).to_batches(max_chunksize=batch_rows)

@@ -59,6 +59,9 @@ def _run(cfg: ScoreConfig, model: ScoringModel, plan: InputPlan, ledger: Ledger,
     todo = [part for part in plan.parts if part.name not in done]
     if done:
         echo(f"resuming: {len(done)} of {len(plan.parts)} parts already scored, {len(todo)} to go")
+    if ledger.rewritten:
+        echo(f"input parts rewritten since the job began, not yet scored: {', '.join(ledger.rewritten)} "
+             "(scored from their new contents)")
     bar = tqdm(total=sum(p.rows for p in todo) if plan.form == LIST_FORM else None, unit="user", desc="score",
                disable=None if cfg.progress else True, smoothing=0.1)
     log = _stderr_line if cfg.progress and bar.disable else None  # no terminal for the bar: a line per part

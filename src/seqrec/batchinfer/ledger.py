@@ -4,7 +4,9 @@
 
 - first line ``{"job": {...}}``: what the output depends on (model, backend, top-K, exclude-seen,
   layout, input parts with their rows, size and footer digest); ``--resume`` refuses a ledger of a
-  different job, naming what differs (for parts: which were added, removed or rewritten);
+  different job, naming what differs (for parts: which were added, removed or rewritten), except
+  for parts rewritten before they were scored (a damaged part written again): the resume appends
+  the job line with their new digests, and the last job line is the one later resumes must match;
 - ``{"part": name, "input": path, "rows": .., "users_scored": .., "rejected": {reason: n},
   "unknown_items_dropped": .., "users_without_items": .., "seconds": ..}`` after a part's output and rejects were renamed
   into place: a part is finished exactly when its line is complete;
@@ -40,6 +42,7 @@ class Ledger:
         self.job = job
         self.entries = entries
         self.finished = finished
+        self.rewritten: list[str] = []  # parts not yet scored that a resume found rewritten
         self._lock_handle = None
 
     @property
@@ -61,8 +64,12 @@ class Ledger:
                 try:
                     if not resume:
                         _check_empty(directory, path)  # raises: a previous job's ledger
-                    ledger = cls(directory, *_read(path, job))
+                    recorded, entries, finished, rewritten = _read(path, job)
+                    ledger = cls(directory, recorded, entries, finished)
                     clean_temporaries(directory, keep_rejects=not ledger.finished)
+                    if rewritten:  # the job now reads those parts' new contents; later resumes hold it to them
+                        ledger.job, ledger.rewritten = job, rewritten
+                        ledger._append({"job": job})
                 except BaseException:
                     lock.close()
                     raise
@@ -155,17 +162,34 @@ def _read(path: Path, job: dict) -> tuple[dict, list[dict], bool]:
             raise DataError(received_expected(f"{path} line {number}", repr(line[:80]), "a JSON object")) from None
     if not records or "job" not in records[0]:
         raise DataError(received_expected(str(path), "no job line first", "a ledger written by seqrec score"))
-    if records[0]["job"] != job:
-        changed = sorted(key for key in set(job) | set(records[0]["job"]) if job.get(key) != records[0]["job"].get(key))
+    recorded = [record["job"] for record in records if "job" in record][-1]  # a resume may restate it
+    entries = [record for record in records[1:] if "part" in record]
+    finished = any(record.get("finished") for record in records)
+    rewritten = _rewritten_unfinished(recorded, job, {entry["part"] for entry in entries})
+    if recorded != job and (finished or rewritten is None):
+        changed = sorted(key for key in set(job) | set(recorded) if job.get(key) != recorded.get(key))
         if "parts" in changed:
-            names = _changed_parts(records[0]["job"].get("parts", []), job["parts"])
+            names = _changed_parts(recorded.get("parts", []), job["parts"])
             changed[changed.index("parts")] = f"input parts {', '.join(names)} (added, removed or rewritten)"
         raise ConfigError(received_expected("--resume", f"the ledger of a different job (differs in "
                                             f"{'; '.join(changed)})",
                                             "the model, backend, top-k, exclude-seen, layout and input of the "
-                                            "job that wrote it"))
-    entries = [record for record in records[1:] if "part" in record]
-    return records[0]["job"], entries, any(record.get("finished") for record in records)
+                                            "job that wrote it (a part not yet scored may be rewritten)"))
+    return recorded, entries, finished, rewritten or []
+
+
+def _rewritten_unfinished(recorded: dict, job: dict, done: set[str]) -> list[str] | None:
+    """The names of the parts rewritten since the ledger's job line where the two jobs differ in nothing
+    else and none of those parts is finished (their output does not exist yet: scoring their new
+    contents is the job the user asks for); None where the jobs differ in anything more."""
+    others = {key: value for key, value in job.items() if key != "parts"}
+    if others != {key: value for key, value in recorded.items() if key != "parts"}:
+        return None
+    before, now = recorded.get("parts", []), job["parts"]
+    if [entry[0] for entry in before] != [entry[0] for entry in now]:
+        return None  # a part added, removed or renamed
+    rewritten = [new[0] for old, new in zip(before, now) if old != new]
+    return None if done & set(rewritten) else rewritten
 
 
 def recorded_parts(directory: Path) -> tuple[int, int] | None:

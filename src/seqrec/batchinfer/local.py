@@ -4,7 +4,8 @@ The reader streams record batches part after part, the calling thread scores the
 writes and commits parts (``PartWriter``): Parquet decoding and encoding run in Arrow and the
 model in PyTorch or ONNX Runtime, all outside the GIL, so the three keep busy at once while at
 most ``QUEUE_DEPTH`` batches wait between two stages (memory stays bounded). An error in any
-stage stops the others and is raised in the calling thread; a part is only committed whole.
+stage stops the others and is raised in the calling thread; a part is only committed whole, and
+parts scored whole before a failed read or score are committed before the error is raised.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ def run_local(model: ScoringModel, plan: InputPlan, todo: list[InputPart], batch
         try:
             for part, batch in stream:
                 drain.put((part, None if batch is None else scorer.score(batch)))
-        except BaseException:
+        except Exception:
+            drain.settle()  # a failed read or score: parts already complete in the queue are still committed
+            raise
+        except BaseException:  # Ctrl-C: stop at once
             drain.abort()
             raise
         finally:
@@ -96,6 +100,13 @@ class _Drain:
         if self.error is not None:
             self.on_abort()
             raise self.error
+
+    def settle(self) -> None:
+        """Let the worker handle what it was given, then abort what is left open; its own error is
+        dropped (the caller is raising the error that stopped the work)."""
+        _put(self.handoff, _END, self.stop)
+        self.thread.join()
+        self.on_abort()
 
     def abort(self) -> None:
         self.stop.set()

@@ -1,4 +1,4 @@
-"""The Ray engine: work units -> ``map_batches(RayScorer)`` -> ``write_parquet``, then the parts committed.
+"""The Ray engine: work units -> ``map_batches(RayScorer)`` -> the driver, each part committed once complete.
 
 - The work is cut into *units*, one per row group of each input part: (path, row group, the
   unit's first global sequence number). Each actor of the pool builds one ``BatchScorer`` (the
@@ -12,10 +12,12 @@
 - Every result row carries its global sequence number (``_seq``: input parts in order, rows in
   order). Ray does not keep rows in order, even with ``preserve_order`` (Ray 2.60 was seen to swap
   rows inside one output block when an actor batch spans blocks), so the driver does not rely on
-  it: it reads only ``_seq`` of Ray's result files, finds their runs of consecutive numbers, sorts
-  the runs, checks that they cover every row exactly once, and streams the rows in input order
-  through the same ``PartWriter`` as the local engine (duplicate users, layout, rejects, atomic
-  renames, ledger), so both engines write the same files.
+  it: it takes Ray's result tables as they come (``iter_batches``), stages them on disk by input
+  part (``StagedParts``), and as soon as a part has all its rows, reads only their ``_seq``, finds
+  the runs of consecutive numbers, checks that they cover the part's rows exactly once, and streams
+  the rows in input order through the same ``PartWriter`` as the local engine (duplicate users,
+  layout, rejects, atomic renames, ledger), so both engines write the same files, and a killed or
+  failed Ray job keeps every part committed before it stopped for ``--resume``.
 
 ``--address`` joins an existing cluster (the model and the input must be readable by its
 workers, and ``DIR`` shared with them); without it a local Ray is started and shut down after.
@@ -23,7 +25,9 @@ workers, and ``DIR`` shared with them); without it a local Ray is started and sh
 
 from __future__ import annotations
 
+import re
 import shutil
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +38,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from seqrec.batchinfer.core import BatchScorer
-from seqrec.batchinfer.inputs import LONG_FORM, InputPart, InputPlan, grouped_schema, read_part
+from seqrec.batchinfer.inputs import LONG_FORM, InputPart, InputPlan, grouped_schema, read_part, readable
 from seqrec.batchinfer.ledger import STAGING_DIR
 from seqrec.batchinfer.local import READ_BATCHES
 from seqrec.batchinfer.model import open_model
 from seqrec.batchinfer.writer import PartWriter
+from seqrec import errors
 from seqrec.config import ScoreConfig
 from seqrec.errors import ConfigError, SeqrecError, received_expected
 from seqrec.exporter.onnx_export import require_module
@@ -47,6 +52,7 @@ CPUS_PER_ACTOR = 0.5
 DEFAULT_ACTORS = 2
 GROUPED_ROWS = 8192  # input rows per batch (and row group) while a Ray task groups a long log
 SEQUENCE = "_seq"  # global input order of a result row
+_ACTOR_ERROR = re.compile(r"^seqrec\.errors\.(\w+): (.+)$", re.MULTILINE)  # in a Ray task's traceback text
 
 
 @dataclass(frozen=True)
@@ -72,8 +78,9 @@ class RayScorer:
     def score_unit(self, path: str, row_group: int, first: int) -> pa.Table:
         reader = pq.ParquetFile(path)
         results = []  # a unit has rows: row groups without any are not units
-        for batch in reader.iter_batches(batch_size=self.batch_rows, row_groups=[row_group], columns=self.columns,
-                                         use_threads=False):
+        batches = reader.iter_batches(batch_size=self.batch_rows, row_groups=[row_group], columns=self.columns,
+                                      use_threads=False)
+        for batch in readable(batches, path, row_group):
             result = self.scorer.score(batch)
             numbers = pa.array(np.arange(first, first + batch.num_rows, dtype=np.int64))
             results.append(result.append_column(SEQUENCE, numbers))
@@ -104,7 +111,8 @@ def ray_cluster(cfg: ScoreConfig) -> Iterator[None]:
 
 
 def run_ray(cfg: ScoreConfig, plan: InputPlan, todo: list[InputPart], writer: PartWriter) -> None:
-    """Score ``todo`` on the Ray of ``ray_cluster`` (entered by the caller) and write it through ``writer``."""
+    """Score ``todo`` on the Ray of ``ray_cluster`` (entered by the caller) and write it through ``writer``,
+    committing each part as soon as Ray has returned all its rows."""
     ray = require_module("ray", "the ray engine", "pip install 'seqrec[ray]'")
     staging = Path(cfg.output) / STAGING_DIR
     try:
@@ -112,11 +120,24 @@ def run_ray(cfg: ScoreConfig, plan: InputPlan, todo: list[InputPart], writer: Pa
         paths = (_group_long_parts(ray, plan, todo, staging / "grouped") if plan.form == LONG_FORM
                  else [part.path for part in todo])
         units, sizes = _work_units(paths)
-        _score_to(ray, cfg, plan, units, staging / "results")
-        for part, batch in _ordered_results(staging / "results", todo, sizes):
-            writer.handle(part, batch)
+        staged = StagedParts(staging / "results", sizes)
+        for index in staged.complete_at_start():  # parts without rows
+            _commit(staged, index, todo[index], writer)
+        for table in _scored(ray, cfg, plan, units):
+            for index in staged.add(table):
+                _commit(staged, index, todo[index], writer)
+        staged.check_all_returned()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _commit(staged: StagedParts, index: int, part: InputPart, writer: PartWriter) -> None:
+    """The rows of part ``index`` in input order through ``writer``, then the part committed."""
+    started = staged.first_seen.get(index)  # None for a part without rows
+    for batch in staged.rows(index):
+        writer.handle(part, batch, started=started)
+    writer.handle(part, None, started=started)
+    staged.drop(index)
 
 
 def _work_units(paths: list[str]) -> tuple[list[dict], list[int]]:
@@ -133,7 +154,8 @@ def _work_units(paths: list[str]) -> tuple[list[dict], list[int]]:
     return units, sizes
 
 
-def _score_to(ray, cfg: ScoreConfig, plan: InputPlan, units: list[dict], directory: Path) -> None:
+def _scored(ray, cfg: ScoreConfig, plan: InputPlan, units: list[dict]) -> Iterator[pa.Table]:
+    """Ray's result tables (rows with ``_seq``) as the actor pool returns them, in no particular order."""
     if not units:
         return
     context = ray.data.DataContext.get_current()
@@ -149,9 +171,33 @@ def _score_to(ray, cfg: ScoreConfig, plan: InputPlan, units: list[dict], directo
         dataset = dataset.map_batches(RayScorer, fn_constructor_kwargs={"cfg": actor_cfg, "columns": columns},
                                       batch_format="pyarrow", batch_size=1,
                                       compute=ray.data.ActorPoolStrategy(size=cfg.actors or DEFAULT_ACTORS), **resources)
-        dataset.write_parquet(str(directory))
+        with _errors_as_raised(ray):
+            yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
     finally:
         context.enable_progress_bars = saved
+
+
+@contextmanager
+def _errors_as_raised(ray) -> Iterator[None]:
+    """A SeqrecError raised in a Ray task or actor (a damaged input part) re-raised here as itself, one line
+    for the command to print, instead of Ray's wrapper with the worker's traceback."""
+    try:
+        yield
+    except ray.exceptions.RayError as err:
+        raised_there = _seqrec_error_in(err)
+        if raised_there is None:
+            raise
+        raise raised_there from err
+
+
+def _seqrec_error_in(err: Exception) -> SeqrecError | None:
+    """The SeqrecError an actor raised, rebuilt from the traceback text Ray hands the driver (Ray Data
+    wraps it in a UserCodeException and drops the original), or None for any other failure."""
+    match = _ACTOR_ERROR.search(str(err))
+    if match is None:
+        return None
+    kind = getattr(errors, match[1], None)
+    return (kind if isinstance(kind, type) and issubclass(kind, SeqrecError) else SeqrecError)(match[2])
 
 
 def _group_long_parts(ray, plan: InputPlan, todo: list[InputPart], directory: Path) -> list[str]:
@@ -159,7 +205,8 @@ def _group_long_parts(ray, plan: InputPlan, todo: list[InputPart], directory: Pa
     directory.mkdir(parents=True, exist_ok=True)
     task = ray.remote(num_cpus=CPUS_PER_ACTOR)(_write_grouped)
     targets = [str(directory / part.name) for part in todo]
-    ray.get([task.remote(part, plan, target) for part, target in zip(todo, targets)])
+    with _errors_as_raised(ray):
+        ray.get([task.remote(part, plan, target) for part, target in zip(todo, targets)])
     return targets
 
 
@@ -169,34 +216,72 @@ def _write_grouped(part: InputPart, plan: InputPlan, target: str) -> None:
             writer.write_batch(batch)
 
 
-def _ordered_results(directory: Path, todo: list[InputPart],
-                     sizes: list[int]) -> Iterator[tuple[InputPart, pa.RecordBatch | None]]:
-    """Ray's result rows in input order, as (part, batch), and (part, None) when a part ends."""
-    runs = iter(_covering_runs(directory, sum(sizes)))
-    files = _LastFile()
-    run, done = next(runs, None), 0  # the run being read, and how many of its rows are out
-    for part, size in zip(todo, sizes):
-        left = size
-        while left:
-            take = min(left, run.length - done)
-            yield part, files.rows(run.file, run.offset + done, take)
-            done, left = done + take, left - take
-            if done == run.length:
-                run, done = next(runs, None), 0
-        yield part, None
+class StagedParts:
+    """Ray's result rows staged on disk by input part, until a part has all its rows.
+
+    ``add(table)`` splits a result table by part (by ``_seq``: parts in order, rows in order), writes
+    each piece under ``directory/<part index>/`` and returns the parts that have just received their
+    last row; ``rows(index)`` then streams that part's rows in input order. So the driver holds one
+    result table at a time, and a part is committed while later ones are still being scored.
+    """
+
+    def __init__(self, directory: Path, sizes: list[int]) -> None:
+        self.directory, self.sizes = directory, sizes
+        self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])  # (P + 1,) first _seq of each part
+        self.received = np.zeros(len(sizes), dtype=np.int64)  # (P,)
+        self.first_seen: dict[int, float] = {}  # part index -> when its first row reached the driver
+        self.pieces = 0
+
+    def complete_at_start(self) -> list[int]:
+        return [index for index, size in enumerate(self.sizes) if size == 0]
+
+    def add(self, table: pa.Table) -> list[int]:
+        numbers = table.column(SEQUENCE).to_numpy()  # (R,)
+        owners = np.searchsorted(self.starts, numbers, side="right") - 1  # (R,) part index of every row
+        if len(numbers) and (numbers.min() < 0 or numbers.max() >= self.starts[-1]):
+            raise SeqrecError(received_expected(f"Ray results in '{self.directory}'",
+                                                f"row numbers {numbers.min()}..{numbers.max()}",
+                                                f"row numbers 0..{self.starts[-1] - 1}, one per input row"))
+        completed = []
+        for index in np.unique(owners).tolist():
+            piece = table.filter(pa.array(owners == index))
+            folder = self.directory / f"{index:06d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            pq.write_table(piece, folder / f"{self.pieces:08d}.parquet")
+            self.pieces += 1
+            self.first_seen.setdefault(index, time.perf_counter())
+            before, self.received[index] = self.received[index], self.received[index] + piece.num_rows
+            if before < self.sizes[index] <= self.received[index]:
+                completed.append(index)
+        return completed
+
+    def rows(self, index: int) -> Iterator[pa.RecordBatch]:
+        """Part ``index``'s rows in input order (without ``_seq``); SeqrecError on a lost or doubled row."""
+        files = _LastFile()
+        for run in _covering_runs(self.directory / f"{index:06d}", int(self.starts[index]), self.sizes[index]):
+            yield files.rows(run.file, run.offset, run.length)
+
+    def drop(self, index: int) -> None:
+        shutil.rmtree(self.directory / f"{index:06d}", ignore_errors=True)
+
+    def check_all_returned(self) -> None:
+        """After Ray's last table: a part still short of rows is an error naming the rows it lacks."""
+        for index, size in enumerate(self.sizes):
+            if self.received[index] < size:
+                _covering_runs(self.directory / f"{index:06d}", int(self.starts[index]), size)
 
 
-def _covering_runs(directory: Path, total: int) -> list[Run]:
-    """The runs of consecutive sequence numbers in Ray's result files, sorted; SeqrecError unless they
-    cover 0 .. total - 1 exactly once (a lost or doubled row must not reach the output)."""
+def _covering_runs(directory: Path, first: int, total: int) -> list[Run]:
+    """The runs of consecutive sequence numbers in the result files of ``directory``, sorted; SeqrecError
+    unless they cover first .. first + total - 1 exactly once (a lost or doubled row must not reach the output)."""
     runs = sorted((run for path in sorted(directory.glob("*.parquet")) for run in _file_runs(path)),
                   key=lambda run: run.first)
-    expected = 0
-    for run in runs + [Run(total, 0, directory, 0)]:
+    expected = first
+    for run in runs + [Run(first + total, 0, directory, 0)]:
         if run.first != expected:
             found = f"rows {expected}..{run.first - 1} missing" if run.first > expected else f"row {run.first} twice"
             raise SeqrecError(received_expected(f"Ray results in '{directory}'", found,
-                                                f"each of the {total} input rows exactly once"))
+                                                f"each of the input rows {first}..{first + total - 1} exactly once"))
         expected += run.length
     return runs
 

@@ -28,10 +28,12 @@ class PartWriter:
         self.started = 0.0
         self.users = 0  # users scored or rejected by this run
 
-    def handle(self, part: InputPart, result: pa.RecordBatch | None) -> None:
+    def handle(self, part: InputPart, result: pa.RecordBatch | None, started: float | None = None) -> None:
+        """``started`` (a ``time.perf_counter()`` reading): when the part's work began, if before its first
+        result reached the writer (the Ray engine stages a part's results until it has them all)."""
         if self.part != part:
             self.abort()
-            self.part, self.started = part, time.perf_counter()
+            self.part, self.started = part, time.perf_counter() if started is None else started
             self.sink = PartSink(self.directory, part.name, self.layout, self.plan.user_type, self.item_type)
         if result is None:
             counts = self.sink.commit()
