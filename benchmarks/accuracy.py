@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch
 
 from seqrec.config import HEADS, resolve_configs
 from seqrec.data import import_interactions
+from seqrec.devices import slow_bf16_warning
 from seqrec.training import evaluate, load_checkpoint, prepare_data, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +53,8 @@ def main() -> None:
         raise SystemExit(f"skipped: {BEAUTY} not found (the shared data sets are not beside this checkout)")
     overrides = {key: parse_value(value) for key, value in (item.split("=", 1) for item in args.set)}
     model_cfg, train_cfg = resolve_configs(args.model, args.head, {"max_minutes": args.max_minutes, **overrides})
+    if warning := slow_bf16_warning(train_cfg.precision, train_cfg.device):
+        print(f"warning: {warning}", file=sys.stderr)
     started = time.perf_counter()
     data = prepare_data(import_interactions(BEAUTY, "s3rec"))
     ckpt = train_model(data, model_cfg, train_cfg, out=args.out / f"beauty_{args.model}{args.tag}")

@@ -213,6 +213,7 @@ def data_stats(path: str) -> None:
 def train_command(data_path: str, out: str, model: str, head: str, print_config: bool, quiet: bool,
                   **options) -> None:
     """Train a model and write a checkpoint directory."""
+    from seqrec.devices import slow_bf16_warning
     from seqrec.training import train
 
     model_cfg, train_cfg = resolve_configs(model, head, options)
@@ -224,6 +225,7 @@ def train_command(data_path: str, out: str, model: str, head: str, print_config:
         if value is None:
             raise click.UsageError(f"Missing option '{name}'.")
     click.get_current_context().meta[AFTER_INTERRUPT] = _output_kept
+    _warn(slow_bf16_warning(train_cfg.precision, train_cfg.device))
     ckpt = train(data_path, out, model_cfg, train_cfg, progress=not quiet)
     click.echo(json.dumps({"checkpoint": out, **{k: _headline(v) for k, v in ckpt.meta["metrics"].items()}}))
 
@@ -242,9 +244,7 @@ def eval_command(checkpoint: str, data_path: str, split: str, exclude_history: b
     from seqrec.training import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(checkpoint, data_path, split, exclude_history, by_repeat=by_repeat)
-    warning = _catalog_warning(metrics)
-    if warning:
-        click.echo(f"warning: {warning}", err=True)
+    _warn(_catalog_warning(metrics))
     if as_json:
         click.echo(json.dumps(metrics))
         return
@@ -253,6 +253,11 @@ def eval_command(checkpoint: str, data_path: str, split: str, exclude_history: b
     for key, value in metrics.items():
         if not isinstance(value, dict):  # the groups of --by-repeat are in the table above
             click.echo(f"{key:22s} {value:.4f}" if isinstance(value, float) else f"{key:22s} {value}")
+
+
+def _warn(warning: str | None) -> None:
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _catalog_warning(metrics: dict) -> str | None:
@@ -312,12 +317,14 @@ def score_command(model: str, input_: str, print_config: bool, quiet: bool, **op
     """Score users' histories with a bundle or checkpoint MODEL: top-K per user, one output part per input part."""
     from seqrec.batchinfer import score
     from seqrec.config import ScoreConfig
+    from seqrec.devices import slow_bf16_warning
 
     cfg = ScoreConfig(model=model, input=input_, progress=not quiet, **options)
     if print_config:
         click.echo(json.dumps(cfg.to_dict(), indent=2))
         return
     click.get_current_context().meta[AFTER_INTERRUPT] = lambda: _score_interrupted(cfg.output)
+    _warn(slow_bf16_warning(cfg.precision))  # the torch backend runs where torch finds a GPU, else here
     score(cfg, echo=click.echo)
 
 
