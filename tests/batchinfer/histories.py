@@ -47,13 +47,13 @@ def read_dir(directory: Path) -> dict[str, pa.Table]:
     return {path.name: pq.read_table(path) for path in sorted(Path(directory).glob("*.parquet"))}
 
 
-def damage_last_row_group(path: Path) -> None:
-    """Junk over the page header of the last row group's history column: the footer (all that planning
-    reads) stays intact, and reading that row group fails, as a file damaged in transfer would."""
+def damage_last_row_group(path: Path, column_name: str = "history") -> None:
+    """Junk over the page header of the last row group's ``column_name`` column: the footer (all that
+    planning reads) stays intact, and reading that row group fails, as a file damaged in transfer would."""
     metadata = pq.ParquetFile(path).metadata
     group = metadata.row_group(metadata.num_row_groups - 1)
     column = next(group.column(index) for index in range(group.num_columns)
-                  if group.column(index).path_in_schema.startswith("history"))
+                  if group.column(index).path_in_schema.split(".")[0] == column_name)
     with open(path, "r+b") as handle:
         handle.seek(column.data_page_offset)
         handle.write(b"\xff" * 32)

@@ -248,8 +248,8 @@ def test_a_damaged_part_stops_the_job_after_the_parts_before_it_are_committed(bu
     """Planning reads only the footers, so a part damaged inside (a bad copy) fails while it is read: one
     DataError naming the part, not pyarrow's OSError, after every part scored before it is committed. Written
     again, it is scored by --resume from its new contents; a finished part rewritten is still refused."""
-    inputs = write_parts(tmp_path / "in", parts=4, users=60)
-    damage_last_row_group(inputs / "part-003.parquet")
+    inputs = write_parts(tmp_path / "in", parts=4, users=200, row_group=10)
+    damage_last_row_group(inputs / "part-003.parquet")  # its first row groups are scored before the damage shows
     cfg = run_config(bundle, inputs, batch_size=16)
     with pytest.raises(DataError, match=r"input part '.*part-003.parquet' \| received a damaged file \(.+\), "
                                         r"expected a readable Parquet file \(write the part again, then run the "

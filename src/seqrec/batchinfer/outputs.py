@@ -126,9 +126,12 @@ class PartSink:
         return self.counts
 
     def abort(self) -> None:
+        """Close and remove the half-written files (the part stays unfinished: a resume scores it again)."""
         self.writer.close()
         if self.rejects_writer is not None:
             self.rejects_writer.close()
+        temp_path(self.final).unlink(missing_ok=True)
+        temp_path(self.rejects_final).unlink(missing_ok=True)
 
     def _write_scored(self, users: pa.Array, result: pa.RecordBatch) -> None:
         items, scores = result.column("items"), result.column("scores")

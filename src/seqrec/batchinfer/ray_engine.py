@@ -18,6 +18,9 @@
   the rows in input order through the same ``PartWriter`` as the local engine (duplicate users,
   layout, rejects, atomic renames, ledger), so both engines write the same files, and a killed or
   failed Ray job keeps every part committed before it stopped for ``--resume``.
+- A unit that fails (a damaged row group) does not stop the pool (``max_errored_blocks``): Ray goes on
+  without its rows, every other part is committed, and the job then fails with the error of the first
+  part left short, found by reading its first short unit again on the driver.
 
 ``--address`` joins an existing cluster (the model and the input must be readable by its
 workers, and ``DIR`` shared with them); without it a local Ray is started and shut down after.
@@ -45,7 +48,7 @@ from seqrec.batchinfer.model import open_model
 from seqrec.batchinfer.writer import PartWriter
 from seqrec import errors
 from seqrec.config import ScoreConfig
-from seqrec.errors import ConfigError, SeqrecError, received_expected
+from seqrec.errors import ConfigError, DataError, SeqrecError, received_expected
 from seqrec.exporter.onnx_export import require_module
 
 CPUS_PER_ACTOR = 0.5
@@ -112,21 +115,27 @@ def ray_cluster(cfg: ScoreConfig) -> Iterator[None]:
 
 def run_ray(cfg: ScoreConfig, plan: InputPlan, todo: list[InputPart], writer: PartWriter) -> None:
     """Score ``todo`` on the Ray of ``ray_cluster`` (entered by the caller) and write it through ``writer``,
-    committing each part as soon as Ray has returned all its rows."""
+    committing each part as soon as Ray has returned all its rows. A part that fails (a damaged input file)
+    does not stop the others: every other part is scored and committed, then the first failure is raised."""
     ray = require_module("ray", "the ray engine", "pip install 'seqrec[ray]'")
     staging = Path(cfg.output) / STAGING_DIR
     try:
         shutil.rmtree(staging, ignore_errors=True)
-        paths = (_group_long_parts(ray, plan, todo, staging / "grouped") if plan.form == LONG_FORM
-                 else [part.path for part in todo])
-        units, sizes = _work_units(paths)
+        if plan.form == LONG_FORM:
+            paths, failure = _group_long_parts(ray, plan, todo, staging / "grouped")
+        else:
+            paths, failure = [part.path for part in todo], None
+        ready = [index for index, path in enumerate(paths) if path is not None]  # parts that can be scored
+        units, sizes = _work_units([paths[index] for index in ready])
         staged = StagedParts(staging / "results", sizes)
         for index in staged.complete_at_start():  # parts without rows
-            _commit(staged, index, todo[index], writer)
+            _commit(staged, index, todo[ready[index]], writer)
         for table in _scored(ray, cfg, plan, units):
             for index in staged.add(table):
-                _commit(staged, index, todo[index], writer)
-        staged.check_all_returned()
+                _commit(staged, index, todo[ready[index]], writer)
+        failure = failure or _scoring_failure(staged, units, [todo[index] for index in ready], plan)
+        if failure is not None:
+            raise failure
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -159,8 +168,10 @@ def _scored(ray, cfg: ScoreConfig, plan: InputPlan, units: list[dict]) -> Iterat
     if not units:
         return
     context = ray.data.DataContext.get_current()
-    saved = context.enable_progress_bars
+    saved = context.enable_progress_bars, context.max_errored_blocks
     context.enable_progress_bars = cfg.progress
+    context.max_errored_blocks = -1  # a failed unit drops its rows (found missing after); the others go on.
+    # Both are read when the dataset is made (it keeps a copy of the context), so they are set before.
     try:
         columns = ["user_id", "history"] + (["timestamps"] if plan.timestamps else []) + (
             ["row"] if plan.form == LONG_FORM else [])
@@ -174,7 +185,7 @@ def _scored(ray, cfg: ScoreConfig, plan: InputPlan, units: list[dict]) -> Iterat
         with _errors_as_raised(ray):
             yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
     finally:
-        context.enable_progress_bars = saved
+        context.enable_progress_bars, context.max_errored_blocks = saved
 
 
 @contextmanager
@@ -200,14 +211,29 @@ def _seqrec_error_in(err: Exception) -> SeqrecError | None:
     return (kind if isinstance(kind, type) and issubclass(kind, SeqrecError) else SeqrecError)(match[2])
 
 
-def _group_long_parts(ray, plan: InputPlan, todo: list[InputPart], directory: Path) -> list[str]:
-    """One Ray task per part writes its list form to ``directory`` under the part's name; their paths."""
+def _group_long_parts(ray, plan: InputPlan, todo: list[InputPart],
+                      directory: Path) -> tuple[list[str | None], SeqrecError | None]:
+    """One Ray task per part writes its list form to ``directory`` under the part's name: their paths (None
+    for a part whose task raised a SeqrecError, a damaged file) and the first such error."""
     directory.mkdir(parents=True, exist_ok=True)
     task = ray.remote(num_cpus=CPUS_PER_ACTOR)(_write_grouped)
     targets = [str(directory / part.name) for part in todo]
-    with _errors_as_raised(ray):
-        ray.get([task.remote(part, plan, target) for part, target in zip(todo, targets)])
-    return targets
+    pending = [task.remote(part, plan, target) for part, target in zip(todo, targets)]
+    paths, failure = [], None
+    try:
+        for ref, target in zip(pending, targets):
+            try:
+                with _errors_as_raised(ray):
+                    ray.get(ref)
+                paths.append(target)
+            except SeqrecError as err:
+                paths.append(None)
+                failure = failure or err
+    except BaseException:  # anything else ends the job: the remaining tasks would write into a removed folder
+        for ref in pending:
+            ray.cancel(ref)
+        raise
+    return paths, failure
 
 
 def _write_grouped(part: InputPart, plan: InputPlan, target: str) -> None:
@@ -230,6 +256,7 @@ class StagedParts:
         self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])  # (P + 1,) first _seq of each part
         self.received = np.zeros(len(sizes), dtype=np.int64)  # (P,)
         self.first_seen: dict[int, float] = {}  # part index -> when its first row reached the driver
+        self.committed: set[int] = set()
         self.pieces = 0
 
     def complete_at_start(self) -> list[int]:
@@ -244,6 +271,9 @@ class StagedParts:
                                                 f"row numbers 0..{self.starts[-1] - 1}, one per input row"))
         completed = []
         for index in np.unique(owners).tolist():
+            if index in self.committed:
+                raise SeqrecError(received_expected(f"Ray results for part {index}", "rows after all its rows came "
+                                                    "back (doubled rows)", "each input row exactly once"))
             piece = table.filter(pa.array(owners == index))
             folder = self.directory / f"{index:06d}"
             folder.mkdir(parents=True, exist_ok=True)
@@ -262,13 +292,54 @@ class StagedParts:
             yield files.rows(run.file, run.offset, run.length)
 
     def drop(self, index: int) -> None:
+        """Part ``index`` is committed: its staged rows go, and any row of it that comes after is an error."""
         shutil.rmtree(self.directory / f"{index:06d}", ignore_errors=True)
+        self.committed.add(index)
 
-    def check_all_returned(self) -> None:
-        """After Ray's last table: a part still short of rows is an error naming the rows it lacks."""
-        for index, size in enumerate(self.sizes):
-            if self.received[index] < size:
-                _covering_runs(self.directory / f"{index:06d}", int(self.starts[index]), size)
+    def incomplete(self) -> list[int]:
+        """After Ray's last table: the parts still short of rows (a Ray task failed on them)."""
+        return [index for index, size in enumerate(self.sizes) if self.received[index] < size]
+
+    def returned(self, index: int) -> np.ndarray:
+        """(R,) the sorted row numbers of part ``index`` that came back."""
+        tables = [pq.read_table(path, columns=[SEQUENCE]) for path in (self.directory / f"{index:06d}").glob("*.parquet")]
+        return np.sort(np.concatenate([table.column(0).to_numpy() for table in tables] or [np.zeros(0, np.int64)]))
+
+
+def _scoring_failure(staged: StagedParts, units: list[dict], parts: list[InputPart],
+                     plan: InputPlan) -> SeqrecError | None:
+    """The error for the parts Ray did not return whole, or None. The first unit whose rows are missing is
+    read again here: a damaged file gives its DataError, naming the part and row group; else an error
+    naming them, whose cause is in Ray's log (Ray Data logs a failed task and goes on without its rows)."""
+    incomplete = staged.incomplete()
+    if not incomplete:
+        return None
+    index = incomplete[0]
+    unit = _first_short_unit(staged.returned(index), units, int(staged.starts[index]), staged.sizes[index])
+    more = f" ({len(incomplete) - 1} more parts are incomplete)" if len(incomplete) > 1 else ""
+    reader = pq.ParquetFile(unit["path"])
+    columns = [name for name in ("user_id", "history", "timestamps", "row") if name in reader.schema_arrow.names]
+    try:
+        for _ in readable(reader.iter_batches(row_groups=[unit["row_group"]], columns=columns, use_threads=False),
+                          parts[index].path, unit["row_group"]):
+            pass
+    except DataError as err:
+        return type(err)(f"{err}{more}")
+    return SeqrecError(received_expected(
+        f"input part '{parts[index].path}'", f"row group {unit['row_group']} not scored: a Ray task failed on it "
+        f"(its error is in Ray's log above){more}", "every row group scored (run the same command with --resume)"))
+
+
+def _first_short_unit(returned: np.ndarray, units: list[dict], first: int, size: int) -> dict:
+    """The first work unit of the part with rows [first, first + size) that lacks rows in ``returned``."""
+    starts = [unit["first"] for unit in units] + [first + size]
+    for unit, end in zip(units, starts[1:]):
+        if first <= unit["first"] < first + size:
+            got = np.searchsorted(returned, min(end, first + size)) - np.searchsorted(returned, unit["first"])
+            if got < min(end, first + size) - unit["first"]:
+                return unit
+    raise SeqrecError(received_expected(f"Ray results for rows {first}..{first + size - 1}", "fewer rows than the "
+                                        "input", "the same rows (no unit found short of them)"))
 
 
 def _covering_runs(directory: Path, first: int, total: int) -> list[Run]:

@@ -50,7 +50,7 @@ class PartWriter:
             self.progress.update(result.num_rows)
 
     def abort(self) -> None:
-        """Close a part left open (its temporary files stay until a resume cleans them)."""
+        """Close a part left open and remove its half-written files."""
         if self.sink is not None:
             self.sink.abort()
         self.sink = self.part = None
