@@ -1,7 +1,7 @@
 """Training-step time in fp32 against bf16 autocast, measured in the same run.
 
-Backs the claim in benchmarks/RESULTS.md that ``--precision bf16`` speeds up training on a CPU
-with AVX-512 bf16. Uses Beauty-sized shapes on synthetic data (about 12k items, length-bucketed
+Backs the claims in benchmarks/RESULTS.md that ``--precision bf16`` speeds up training on a CPU
+with AVX-512 bf16, and slows it down on one without bf16 hardware (AVX2), where it is emulated. Uses Beauty-sized shapes on synthetic data (about 12k items, length-bucketed
 batches of 128 users) so it needs no shared data.
 
     python benchmarks/train_precision.py --model sasrec --steps 30
@@ -18,6 +18,7 @@ import torch
 
 from seqrec.config import resolve_configs
 from seqrec.data import SynthConfig, generate_interactions
+from seqrec.devices import native_bf16_on_cpu
 from seqrec.models import build_model
 from seqrec.training import prepare_data
 from seqrec.training.loop import _batch_loss, _padded_batches, length_bucketed_batches, train_windows
@@ -33,11 +34,11 @@ def time_steps(model_name: str, precision: str, steps: int, data) -> float:
     windows = train_windows(data.seqs, data.split, model_cfg.max_length)
     batches = length_bucketed_batches(windows, train_cfg.batch_size, np.random.default_rng(0))[: steps + 2]
     started = 0.0
-    for index, (inputs, targets) in enumerate(_padded_batches(data.seqs, windows, batches, model_cfg.max_length,
-                                                              "cpu")):
+    for index, (inputs, times, targets) in enumerate(_padded_batches(data.seqs, windows, batches,
+                                                                     model_cfg.max_length, "cpu")):
         if index == 2:
             started = time.perf_counter()
-        loss = _batch_loss(model, inputs, targets, train_cfg)
+        loss = _batch_loss(model, inputs, times, targets, train_cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -51,7 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     table = generate_interactions(SynthConfig(users=20000, items=12101, min_length=5, max_length=50, seed=0))
     data = prepare_data(table)
-    print(f"{args.model}: {len(data.vocab)} items, {torch.get_num_threads()} threads, {args.steps} steps each")
+    print(f"{args.model}: {len(data.vocab)} items, {torch.get_num_threads()} threads, {args.steps} steps each; "
+          f"CPU {torch.backends.cpu.get_cpu_capability()}, bf16 hardware: {'yes' if native_bf16_on_cpu() else 'no'}")
     fp32 = time_steps(args.model, "fp32", args.steps, data)
     bf16 = time_steps(args.model, "bf16", args.steps, data)
     print(f"{'precision':10s}{'s/step':>10s}")
