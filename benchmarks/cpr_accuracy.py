@@ -40,9 +40,9 @@ TARGET_GAIN = {0.5: 0.10, 0.0: -0.02}
 
 
 def run_one(data, model: str, head: str, args, pooling: str = "mean") -> dict:
+    cpr = {"cpr_variant": args.variant, "cpr_pooling": pooling, **args.cpr_options}  # read by the CPR head only
     options = {"epochs": args.epochs, "patience": args.patience, "eval_users": args.eval_users, "seed": 0,
-               "precision": args.precision, "max_minutes": args.max_minutes, "cpr_variant": args.variant,
-               "cpr_pooling": pooling, **(args.cpr_options if head == "cpr" else {})}
+               "precision": args.precision, "max_minutes": args.max_minutes, **(cpr if head == "cpr" else {})}
     model_cfg, train_cfg = resolve_configs(model, head, options)
     started = time.perf_counter()
     ckpt = train_model(data, model_cfg, train_cfg, progress=args.progress)

@@ -39,10 +39,12 @@ def write_checkpoint(directory: Path, model: str, head: str, items: int, length:
     return cfg
 
 
-def histories(model: str, head: str, batch: int, length: int, items: int, seed: int) -> dict[str, np.ndarray]:
-    """The graph's feed: left-padded random histories (and timestamps where the model takes them)."""
+def histories(model: str, head: str, batch: int, length: int, items: int, seed: int,
+              inputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The feed of a graph with ``inputs`` (a bundle's): left-padded random histories, and timestamps where
+    the graph reads them (an HSTU / PCRec export drops them while its time bias is zero, as at init)."""
     sample = spec_for(model, head).sample_inputs(items, batch, length, seed)
-    return {name: tensor.numpy() for name, tensor in sample.items()}
+    return {name: tensor.numpy() for name, tensor in sample.items() if name in inputs}
 
 
 def throughput(runners: dict, feed: dict[str, np.ndarray], repeats: int) -> dict[str, float]:
@@ -81,7 +83,7 @@ def main() -> None:
             seconds = time.perf_counter() - started
             size = bundle.onnx_path.stat().st_size / 2**20
             graph = ScoringGraph(load_checkpoint(ckpt).model, args.top_k, False, args.length)
-            feed = histories(model, head, args.batch, args.length, args.items, seed=1)
+            feed = histories(model, head, args.batch, args.length, args.items, seed=1, inputs=bundle.inputs)
             inputs = tuple(feed)
             with TorchRunner(graph, inputs) as eager, OnnxRuntimeRunner(bundle.onnx_path, inputs,
                                                                         threads=args.threads) as ort_runner:

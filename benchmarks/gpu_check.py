@@ -93,7 +93,7 @@ def tensorrt_rows(items: int, batch: int) -> list[dict]:
                 bundle = export_checkpoint(Path(tmp) / "ckpt", Path(tmp) / "b", ExportConfig(format="tensorrt",
                                            precision=precision), echo=lambda s: None)
                 seconds = time.perf_counter() - started
-                feed = histories(model, head, batch, 50, items, seed=2)
+                feed = histories(model, head, batch, 50, items, seed=2, inputs=bundle.inputs)
                 with TensorRTRunner(bundle.plan_path, tuple(feed)) as trt, OnnxRuntimeRunner(
                         bundle.onnx_path, tuple(feed), providers=_ort_providers()) as ort_runner:
                     rates = {name: _users_per_s(runner, feed, batch)
@@ -117,7 +117,7 @@ def custom_pointer_op_check(items: int, batch: int) -> dict:
         write_checkpoint(Path(tmp) / "ckpt", "sasrec", "cpr", items, 50)
         bundle = export_checkpoint(Path(tmp) / "ckpt", Path(tmp) / "b", ExportConfig(format="tensorrt",
                                    pointer_op="custom"), echo=lambda s: None)
-        feed = histories("sasrec", "cpr", batch, 50, items, seed=3)
+        feed = histories("sasrec", "cpr", batch, 50, items, seed=3, inputs=bundle.inputs)
         with TensorRTRunner(bundle.plan_path, tuple(feed)) as trt, OnnxRuntimeRunner(
                 bundle.onnx_path, tuple(feed), custom_ops=True) as ort_runner:
             outputs = {"tensorrt": trt.infer(feed), "onnxruntime": ort_runner.infer(feed)}

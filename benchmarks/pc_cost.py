@@ -56,8 +56,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     models = shared_weight_models(args.items, args.length, args.steps)
     items = histories(args.batch, args.length, args.items)
-    scoring = best_seconds(models, items, args.repeats)
-    encoders = best_seconds({name: model.encode for name, model in models.items()}, items, args.repeats)
+    scoring = best_seconds({name: (lambda model=model: model(items)) for name, model in models.items()}, args.repeats)
+    encoders = best_seconds({name: (lambda model=model: model.encode(items)) for name, model in models.items()},
+                            args.repeats)
     rows = [{"model": name, "scoring_ms_per_user": 1000 * scoring[name] / args.batch,
              "encoder_ms_per_user": 1000 * encoders[name] / args.batch,
              "scoring_ratio": scoring[name] / scoring["hstu"], "encoder_ratio": encoders[name] / encoders["hstu"]}
