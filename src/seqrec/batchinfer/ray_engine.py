@@ -28,6 +28,7 @@ workers, and ``DIR`` shared with them); without it a local Ray is started and sh
 
 from __future__ import annotations
 
+import bisect
 import re
 import shutil
 import time
@@ -331,15 +332,11 @@ def _scoring_failure(staged: StagedParts, units: list[dict], parts: list[InputPa
 
 
 def _first_short_unit(returned: np.ndarray, units: list[dict], first: int, size: int) -> dict:
-    """The first work unit of the part with rows [first, first + size) that lacks rows in ``returned``."""
-    starts = [unit["first"] for unit in units] + [first + size]
-    for unit, end in zip(units, starts[1:]):
-        if first <= unit["first"] < first + size:
-            got = np.searchsorted(returned, min(end, first + size)) - np.searchsorted(returned, unit["first"])
-            if got < min(end, first + size) - unit["first"]:
-                return unit
-    raise SeqrecError(received_expected(f"Ray results for rows {first}..{first + size - 1}", "fewer rows than the "
-                                        "input", "the same rows (no unit found short of them)"))
+    """The work unit holding the first row of [first, first + size) missing from the sorted ``returned``."""
+    expected = first + np.arange(len(returned))  # (R,) the row numbers of a part returned in full, so far
+    gaps = np.flatnonzero(returned != expected)
+    missing = int(expected[gaps[0]]) if len(gaps) else first + len(returned)
+    return units[bisect.bisect_right([unit["first"] for unit in units], missing) - 1]
 
 
 def _covering_runs(directory: Path, first: int, total: int) -> list[Run]:
