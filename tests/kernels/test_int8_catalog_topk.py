@@ -3,6 +3,10 @@ against the reference, on irregular shapes, adversarial tables and the rows the 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -128,3 +132,17 @@ def test_never_holds_users_by_catalog_scores():
         int8_catalog_topk(queries, table, 50, exclude, tiling)
     largest = max(event.cpu_memory_usage for event in profile.events())
     assert 0 < largest <= 4 * 64 * tiling.item_tile  # bytes: one tile of int32 scores, never 64 x 200k
+
+
+def test_the_first_call_leaves_torch_on_its_threads():
+    """numba's OpenMP pool, started by the first int8 call of a process, set torch to every core: a fresh
+    interpreter is the only place that first call happens."""
+    script = ("import torch\n"
+              "from seqrec.kernels.int8_catalog_topk import int8_catalog_topk\n"
+              "torch.set_num_threads(1)\n"
+              "int8_catalog_topk(torch.randn(8, 16), torch.randn(3001, 16), 5)\n"
+              "print(torch.get_num_threads())\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "1"

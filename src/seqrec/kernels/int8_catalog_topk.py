@@ -52,8 +52,9 @@ against 601-651 for the blocked path and 2,255-2,810 for matmul + topk.
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -164,13 +165,26 @@ def int8_catalog_topk(queries: torch.Tensor, items_table: torch.Tensor, k: int,
     table = _QUANTIZED.get(items_table)
     if not table.finite or not bool(queries.isfinite().all()):
         return blocked_catalog_topk(queries, items_table, k, exclude, Tiling(tiling.item_tile, tiling.user_block))
-    with _LOCK:
-        loops.use_threads(torch.get_num_threads())
+    with _LOCK, _on_torch_threads(loops):
         for first in range(0, users, tiling.user_block):
             block = slice(first, first + tiling.user_block)
             blocked = exclude[block] if exclude is not None else None
             scores[block], ids[block] = _block_topk(queries[block], items_table, table, k, blocked, tiling, loops)
     return scores, padding_where_ineligible(scores, ids)
+
+
+@contextmanager
+def _on_torch_threads(loops) -> Iterator[None]:
+    """Run numba's loops on as many threads as torch's intra-op pool, and leave that pool as it was:
+    numba's OpenMP layer, when it first starts, sets the process's OpenMP thread count to all cores,
+    which torch reads as its own (``--threads 1`` was undone by the first int8 call)."""
+    threads = torch.get_num_threads()
+    loops.use_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def int8_refusal(queries: torch.Tensor, items_table: torch.Tensor) -> str | None:
@@ -288,8 +302,7 @@ def candidates_per_row(queries: torch.Tensor, items_table: torch.Tensor, k: int,
 
     table = _QUANTIZED.get(items_table)
     counts = []
-    with _LOCK:
-        loops.use_threads(torch.get_num_threads())
+    with _LOCK, _on_torch_threads(loops):
         for first in range(0, queries.shape[0], tiling.user_block):
             block = queries[first : first + tiling.user_block]
             found = _candidates(quantize_queries(block, table), table, k,
