@@ -147,7 +147,7 @@ def clean_temporaries(directory: Path, keep_rejects: bool = True) -> None:
         shutil.rmtree(directory / REJECTS_DIR, ignore_errors=True)
 
 
-def _read(path: Path, job: dict) -> tuple[dict, list[dict], bool]:
+def _read(path: Path, job: dict) -> tuple[dict, list[dict], bool, list[str]]:
     text = path.read_text()
     if not text.endswith("\n"):  # a kill during the last append: drop the torn tail before appending again
         text = text[: text.rfind("\n") + 1]
@@ -165,31 +165,43 @@ def _read(path: Path, job: dict) -> tuple[dict, list[dict], bool]:
     recorded = [record["job"] for record in records if "job" in record][-1]  # a resume may restate it
     entries = [record for record in records[1:] if "part" in record]
     finished = any(record.get("finished") for record in records)
-    rewritten = _rewritten_unfinished(recorded, job, {entry["part"] for entry in entries})
-    if recorded != job and (finished or rewritten is None):
-        changed = sorted(key for key in set(job) | set(recorded) if job.get(key) != recorded.get(key))
-        if "parts" in changed:
-            names = _changed_parts(recorded.get("parts", []), job["parts"])
-            changed[changed.index("parts")] = f"input parts {', '.join(names)} (added, removed or rewritten)"
+    done = {entry["part"] for entry in entries}
+    rewritten = _rewritten_unscored(recorded.get("parts", []), job["parts"], done)
+    if recorded != job and (finished or rewritten is None or _settings(recorded) != _settings(job)):
         raise ConfigError(received_expected("--resume", f"the ledger of a different job (differs in "
-                                            f"{'; '.join(changed)})",
+                                            f"{_differences(recorded, job, done)})",
                                             "the model, backend, top-k, exclude-seen, layout and input of the "
                                             "job that wrote it (a part not yet scored may be rewritten)"))
     return recorded, entries, finished, rewritten or []
 
 
-def _rewritten_unfinished(recorded: dict, job: dict, done: set[str]) -> list[str] | None:
-    """The names of the parts rewritten since the ledger's job line where the two jobs differ in nothing
+def _settings(job: dict) -> dict:
+    """Everything a job line holds but its input parts."""
+    return {key: value for key, value in job.items() if key != "parts"}
+
+
+def _rewritten_unscored(before: list, now: list, done: set[str]) -> list[str] | None:
+    """The names of the parts rewritten since the ledger's job line where the input differs in nothing
     else and none of those parts is finished (their output does not exist yet: scoring their new
-    contents is the job the user asks for); None where the jobs differ in anything more."""
-    others = {key: value for key, value in job.items() if key != "parts"}
-    if others != {key: value for key, value in recorded.items() if key != "parts"}:
-        return None
-    before, now = recorded.get("parts", []), job["parts"]
+    contents is the job the user asks for); None where a part was added, removed, renamed or
+    rewritten after it was scored."""
     if [entry[0] for entry in before] != [entry[0] for entry in now]:
         return None  # a part added, removed or renamed
     rewritten = [new[0] for old, new in zip(before, now) if old != new]
     return None if done & set(rewritten) else rewritten
+
+
+def _differences(recorded: dict, job: dict, done: set[str]) -> str:
+    """What a refused resume differs in, the input parts named; parts only rewritten before being scored
+    are said to be allowed on their own, so the user looks for the other difference."""
+    changed = sorted(key for key in set(job) | set(recorded) if job.get(key) != recorded.get(key))
+    if "parts" in changed:
+        before, now = recorded.get("parts", []), job["parts"]
+        names = ", ".join(_changed_parts(before, now))
+        changed[changed.index("parts")] = (
+            f"input parts {names} (added, removed or rewritten)" if _rewritten_unscored(before, now, done) is None
+            else f"input parts {names} (rewritten before being scored: allowed on its own)")
+    return "; ".join(changed)
 
 
 def recorded_parts(directory: Path) -> tuple[int, int] | None:
