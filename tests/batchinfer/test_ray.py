@@ -62,12 +62,13 @@ def test_ray_engine_writes_what_the_local_engine_writes(local_ray, bundle, input
 @pytest.mark.slow
 @pytest.mark.parametrize("form", ["list", "long"])
 def test_a_damaged_part_fails_a_ray_job_after_every_other_part_is_committed(local_ray, bundle, run_config, tmp_path,
-                                                                           form):
+                                                                           form, caplog):
     """Parts are committed as Ray returns their last rows, and a row group that cannot be read (a file damaged
     in transfer: planning reads only the footers) does not stop the other parts: Ray goes on without its
     rows, and the job ends with the DataError naming the part (and, in the list form, its row group) once
     every other part is committed. Written again, the part is all a --resume scores; the files are then an
     uninterrupted run's."""
+    from seqrec.batchinfer.ray_engine import UNIT_FAILURE_LOGGER
     from seqrec.errors import DataError
 
     inputs = write_parts(tmp_path / "lists", parts=4, users=60, row_group=20)
@@ -79,6 +80,11 @@ def test_a_damaged_part_fails_a_ray_job_after_every_other_part_is_committed(loca
     where = r", row group 2" if form == "list" else ""
     with pytest.raises(DataError, match=rf"input part '.*part-001.parquet'{where} \| received a damaged file"):
         score(cfg, echo=lambda line: None)
+    if form == "list":  # Ray Data's log of the unit it went on without: one line, not three tracebacks
+        logged = [record for record in caplog.records if record.name == UNIT_FAILURE_LOGGER]
+        assert [record.exc_info for record in logged] == [None]
+        assert logged[0].getMessage().startswith("a work unit failed; the other parts go on, and the job ends "
+                                                 "with: input part '")
     done = [json.loads(line).get("part") for line in (Path(cfg.output) / LEDGER_FILE).read_text().splitlines()[1:]]
     assert sorted(done) == ["part-000.parquet", "part-002.parquet", "part-003.parquet"]
     assert not (Path(cfg.output) / "_staging").exists() and not list(Path(cfg.output).glob(".*"))

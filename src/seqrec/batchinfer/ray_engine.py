@@ -29,6 +29,7 @@ workers, and ``DIR`` shared with them); without it a local Ray is started and sh
 from __future__ import annotations
 
 import bisect
+import logging
 import re
 import shutil
 import time
@@ -56,6 +57,7 @@ CPUS_PER_ACTOR = 0.5
 DEFAULT_ACTORS = 2
 GROUPED_ROWS = 8192  # input rows per batch (and row group) while a Ray task groups a long log
 SEQUENCE = "_seq"  # global input order of a result row
+UNIT_FAILURE_LOGGER = "ray.data._internal.execution.streaming_executor_state"  # logs a unit it goes on without
 _ACTOR_ERROR = re.compile(r"^seqrec\.errors\.(\w+): (.+)$", re.MULTILINE)  # in a Ray task's traceback text
 
 
@@ -183,10 +185,32 @@ def _scored(ray, cfg: ScoreConfig, plan: InputPlan, units: list[dict]) -> Iterat
         dataset = dataset.map_batches(RayScorer, fn_constructor_kwargs={"cfg": actor_cfg, "columns": columns},
                                       batch_format="pyarrow", batch_size=1,
                                       compute=ray.data.ActorPoolStrategy(size=cfg.actors or DEFAULT_ACTORS), **resources)
-        with _errors_as_raised(ray):
+        with _errors_as_raised(ray), _unit_failures_in_one_line():
             yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
     finally:
         context.enable_progress_bars, context.max_errored_blocks = saved
+
+
+class _OneLineUnitFailure(logging.Filter):
+    """Ray Data logs the whole traceback (Ray's, the worker's and ours) of a unit it goes on without. For
+    a SeqrecError (a damaged part) one line says it: the job ends with that error once the rest is done."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        raised = _seqrec_error_in(record.exc_info[1]) if record.exc_info and record.exc_info[1] else None
+        if raised is not None:
+            record.msg = "a work unit failed; the other parts go on, and the job ends with: %s"
+            record.args, record.exc_info, record.exc_text = (raised,), None, None
+        return True
+
+
+@contextmanager
+def _unit_failures_in_one_line() -> Iterator[None]:
+    logger, one_line = logging.getLogger(UNIT_FAILURE_LOGGER), _OneLineUnitFailure()
+    logger.addFilter(one_line)
+    try:
+        yield
+    finally:
+        logger.removeFilter(one_line)
 
 
 @contextmanager
