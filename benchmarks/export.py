@@ -7,6 +7,7 @@ and by the same scoring graph in PyTorch eager (``SequentialRecommender.top_k``)
 best of ``--repeats``; users/s of each and the ratio are printed.
 
     python benchmarks/export.py --items 100000 --batch 256
+    python benchmarks/export.py --models pcrec --heads cpr   # one pair
 
 Writes benchmarks/out/export.json. Not a test.
 """
@@ -68,13 +69,20 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--models", nargs="+", default=None, help="only these models (default: every one)")
+    parser.add_argument("--heads", nargs="+", default=None, help="only these heads (default: every one)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "export.json")
     args = parser.parse_args()
+    pairs = [(model, head) for model, head in sorted(EXPORT_SPECS)
+             if (args.models is None or model in args.models) and (args.heads is None or head in args.heads)]
+    if not pairs:
+        parser.error(f"no registered model/head among --models {args.models} --heads {args.heads}; "
+                     f"registered: {', '.join('/'.join(pair) for pair in sorted(EXPORT_SPECS))}")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     print(f"{'model/head':18s}{'export s':>10s}{'onnx MB':>9s}{'torch u/s':>11s}{'ort u/s':>10s}{'ort/torch':>11s}")
-    for model, head in sorted(EXPORT_SPECS):
+    for model, head in pairs:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = Path(tmp) / "ckpt"
             cfg = write_checkpoint(ckpt, model, head, args.items, args.length)
