@@ -340,6 +340,18 @@ def test_export_keeps_one_opaque_node():
         assert_same_topk(program.module()(queries, exclude), queries, table, 7, exclude)
 
 
+def test_compile_with_grad_enabled_on_a_learned_table():
+    """A model's table requires grad; torch.compile traces autograd when grad is enabled, which a custom op
+    without an autograd rule refused. The outputs carry no gradient, as in eager."""
+    register_catalog_topk_opaque()
+    queries, table, exclude = make_inputs(5, 40, 6, 4, seed=12)
+    head = ScoreHead(table)
+    torch._dynamo.reset()
+    scores, ids = torch.compile(head, backend="aot_eager", fullgraph=True)(queries, exclude)
+    assert not scores.requires_grad
+    assert_same_topk((scores, ids), queries, table, 7, exclude)
+
+
 def test_opcheck_opaque_op():
     queries, table, exclude = make_inputs(4, 30, 5, 3, seed=10)
     torch.library.opcheck(register_catalog_topk_opaque(), (queries, table, 5, exclude))

@@ -158,7 +158,18 @@ def register_catalog_topk_opaque() -> torch._ops.OpOverloadPacket:
     before ``torch.export.load`` of a program that holds it."""
     op = torch.library.custom_op("seqrec::catalog_topk_opaque", _opaque_forward, mutates_args=())
     op.register_fake(_fake_forward)
+    op.register_autograd(no_gradient, setup_context=outputs_without_gradient)
     return torch.ops.seqrec.catalog_topk_opaque
+
+
+def outputs_without_gradient(ctx, inputs: tuple, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """setup_context of the catalog_topk ops: scores and ids carry no gradient, as in eager (the op runs
+    under no_grad). Without a rule, torch.compile with grad enabled refused a table that requires grad."""
+    ctx.mark_non_differentiable(*output)
+
+
+def no_gradient(ctx, grad_scores: torch.Tensor, grad_ids: torch.Tensor) -> tuple[None, None, None, None]:
+    return None, None, None, None
 
 
 def _opaque_forward(queries: torch.Tensor, items_table: torch.Tensor, k: int,

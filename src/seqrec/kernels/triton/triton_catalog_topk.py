@@ -33,7 +33,8 @@ from __future__ import annotations
 import torch
 
 from seqrec.errors import received_expected
-from seqrec.kernels.catalog_topk import check_catalog_topk_inputs, choose_kernel, triton_candidates
+from seqrec.kernels.catalog_topk import (check_catalog_topk_inputs, choose_kernel, no_gradient, outputs_without_gradient,
+                                         triton_candidates)
 from seqrec.kernels.reference.pt_catalog_topk import common_dtype, eligible_exclusions, padding_where_ineligible
 from seqrec.kernels.triton import require_triton
 
@@ -222,4 +223,5 @@ EMPTY_KEY = int(pack(torch.tensor(float("-inf")), torch.tensor(0)))  # what an e
 _INTERPRETED = not isinstance(_catalog_topk_kernel, triton.runtime.JITFunction)  # TRITON_INTERPRET=1 at import
 HAS_TRITON_OP = hasattr(torch.library, "triton_op")  # torch >= 2.6
 if HAS_TRITON_OP:
-    torch.library.triton_op("seqrec::catalog_topk", _registered_body, mutates_args=())
+    torch.library.triton_op("seqrec::catalog_topk", _registered_body, mutates_args=()).register_autograd(
+        no_gradient, setup_context=outputs_without_gradient)
