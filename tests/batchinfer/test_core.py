@@ -1,6 +1,8 @@
 """score_batches: the same top-K whatever the backend, batch size, bucket or batch-mates."""
 
 import importlib.util
+import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -9,7 +11,7 @@ import torch
 
 from seqrec.batchinfer import open_model, score_batches
 from seqrec.batchinfer.core import result_schema
-from seqrec.errors import ConfigError, MissingDependencyError
+from seqrec.errors import ConfigError, ExportError, MissingDependencyError
 
 from histories import random_histories
 
@@ -98,6 +100,28 @@ def test_bundle_options_are_baked_and_backends_need_their_source(bundle, checkpo
     with pytest.raises(ConfigError, match="neither manifest.json nor config.json"):
         open_model(run_config(checkpoint.parent))
     assert open_model(run_config(bundle, top_k=7, exclude_seen=False)).top_k == 7
+
+
+def test_a_bf16_bundle_on_onnxruntime_is_refused_before_any_data(bundle, run_config, tmp_path):
+    """A bf16 bundle (exported for TensorRT on a GPU) scored with the default backend: one ConfigError at open,
+    not ONNX Runtime's InvalidGraph traceback after the job has begun."""
+    bf16 = tmp_path / "bf16"
+    shutil.copytree(bundle, bf16)
+    manifest = json.loads((bf16 / "manifest.json").read_text())
+    manifest["export"] = {**manifest["export"], "precision": "bf16", "format": "tensorrt"}
+    (bf16 / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"--backend onnxruntime \| received the bf16 bundle '.*bf16' \(ONNX Runtime "
+                                          r"has no bf16 kernels for its graph\), expected --backend tensorrt"):
+        open_model(run_config(bf16))
+
+
+@pytest.mark.parametrize("manifest", ['{"valid": true, "inputs": [', '{"valid": true}', '[1, 2]'])
+def test_a_damaged_manifest_is_one_export_error(bundle, run_config, tmp_path, manifest):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(bundle, damaged)
+    (damaged / "manifest.json").write_text(manifest)
+    with pytest.raises(ExportError, match=r"manifest.json \| received (unreadable JSON|a manifest without inputs)"):
+        open_model(run_config(damaged))
 
 
 def test_tensorrt_backend_without_a_gpu_is_one_clear_line(bundle, run_config):

@@ -154,6 +154,10 @@ def _open_bundle(source: Path, cfg: ScoreConfig) -> ScoringModel:
     baked = bundle.export_config
     _refuse_conflict("--top-k", cfg.top_k, baked.top_k, source)
     _refuse_conflict("--exclude-seen", cfg.exclude_seen, baked.exclude_seen, source)
+    if backend == "onnxruntime" and baked.precision == "bf16":
+        raise ConfigError(received_expected(
+            "--backend onnxruntime", f"the bf16 bundle '{source}' (ONNX Runtime has no bf16 kernels for its graph)",
+            "--backend tensorrt for it (its model.plan), or a bundle exported with --precision fp32 or fp16"))
     if backend == "tensorrt":
         from seqrec.exporter.tensorrt import require_tensorrt
 

@@ -69,7 +69,7 @@ def load_bundle(directory: str | Path, require_valid: bool = True) -> Bundle:
     if missing:
         raise ExportError(received_expected(f"export bundle {directory}", f"missing {missing}",
                                             f"{MANIFEST_FILE}, {ONNX_FILE} and {VOCAB_FILE} (from seqrec export)"))
-    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    manifest = _read_manifest(directory / MANIFEST_FILE)
     if manifest.get("bundle_version", 0) > BUNDLE_VERSION:
         raise ExportError(received_expected(f"{directory / MANIFEST_FILE} bundle_version",
                                             manifest.get("bundle_version"), f"<= {BUNDLE_VERSION}"))
@@ -77,3 +77,21 @@ def load_bundle(directory: str | Path, require_valid: bool = True) -> Bundle:
         raise ExportError(received_expected(f"export bundle {directory}", "a bundle whose parity check failed",
                                             "a bundle with manifest valid: true (re-run seqrec export)"))
     return Bundle(directory, manifest, Vocabulary.load(directory / VOCAB_FILE))
+
+
+REQUIRED_KEYS = ("inputs", "outputs", "export", "model", "window")  # what loading and scoring read
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest as a dict holding ``REQUIRED_KEYS``; ExportError naming the file for a truncated, hand-edited
+    or foreign one, instead of a JSON or key error deep in the scorer."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ExportError(received_expected(str(path), f"unreadable JSON ({err})",
+                                            "the manifest seqrec export wrote (export the bundle again)")) from None
+    missing = [key for key in REQUIRED_KEYS if key not in manifest] if isinstance(manifest, dict) else REQUIRED_KEYS
+    if missing:
+        raise ExportError(received_expected(str(path), f"a manifest without {', '.join(missing)}",
+                                            "the manifest seqrec export wrote (export the bundle again)"))
+    return manifest
