@@ -129,6 +129,8 @@ def test_tensorrt_backend_without_a_gpu_is_one_clear_line(bundle, run_config):
         pytest.skip("this machine has a GPU: test_tensorrt_backend_matches_onnxruntime runs instead")
     with pytest.raises(MissingDependencyError, match="the TensorRT backend"):
         open_model(run_config(bundle, backend="tensorrt"))
+    with pytest.raises(ConfigError, match=r"--batch-size \| received 10000, expected <= 8192 with --backend tensorrt"):
+        open_model(run_config(bundle, backend="tensorrt", batch_size=10_000))  # refused before the first batch
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("tensorrt") is None,

@@ -159,8 +159,11 @@ def _open_bundle(source: Path, cfg: ScoreConfig) -> ScoringModel:
             "--backend onnxruntime", f"the bf16 bundle '{source}' (ONNX Runtime has no bf16 kernels for its graph)",
             "--backend tensorrt for it (its model.plan), or a bundle exported with --precision fp32 or fp16"))
     if backend == "tensorrt":
-        from seqrec.exporter.tensorrt import require_tensorrt
+        from seqrec.exporter.tensorrt import MAX_BATCH, require_tensorrt
 
+        if cfg.batch_size > MAX_BATCH:
+            raise ConfigError(received_expected("--batch-size", cfg.batch_size, f"<= {MAX_BATCH} with --backend "
+                                                "tensorrt (the largest batch of the engine's optimisation profile)"))
         require_tensorrt()
         if not bundle.plan_path.is_file():
             raise ConfigError(received_expected(f"--backend tensorrt on '{source}'", "a bundle without model.plan",
