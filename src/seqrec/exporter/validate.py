@@ -3,10 +3,15 @@
 For every case the exported runner's top-K is compared with the slow PyTorch path (full logits in
 float32, ``torch.topk``). Scores must agree within the spec's tolerance; an item id may differ
 from PyTorch's at a rank only if PyTorch scores the returned item as high as its own choice there
-(a tie), so a genuinely wrong item always fails. A user on whom the backends disagree and whose
-answer PyTorch itself does not fix is left out and counted: a CPR head whose running logits tie at
-a reranker stage's boundary (the plain base partition h . E of a history with no known item scores
-every item 0) reranks whichever tied items a backend's TopK takes first.
+(a tie), so a genuinely wrong item always fails; an item returned twice, or outside 1..N, fails too.
+
+A CPR head whose running logits tie at a reranker stage's boundary (the plain base partition h . E
+of a history with no known item scores every item 0) reranks whichever tied items a backend's TopK
+takes first, so PyTorch's answer is one of several right ones. A user on whom the backends disagree
+and whose boundary ties is counted as such (``undefined_users``) and held to what every right answer
+has: distinct items, best first, each scored as PyTorch scores it by the base partition or by one of
+the reranker facets (a history item by its own CPR logit), and no item left out that every one of
+its scores would put above the K-th returned.
 """
 
 from __future__ import annotations
@@ -101,10 +106,18 @@ def compare_case(name: str, graph: ScoringGraph, spec: ExportSpec, feed: dict[st
     both_inf = ref_scores.isneginf() & got_scores.isneginf()
     diff = (ref_scores - got_scores).abs().masked_fill(both_inf, 0.0)  # (B, K)
     same = got_items == ref_items
+    num_items = graph.model.cfg.num_items
     wrong = ~same & ~_ties(graph, tensors, got_items, ref_scores, tolerance)  # (B, K)
+    wrong |= _repeated_or_out_of_range(got_items, got_scores, num_items)  # (B, K)
     disagree = wrong.any(1) | (diff > tolerance).any(1)  # (B,)
     undefined = disagree & _tied_rerank_boundary(graph, tensors, spec) if disagree.any() else disagree  # (B,)
-    diff, wrong = diff.masked_fill(undefined.unsqueeze(1), 0.0), wrong & ~undefined.unsqueeze(1)
+    if undefined.any():
+        rows = undefined.nonzero().squeeze(1)
+        got_tolerance = spec.score_atol + spec.score_rtol * got_scores.abs().nan_to_num(posinf=0.0, neginf=0.0)
+        wrong[rows] = _not_a_right_answer(graph, [tensor[rows] for tensor in tensors], got_items[rows],
+                                          got_scores[rows], got_tolerance[rows])
+        wrong[rows] |= _repeated_or_out_of_range(got_items[rows], got_scores[rows], num_items)
+        diff = diff.masked_fill(undefined.unsqueeze(1), 0.0)  # rank by rank against one right answer of several
     return CaseResult(name, int(ref_items.shape[0]), int(tensors[0].shape[1]), float(diff.max()),
                       float(same.float().mean()), int(wrong.sum()), bool((diff <= tolerance).all()) and not wrong.any(),
                       int(undefined.sum()))
@@ -120,6 +133,50 @@ def _ties(graph: ScoringGraph, tensors: list[torch.Tensor], got_items: torch.Ten
         logits = logits.scatter(1, items, float("-inf"))
     got_scores = logits.gather(1, got_items.clamp(0, logits.shape[1] - 1))  # (B, K)
     return ((got_scores - ref_scores).abs() <= tolerance) | (got_scores.isneginf() & ref_scores.isneginf())
+
+
+def _repeated_or_out_of_range(got_items: torch.Tensor, got_scores: torch.Tensor, num_items: int) -> torch.Tensor:
+    """(B, K) bool: a returned item outside 1..N, or one already returned at a better rank (a slot scored -inf
+    holds no item: fewer than K are left)."""
+    real = ~got_scores.isneginf()  # (B, K)
+    outside = (got_items < 1) | (got_items > num_items)
+    earlier = torch.ones(got_items.shape[1], got_items.shape[1], dtype=torch.bool).tril(-1)  # (K, K): [j, i] = i < j
+    repeated = ((got_items.unsqueeze(2) == got_items.unsqueeze(1)) & earlier).any(2)  # (B, K)
+    return real & (outside | repeated)
+
+
+def _not_a_right_answer(graph: ScoringGraph, tensors: list[torch.Tensor], got_items: torch.Tensor,
+                        got_scores: torch.Tensor, tolerance: torch.Tensor) -> torch.Tensor:
+    """(B, K) bool for users whose reranker boundary ties: where the returned answer differs from every answer a
+    choice among the tied items gives (see the module doc); a missed item counts at the last rank."""
+    options = _partition_options(graph, tensors)  # (B, 1+R, N+1)
+    ids = got_items.clamp(0, options.shape[2] - 1)
+    scored = options.gather(2, ids.unsqueeze(1).expand(-1, options.shape[1], -1))  # (B, 1+R, K)
+    close = (scored - got_scores.unsqueeze(1)).abs() <= tolerance.unsqueeze(1)
+    wrong = ~(close | (scored.isneginf() & got_scores.isneginf().unsqueeze(1))).any(1)  # (B, K)
+    wrong[:, 1:] |= got_scores[:, 1:] > got_scores[:, :-1] + tolerance[:, 1:]  # not best first
+    returned = torch.zeros_like(options[:, 0], dtype=torch.bool).scatter_(1, ids, True)  # (B, N+1)
+    least = options.min(1).values.masked_fill(returned, float("-inf"))  # (B, N+1): the item's lowest right score
+    wrong[:, -1] |= (least > got_scores[:, -1:] + tolerance[:, -1:]).any(1)
+    return wrong
+
+
+def _partition_options(graph: ScoringGraph, tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(B, 1+R, N+1): each item's right scores, base and reranker facets (``CPRHead.partition_scores``); a
+    history item (with a context partition or exclude-seen) has one, its CPR logit or -inf, in every row."""
+    model = graph.model
+    items = fit_window(tensors[0], graph.length)
+    timestamps = fit_window(tensors[1], graph.length) if len(tensors) > 1 else None
+    layers = model.encode_layers(items, timestamps)
+    options = model.head.partition_scores(layers).float()  # (B, 1+R, N+1)
+    if model.head.context_facet is None and not graph.exclude_seen:
+        return options
+    window = items[:, -model.cfg.max_length :]
+    fixed = model.head.logits(layers, window).float()  # (B, N+1): history items whatever the tie
+    if graph.exclude_seen:
+        fixed = fixed.scatter(1, window, float("-inf"))
+    history = torch.zeros_like(fixed, dtype=torch.bool).scatter_(1, window, True)  # (B, N+1), column 0 too
+    return torch.where(history.unsqueeze(1), fixed.unsqueeze(1), options)
 
 
 def _tied_rerank_boundary(graph: ScoringGraph, tensors: list[torch.Tensor], spec: ExportSpec) -> torch.Tensor:

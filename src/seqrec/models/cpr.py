@@ -111,6 +111,14 @@ class CPRHead(nn.Module):
         self._rerank(mask_padding(self.base_query(query) @ self.item_embedding.weight.T), query, inputs)
         return inputs
 
+    def partition_scores(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        """(B, 1 + R, N + 1) at the last slot: every item scored by the base partition and by each reranker
+        stage's facet. Which of them an item near a stage's boundary gets depends on how TopK breaks ties,
+        so the parity check accepts any of them there (``exporter.validate``)."""
+        query = self.head_input(layers)[:, -1]  # (B, W)
+        facets = torch.stack([self.base_query(query)] + [facet(query) for facet in self.rerank_facets], 1)  # (B, 1+R, D)
+        return mask_padding(facets @ self.item_embedding.weight.T)  # (B, 1+R, N+1)
+
     def _rerank(self, logits: torch.Tensor, query: torch.Tensor, record: list | None = None,
                 in_place: bool = True) -> torch.Tensor:
         """Each reranker stage re-scores the top-k of the running logits (M, N+1) by its own facet;

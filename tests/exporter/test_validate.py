@@ -1,0 +1,112 @@
+"""The parity check itself, on answers written by hand: it must pass every right answer and fail wrong ones.
+
+A user whose reranker boundary ties (the plain base partition h . E of a history with no known item scores
+every item 0) has many right answers, one per choice of the tied items a backend's TopK reranks; the check
+must pass each of them and still catch an answer no choice gives (other scores, another order, a missed
+item, an item twice)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from seqrec.exporter.graph import ScoringGraph
+from seqrec.exporter.specs import spec_for
+from seqrec.exporter.validate import compare_case
+from seqrec.training.checkpoint import load_checkpoint
+
+TOP_K = 7
+
+
+@pytest.fixture(scope="module")
+def plain_base(tiny_checkpoints):
+    """A CPR:20+Mi head whose base partition is h . E: every base logit of a history with no known item is 0."""
+    model = load_checkpoint(tiny_checkpoints("sasrec", "cpr", cpr_base_projection=False)).model
+    return ScoringGraph(model, TOP_K, exclude_seen=False, length=model.cfg.max_length), spec_for("sasrec", "cpr")
+
+
+def feed_of(graph: ScoringGraph, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Three users with no known item (tied boundary) and three random ones (no tie)."""
+    known = torch.randint(1, graph.model.cfg.num_items + 1, (3, graph.length), generator=torch.Generator().manual_seed(seed))
+    return {"items": torch.cat([torch.zeros(3, graph.length, dtype=torch.long), known])}
+
+
+@torch.no_grad()
+def another_right_answer(graph: ScoringGraph, items: torch.Tensor) -> dict[str, np.ndarray]:
+    """PyTorch's answer, but for the users with no known item the top-K a backend gives when its reranker
+    stage takes 20 other tied items: the last 20 of the catalog, which PyTorch's topk does not take first."""
+    top_items, top_scores = graph.reference(items)
+    options = graph.model.head.partition_scores(graph.model.encode_layers(items))  # (B, 2, N+1)
+    n = graph.model.cfg.num_items
+    chosen = torch.arange(n - 19, n + 1).expand(len(items), -1)  # (B, 20)
+    logits = options[:, 0].scatter(1, chosen, options[:, 1].gather(1, chosen))  # (B, N+1): no history to replace
+    scores, ids = logits.topk(TOP_K, dim=1)
+    unknown = (items == 0).all(1)
+    top_items[unknown], top_scores[unknown] = ids[unknown], scores[unknown].float()
+    return {"top_items": top_items.numpy(), "top_scores": top_scores.numpy()}
+
+
+def test_another_right_answer_of_tied_users_passes(plain_base):
+    graph, spec = plain_base
+    feed = feed_of(graph)
+    outputs = another_right_answer(graph, feed["items"])
+    reference = graph.reference(feed["items"])[0].numpy()
+    assert (outputs["top_items"][:3] != reference[:3]).any()  # the tied users' answers do differ from PyTorch's
+    result = compare_case("mixed", graph, spec, feed, outputs)
+    assert result.ok and result.undefined_users == 3 and result.wrong_items == 0
+
+
+@pytest.mark.parametrize("corruption", ["scores shifted", "order reversed", "best item missed", "item twice"])
+def test_a_wrong_answer_of_tied_users_fails(plain_base, corruption):
+    graph, spec = plain_base
+    feed = feed_of(graph)
+    outputs = another_right_answer(graph, feed["items"])
+    items, scores = outputs["top_items"].copy(), outputs["top_scores"].copy()
+    if corruption == "scores shifted":
+        scores[:3] += 1.0
+    elif corruption == "order reversed":
+        items[:3], scores[:3] = items[:3, ::-1], scores[:3, ::-1]
+    elif corruption == "best item missed":  # ranks 2..K moved up, an item scored below them last
+        items[:3, :-1], scores[:3, :-1] = items[:3, 1:].copy(), scores[:3, 1:].copy()
+        items[:3, -1], scores[:3, -1] = 0, float("-inf")
+    else:
+        items[:3, 1] = items[:3, 0]
+    result = compare_case("mixed", graph, spec, feed, {"top_items": items, "top_scores": scores})
+    assert not result.ok and result.wrong_items > 0
+
+
+def test_an_item_returned_twice_fails_even_where_every_score_ties(tiny_checkpoints):
+    """A softmax SASRec scores every item 0 for a history with no known item: any item is a tie at any rank,
+    but not the same item twice."""
+    model = load_checkpoint(tiny_checkpoints("sasrec", "softmax")).model
+    graph = ScoringGraph(model, TOP_K, exclude_seen=False, length=model.cfg.max_length)
+    feed = {"items": torch.zeros(2, graph.length, dtype=torch.long)}
+    scores = np.zeros((2, TOP_K), dtype=np.float32)
+    distinct = compare_case("no known item", graph, spec_for("sasrec", "softmax"), feed,
+                            {"top_items": np.tile(np.arange(20, 20 + TOP_K), (2, 1)), "top_scores": scores})
+    assert distinct.ok  # other tied items than PyTorch's: right
+    twice = compare_case("no known item", graph, spec_for("sasrec", "softmax"), feed,
+                         {"top_items": np.full((2, TOP_K), 17), "top_scores": scores})
+    assert not twice.ok and twice.wrong_items == 2 * (TOP_K - 1)
+
+
+def test_an_item_outside_the_catalog_fails(plain_base):
+    graph, spec = plain_base
+    feed = feed_of(graph)
+    outputs = another_right_answer(graph, feed["items"])
+    outputs["top_items"][4, 0] = graph.model.cfg.num_items + 1  # clamped, it would be scored as item N
+    assert not compare_case("mixed", graph, spec, feed, outputs).ok
+
+
+def test_fp16_tolerances_do_not_excuse_a_wrong_answer_of_tied_users(plain_base):
+    """The export at fp16 widens the tolerances 50 times (``TOLERANCE_SCALE``); an answer shifted by 1.0
+    on every tied user must still fail."""
+    graph, spec = plain_base
+    wide = dataclasses.replace(spec, score_atol=spec.score_atol * 50, score_rtol=spec.score_rtol * 50)
+    feed = feed_of(graph)
+    outputs = another_right_answer(graph, feed["items"])
+    outputs["top_scores"][:3] += 1.0
+    assert not compare_case("mixed", graph, wide, feed, outputs).ok
