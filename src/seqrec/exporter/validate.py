@@ -36,7 +36,7 @@ class CaseResult:
     top_k_agreement: float  # share of (user, rank) with the same id as PyTorch
     wrong_items: int  # ids that differ and are not ties
     ok: bool
-    undefined_users: int = 0  # left out: their top-K is not unique in PyTorch either (see module doc)
+    undefined_users: int = 0  # their top-K is not unique in PyTorch either: held to any right one (module doc)
 
 
 @dataclass
@@ -58,7 +58,7 @@ class ParityReport:
         head = f"parity {self.backend} vs {self.reference} (atol {self.atol:g}, rtol {self.rtol:g})"
         return [head] + [f"  {'ok ' if c.ok else 'BAD'} {c.name:20s} users {c.users:4d}  length {c.length:3d}  "
                          f"max|diff| {c.max_abs_diff:.2e}  top-K agreement {c.top_k_agreement:.4f}"
-                         + (f"  ({c.undefined_users} users with a tied reranker boundary left out)"
+                         + (f"  ({c.undefined_users} users with a tied reranker boundary: any right answer)"
                             if c.undefined_users else "") for c in self.cases]
 
 
