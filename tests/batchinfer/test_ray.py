@@ -40,7 +40,8 @@ def inputs(tmp_path_factory, parts_dir) -> dict[str, Path]:
             table = pa.concat_tables([table, extra.cast(table.schema)])
         pq.write_table(table, lists / path.name, row_group_size=50)
         pq.write_table(as_long_log(table), longs / path.name, row_group_size=300)
-    pq.write_table(pq.read_table(lists / "part-000.parquet").slice(0, 0), lists / "part-empty.parquet")
+    for folder in (lists, longs):  # a part without users: committed with none, in either form
+        pq.write_table(pq.read_table(folder / "part-000.parquet").slice(0, 0), folder / "part-empty.parquet")
     return {"list": lists, "long": longs}
 
 
@@ -119,6 +120,24 @@ def test_staged_parts_complete_as_their_last_rows_come_back_and_read_in_input_or
     assert all("_seq" not in batch.schema.names for batch in staged.rows(2))
     staged.drop(2)
     assert not (tmp_path / "results" / "000002").exists() and staged.incomplete() == []
+
+
+def test_staged_parts_of_unknown_size_learn_it_when_their_first_rows_come_back(tmp_path):
+    """Long-form parts: rows numbered within bounds (the parts' interactions), the sizes (their users) read
+    when a part's first rows arrive; a part none of whose rows came is unseen, to be settled after."""
+    from seqrec.batchinfer.ray_engine import StagedParts
+
+    asked = []
+    sizes = {0: 3, 1: 2, 2: 0, 3: None}  # part 2: no users; part 3: its grouping failed
+    staged = StagedParts(tmp_path / "results", [None] * 4, [10, 5, 4, 6],
+                         size_of=lambda index: asked.append(index) or sizes[index])
+    assert staged.complete_at_start() == [] and list(staged.starts) == [0, 10, 15, 19, 25]
+    assert staged.add(_table([10, 0, 11, 2])) == [1]  # part 1 whole with its first rows; part 0 has 2 of 3
+    assert staged.add(_table([1])) == [0] and asked == [0, 1]  # each size read once
+    assert sum((batch.column("user_id").to_pylist() for batch in staged.rows(0)), []) == [1000, 1001, 1002]
+    assert staged.unseen() == [2, 3] and staged.incomplete() == [2, 3]
+    staged.sizes[2] = 0  # its grouped file has no rows: complete
+    assert staged.incomplete() == [3]
 
 
 @pytest.mark.parametrize("numbers, message", [([[0, 1], [3], [2, 2]], r"row 2 twice"),

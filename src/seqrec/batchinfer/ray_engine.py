@@ -7,8 +7,12 @@
   actor takes one (``num_gpus=1``), otherwise a fraction of a CPU (``num_cpus=0.5``: on a small
   machine actors holding whole CPUs starve Ray's other tasks and the job hangs) and one
   intra-op thread.
-- A long interaction log is first grouped into list-form files by one Ray task per part (the
-  same streaming grouper as the local engine), since a user's rows may straddle two row groups.
+- A long interaction log is grouped into list-form files by a first stage of Ray tasks, one per part
+  (the same streaming grouper as the local engine, since a user's rows may straddle two row groups),
+  whose output is the grouped file's work units: Ray Data streams them into the actor pool, so a part
+  is scored, and committed, while later parts are still being grouped. A part's row numbers start at
+  the sum of the earlier parts' input rows (a bound on their users, known from the footers), and its
+  size is read from its grouped file's footer when its first rows reach the driver.
 - Every result row carries its global sequence number (``_seq``: input parts in order, rows in
   order). Ray does not keep rows in order, even with ``preserve_order`` (Ray 2.60 was seen to swap
   rows inside one output block when an actor batch spans blocks), so the driver does not rely on
@@ -30,13 +34,14 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import re
 import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -57,6 +62,7 @@ CPUS_PER_ACTOR = 0.5
 DEFAULT_ACTORS = 2
 GROUPED_ROWS = 8192  # input rows per batch (and row group) while a Ray task groups a long log
 SEQUENCE = "_seq"  # global input order of a result row
+UNIT_SCHEMA = pa.schema([("path", pa.string()), ("row_group", pa.int64()), ("first", pa.int64())])
 UNIT_FAILURE_LOGGER = "ray.data._internal.execution.streaming_executor_state"  # logs a unit it goes on without
 _ACTOR_ERROR = re.compile(r"^seqrec\.errors\.(\w+): (.+)$", re.MULTILINE)  # in a Ray task's traceback text
 
@@ -124,23 +130,71 @@ def run_ray(cfg: ScoreConfig, plan: InputPlan, todo: list[InputPart], writer: Pa
     staging = Path(cfg.output) / STAGING_DIR
     try:
         shutil.rmtree(staging, ignore_errors=True)
-        if plan.form == LONG_FORM:
-            paths, failure = _group_long_parts(ray, plan, todo, staging / "grouped")
-        else:
-            paths, failure = [part.path for part in todo], None
-        ready = [index for index, path in enumerate(paths) if path is not None]  # parts that can be scored
-        units, sizes = _work_units([paths[index] for index in ready])
-        staged = StagedParts(staging / "results", sizes)
+        work = _long_form_work if plan.form == LONG_FORM else _list_form_work
+        paths, staged, units = work(ray, plan, todo, staging)
+
+        def commit(index: int) -> None:
+            _commit(staged, index, todo[index], writer)
+            if plan.form == LONG_FORM:
+                Path(paths[index]).unlink(missing_ok=True)  # the grouped copy, staged only until its part is done
+
         for index in staged.complete_at_start():  # parts without rows
-            _commit(staged, index, todo[ready[index]], writer)
+            commit(index)
         for table in _scored(ray, cfg, plan, units):
             for index in staged.add(table):
-                _commit(staged, index, todo[ready[index]], writer)
-        failure = failure or _scoring_failure(staged, units, [todo[index] for index in ready], plan)
+                commit(index)
+        for index in staged.unseen():  # long form: no row came back; a grouped part without users is complete
+            if _rows_in(paths[index]) == 0:
+                staged.sizes[index] = 0
+                commit(index)
+        failure = _scoring_failure(staged, paths, todo, plan)
         if failure is not None:
             raise failure
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _list_form_work(ray, plan: InputPlan, todo: list[InputPart], staging: Path):
+    """The parts' paths, the staging of results, and the dataset of their work units (None: there are none)."""
+    paths = [part.path for part in todo]
+    units, sizes = _work_units(paths)
+    dataset = (lambda: ray.data.from_items(units, override_num_blocks=len(units))) if units else None
+    return paths, StagedParts(staging / "results", sizes), dataset
+
+
+def _long_form_work(ray, plan: InputPlan, todo: list[InputPart], staging: Path):
+    """The grouped files' paths, the staging of results (sizes read from the grouped files' footers) and the
+    dataset of work units (a grouping stage, one task per part, that emits each grouped file's units)."""
+    directory = staging / "grouped"
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [str(directory / part.name) for part in todo]
+    bounds = [part.rows for part in todo]  # interactions: at least as many as the part's users
+    staged = StagedParts(staging / "results", [None] * len(todo), bounds, size_of=lambda index: _rows_in(paths[index]))
+    items = [{"index": index, "first": int(staged.starts[index])} for index in range(len(todo))]
+
+    def units():
+        parts = ray.data.from_items(items, override_num_blocks=len(items))
+        return parts.map_batches(_grouped_units, fn_kwargs={"todo": todo, "plan": plan, "paths": paths},
+                                 batch_format="pyarrow", batch_size=1, num_cpus=CPUS_PER_ACTOR)
+
+    return paths, staged, units if items else None
+
+
+def _grouped_units(parts: pa.Table, todo: list[InputPart], plan: InputPlan, paths: list[str]) -> pa.Table:
+    """The grouping stage: each given part written in list form to its path, and the work units of that file."""
+    units = []
+    for item in parts.to_pylist():
+        _write_grouped(todo[item["index"]], plan, paths[item["index"]])
+        units += _units_of(paths[item["index"]], item["first"])
+    return pa.Table.from_pylist(units, schema=UNIT_SCHEMA)
+
+
+def _rows_in(path: str) -> int | None:
+    """The rows of a (grouped) Parquet file from its footer; None where there is no complete file."""
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, pa.ArrowInvalid):
+        return None
 
 
 def _commit(staged: StagedParts, index: int, part: InputPart, writer: PartWriter) -> None:
@@ -154,21 +208,28 @@ def _commit(staged: StagedParts, index: int, part: InputPart, writer: PartWriter
 
 def _work_units(paths: list[str]) -> tuple[list[dict], list[int]]:
     """One unit per row group of every path, numbered in input order; and the rows of each path."""
-    units, sizes, first = [], [], 0
+    units, sizes = [], []
     for path in paths:
-        metadata = pq.ParquetFile(path).metadata
-        for group in range(metadata.num_row_groups):
-            rows = metadata.row_group(group).num_rows
-            if rows:
-                units.append({"path": path, "row_group": group, "first": first})
-            first += rows
-        sizes.append(metadata.num_rows)
+        units += _units_of(path, sum(sizes))
+        sizes.append(pq.ParquetFile(path).metadata.num_rows)
     return units, sizes
 
 
-def _scored(ray, cfg: ScoreConfig, plan: InputPlan, units: list[dict]) -> Iterator[pa.Table]:
-    """Ray's result tables (rows with ``_seq``) as the actor pool returns them, in no particular order."""
-    if not units:
+def _units_of(path: str, first: int) -> list[dict]:
+    """The work units of one file, its rows numbered from ``first``: one per row group with rows."""
+    metadata, units = pq.ParquetFile(path).metadata, []
+    for group in range(metadata.num_row_groups):
+        rows = metadata.row_group(group).num_rows
+        if rows:
+            units.append({"path": path, "row_group": group, "first": first})
+        first += rows
+    return units
+
+
+def _scored(ray, cfg: ScoreConfig, plan: InputPlan, units) -> Iterator[pa.Table]:
+    """Ray's result tables (rows with ``_seq``) as the actor pool returns them, in no particular order;
+    ``units`` makes the dataset of work units (None: there are none)."""
+    if units is None:
         return
     context = ray.data.DataContext.get_current()
     saved = context.enable_progress_bars, context.max_errored_blocks
@@ -181,8 +242,7 @@ def _scored(ray, cfg: ScoreConfig, plan: InputPlan, units: list[dict]) -> Iterat
         gpus = ray.cluster_resources().get("GPU", 0) >= 1
         actor_cfg = ScoreConfig.from_dict({**cfg.to_dict(), "threads": cfg.threads or (None if gpus else 1)})
         resources = {"num_gpus": 1} if gpus else {"num_cpus": CPUS_PER_ACTOR}
-        dataset = ray.data.from_items(units, override_num_blocks=len(units))
-        dataset = dataset.map_batches(RayScorer, fn_constructor_kwargs={"cfg": actor_cfg, "columns": columns},
+        dataset = units().map_batches(RayScorer, fn_constructor_kwargs={"cfg": actor_cfg, "columns": columns},
                                       batch_format="pyarrow", batch_size=1,
                                       compute=ray.data.ActorPoolStrategy(size=cfg.actors or DEFAULT_ACTORS), **resources)
         with _errors_as_raised(ray), _unit_failures_in_one_line():
@@ -236,35 +296,14 @@ def _seqrec_error_in(err: Exception) -> SeqrecError | None:
     return (kind if isinstance(kind, type) and issubclass(kind, SeqrecError) else SeqrecError)(match[2])
 
 
-def _group_long_parts(ray, plan: InputPlan, todo: list[InputPart],
-                      directory: Path) -> tuple[list[str | None], SeqrecError | None]:
-    """One Ray task per part writes its list form to ``directory`` under the part's name: their paths (None
-    for a part whose task raised a SeqrecError, a damaged file) and the first such error."""
-    directory.mkdir(parents=True, exist_ok=True)
-    task = ray.remote(num_cpus=CPUS_PER_ACTOR)(_write_grouped)
-    targets = [str(directory / part.name) for part in todo]
-    pending = [task.remote(part, plan, target) for part, target in zip(todo, targets)]
-    paths, failure = [], None
-    try:
-        for ref, target in zip(pending, targets):
-            try:
-                with _errors_as_raised(ray):
-                    ray.get(ref)
-                paths.append(target)
-            except SeqrecError as err:
-                paths.append(None)
-                failure = failure or err
-    except BaseException:  # anything else ends the job: the remaining tasks would write into a removed folder
-        for ref in pending:
-            ray.cancel(ref)
-        raise
-    return paths, failure
-
-
 def _write_grouped(part: InputPart, plan: InputPlan, target: str) -> None:
-    with pq.ParquetWriter(target, grouped_schema(part, plan)) as writer:
+    """The part in list form at ``target``, which exists only once it is whole: a failure part way (a damaged
+    part) closes the writer, footer and all, so a file at ``target`` would pass for the part's first users."""
+    partial = f"{target}.inprogress"
+    with pq.ParquetWriter(partial, grouped_schema(part, plan)) as writer:
         for batch in read_part(part, plan, GROUPED_ROWS):
             writer.write_batch(batch)
+    os.replace(partial, target)
 
 
 class StagedParts:
@@ -276,9 +315,13 @@ class StagedParts:
     result table at a time, and a part is committed while later ones are still being scored.
     """
 
-    def __init__(self, directory: Path, sizes: list[int]) -> None:
-        self.directory, self.sizes = directory, sizes
-        self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])  # (P + 1,) first _seq of each part
+    def __init__(self, directory: Path, sizes: list[int | None], bounds: list[int] | None = None,
+                 size_of: Callable[[int], int | None] | None = None) -> None:
+        """``sizes``: each part's rows, or None where only ``size_of(index)`` can tell, once rows of it come
+        back (a grouped long-form part); ``bounds``: at least each part's rows (default: ``sizes``), which
+        number the parts' rows."""
+        self.directory, self.sizes, self.size_of = directory, list(sizes), size_of
+        self.starts = np.concatenate([[0], np.cumsum(sizes if bounds is None else bounds, dtype=np.int64)])  # (P + 1,)
         self.received = np.zeros(len(sizes), dtype=np.int64)  # (P,)
         self.first_seen: dict[int, float] = {}  # part index -> when its first row reached the driver
         self.committed: set[int] = set()
@@ -306,7 +349,9 @@ class StagedParts:
             self.pieces += 1
             self.first_seen.setdefault(index, time.perf_counter())
             before, self.received[index] = self.received[index], self.received[index] + piece.num_rows
-            if before < self.sizes[index] <= self.received[index]:
+            if self.sizes[index] is None:
+                self.sizes[index] = self.size_of(index)
+            if self.sizes[index] is not None and before < self.sizes[index] <= self.received[index]:
                 completed.append(index)
         return completed
 
@@ -321,9 +366,13 @@ class StagedParts:
         shutil.rmtree(self.directory / f"{index:06d}", ignore_errors=True)
         self.committed.add(index)
 
+    def unseen(self) -> list[int]:
+        """The parts of unknown size none of whose rows came back."""
+        return [index for index, size in enumerate(self.sizes) if size is None and index not in self.first_seen]
+
     def incomplete(self) -> list[int]:
-        """After Ray's last table: the parts still short of rows (a Ray task failed on them)."""
-        return [index for index, size in enumerate(self.sizes) if self.received[index] < size]
+        """After Ray's last table: the parts still short of rows, or of unknown size (a Ray task failed on them)."""
+        return [index for index, size in enumerate(self.sizes) if size is None or self.received[index] < size]
 
     def returned(self, index: int) -> np.ndarray:
         """(R,) the sorted row numbers of part ``index`` that came back."""
@@ -331,17 +380,21 @@ class StagedParts:
         return np.sort(np.concatenate([table.column(0).to_numpy() for table in tables] or [np.zeros(0, np.int64)]))
 
 
-def _scoring_failure(staged: StagedParts, units: list[dict], parts: list[InputPart],
+def _scoring_failure(staged: StagedParts, paths: list[str], parts: list[InputPart],
                      plan: InputPlan) -> SeqrecError | None:
-    """The error for the parts Ray did not return whole, or None. The first unit whose rows are missing is
-    read again here: a damaged file gives its DataError, naming the part and row group; else an error
-    naming them, whose cause is in Ray's log (Ray Data logs a failed task and goes on without its rows)."""
+    """The error for the parts Ray did not return whole, or None. The first such part is read again here, from
+    its first unit whose rows are missing (or whole, where it was never grouped): a damaged file gives its
+    DataError, naming the part (and row group); else an error naming them, whose cause is in Ray's log (Ray
+    Data logs a failed task and goes on without its rows)."""
     incomplete = staged.incomplete()
     if not incomplete:
         return None
     index = incomplete[0]
-    unit = _first_short_unit(staged.returned(index), units, int(staged.starts[index]), staged.sizes[index])
     more = f" ({len(incomplete) - 1} more parts are incomplete)" if len(incomplete) > 1 else ""
+    if staged.sizes[index] is None:  # its grouping task failed
+        return _grouping_failure(parts[index], plan, more)
+    first = int(staged.starts[index])
+    unit = _first_short_unit(staged.returned(index), _units_of(paths[index], first), first, staged.sizes[index])
     reader = pq.ParquetFile(unit["path"])
     columns = [name for name in ("user_id", "history", "timestamps", "row") if name in reader.schema_arrow.names]
     try:
@@ -353,6 +406,18 @@ def _scoring_failure(staged: StagedParts, units: list[dict], parts: list[InputPa
     return SeqrecError(received_expected(
         f"input part '{parts[index].path}'", f"row group {unit['row_group']} not scored: a Ray task failed on it "
         f"(its error is in Ray's log above){more}", "every row group scored (run the same command with --resume)"))
+
+
+def _grouping_failure(part: InputPart, plan: InputPlan, more: str) -> SeqrecError:
+    """The error of a long-form part whose grouping task failed: the part read again here."""
+    try:
+        for _ in read_part(part, plan, GROUPED_ROWS):
+            pass
+    except DataError as err:
+        return type(err)(f"{err}{more}")
+    return SeqrecError(received_expected(
+        f"input part '{part.path}'", f"not grouped: a Ray task failed on it (its error is in Ray's log above){more}",
+        "every part grouped and scored (run the same command with --resume)"))
 
 
 def _first_short_unit(returned: np.ndarray, units: list[dict], first: int, size: int) -> dict:
