@@ -44,7 +44,8 @@ def test_a_wrong_schema_is_one_message_naming_the_column(tmp_path, columns, matc
 def test_parts_must_agree_on_form_and_user_id_type(tmp_path):
     write(tmp_path / "forms" / "a.parquet", user_id=[1], history=[[1000]])
     write(tmp_path / "forms" / "b.parquet", user_id=[1], item_id=[1000])
-    with pytest.raises(SchemaError, match="received a long form with int64 user ids, expected the list form"):
+    with pytest.raises(SchemaError, match="received the long form with int64 user ids without a timestamp column, "
+                                          "expected the list form"):
         plan_input(str(tmp_path / "forms"), tmp_path / "out", False)
     write(tmp_path / "ids" / "a.parquet", user_id=[1], history=[[1000]])
     write(tmp_path / "ids" / "b.parquet", user_id=["u1"], history=[[1000]])
@@ -52,6 +53,26 @@ def test_parts_must_agree_on_form_and_user_id_type(tmp_path):
         plan_input(str(tmp_path / "ids"), tmp_path / "out", False)
     with pytest.raises(SchemaError, match="a 'timestamps' column: the model reads timestamps"):
         plan_input(str(tmp_path / "ids" / "a.parquet"), tmp_path / "out", True)
+    write(tmp_path / "times" / "a.parquet", user_id=[1], item_id=[1000], timestamp=[5])
+    write(tmp_path / "times" / "b.parquet", user_id=[1], item_id=[1000])
+    with pytest.raises(SchemaError, match="b.parquet' \\| received the long form with int64 user ids without a "
+                                          "timestamp column, expected the long form with int64 user ids and a "
+                                          "timestamp column as '.*a.parquet'"):
+        plan_input(str(tmp_path / "times"), tmp_path / "out", False)
+
+
+def test_a_log_is_put_in_time_order_even_where_the_model_reads_no_times(tmp_path):
+    """A log written newest first: SASRec takes no timestamps, but its history is still oldest first."""
+    path = write(tmp_path / "log.parquet", user_id=[1, 1, 1, 2, 2], item_id=[5, 7, 9, 3, 4],
+                 timestamp=[30, 20, 10, 2, 1])
+    plan = plan_input(str(path), tmp_path / "out", False)
+    assert plan.time_order and not plan.timestamps
+    rows = pa.Table.from_batches(list(read_part(plan.parts[0], plan, batch_rows=2))).to_pylist()
+    assert rows == [{"user_id": 1, "history": [9, 7, 5], "row": 0}, {"user_id": 2, "history": [4, 3], "row": 3}]
+    write(tmp_path / "bad" / "log.parquet", user_id=[1], item_id=[5], timestamp=["yesterday"])
+    with pytest.raises(SchemaError, match=r"column 'timestamp' \| received string, expected integer seconds or a "
+                                          r"timestamp type \(it orders each user's interactions"):
+        plan_input(str(tmp_path / "bad"), tmp_path / "out", False)
 
 
 def test_parts_are_streamed_in_record_batches(tmp_path):

@@ -193,6 +193,23 @@ def test_a_long_interaction_log_scores_like_its_list_form(bundle, parts_dir, run
     assert read_dir(longs.output) == read_dir(lists.output)
 
 
+def test_a_log_written_newest_first_scores_in_time_order(bundle, parts_dir, run_config, tmp_path):
+    """Each user's interactions newest first, with their times: the model (no timestamps input) still sees
+    every history oldest first, as training does, so the output is the list form's."""
+    for path in sorted(parts_dir.glob("*.parquet")):
+        log = as_long_log(pq.read_table(path))
+        users = log.column("user_id").to_numpy()
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])  # each user's first row
+        position = np.arange(len(users)) - np.repeat(starts, np.diff(np.r_[starts, len(users)]))
+        group = np.cumsum(np.r_[True, users[1:] != users[:-1]])
+        log = log.append_column("timestamp", pa.array(1_600_000_000 + 60 * position))
+        pq.write_table(log.take(np.lexsort((-position, group))), tmp_path / path.name)
+    lists, longs = run_config(bundle, parts_dir), run_config(bundle, tmp_path)
+    score(lists, echo=lambda line: None)
+    score(longs, echo=lambda line: None)
+    assert read_dir(longs.output) == read_dir(lists.output)
+
+
 def test_resume_skips_finished_parts_and_cleans_what_a_kill_left(bundle, parts_dir, run_config):
     cfg = run_config(bundle, parts_dir)
     score(cfg, echo=lambda line: None)

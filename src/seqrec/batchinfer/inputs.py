@@ -58,11 +58,12 @@ class InputPlan:
     form: str  # LIST_FORM or LONG_FORM
     user_type: pa.DataType  # int64, uint64 or string: the type of user_id in every output
     timestamps: bool  # the graph reads timestamps, so they are read too
+    time_order: bool = False  # the long form has a timestamp column: it orders each user's rows, read or not
 
     def columns(self) -> list[str]:
         if self.form == LIST_FORM:
             return ["user_id", "history"] + (["timestamps"] if self.timestamps else [])
-        return ["user_id", "item_id"] + (["timestamp"] if self.timestamps else [])
+        return ["user_id", "item_id"] + (["timestamp"] if self.timestamps or self.time_order else [])
 
 
 def plan_input(pattern: str, output: str | Path, needs_timestamps: bool) -> InputPlan:
@@ -80,13 +81,18 @@ def plan_input(pattern: str, output: str | Path, needs_timestamps: bool) -> Inpu
     first = _check_part(paths[0], needs_timestamps)
     parts = []
     for path in paths:
-        form, user_type, rows = _check_part(path, needs_timestamps) if path != paths[0] else first
-        if (form, user_type) != first[:2]:
-            raise SchemaError(received_expected(f"input part '{path}'", f"a {form} form with {user_type} user ids",
-                                                f"the {first[0]} form with {first[1]} user ids of '{paths[0]}'"))
+        form, user_type, timed, rows = _check_part(path, needs_timestamps) if path != paths[0] else first
+        if (form, user_type, timed) != first[:3]:
+            raise SchemaError(received_expected(f"input part '{path}'", _part_kind(form, user_type, timed),
+                                                f"{_part_kind(*first[:3])} as '{paths[0]}'"))
         grouped = form == LIST_FORM or first_return(path) is None
         parts.append(InputPart(path, Path(path).name, rows, part_fingerprint(path), grouped))
-    return InputPlan(tuple(parts), first[0], first[1], needs_timestamps)
+    return InputPlan(tuple(parts), first[0], first[1], needs_timestamps, time_order=first[2])
+
+
+def _part_kind(form: str, user_type: pa.DataType, timed: bool) -> str:
+    times = (" and a timestamp column" if timed else " without a timestamp column") if form == LONG_FORM else ""
+    return f"the {form} form with {user_type} user ids{times}"
 
 
 def first_return(path: str, batch_rows: int = 1 << 20) -> tuple[object, int] | None:
@@ -132,7 +138,7 @@ def read_part(part: InputPart, plan: InputPlan, batch_rows: int) -> Iterator[pa.
         yield from batches
     else:
         yield from group_long(batches if part.grouped else _sorted_by_user(batches, _columns_schema(reader, plan), batch_rows),
-                              plan.timestamps)
+                              plan.timestamps, plan.timestamps or plan.time_order)
 
 
 def readable(batches: Iterator[pa.RecordBatch], path: str, row_group: int | None = None) -> Iterator[pa.RecordBatch]:
@@ -160,8 +166,12 @@ def _sorted_by_user(batches: Iterator[pa.RecordBatch], schema: pa.Schema, batch_
     yield from table.take(order).to_batches(max_chunksize=batch_rows)
 
 
-def group_long(batches: Iterator[pa.RecordBatch], timestamps: bool) -> Iterator[pa.RecordBatch]:
-    """Contiguous rows of one user -> one list-form row; the last user of a batch waits for the next."""
+def group_long(batches: Iterator[pa.RecordBatch], timestamps: bool,
+               by_time: bool | None = None) -> Iterator[pa.RecordBatch]:
+    """Contiguous rows of one user -> one list-form row, in ``timestamp`` order if ``by_time`` (default: if
+    ``timestamps``), else in row order; ``timestamps``: the rows carry their times as a list too. The last
+    user of a batch waits for the next."""
+    by_time = timestamps if by_time is None else by_time
     carry: pa.Table | None = None
     first_row = 0  # part row of carry's first row
     for batch in batches:
@@ -170,10 +180,10 @@ def group_long(batches: Iterator[pa.RecordBatch], timestamps: bool) -> Iterator[
         starts = group_starts(table.column("user_id"))  # (G,)
         cut = int(starts[-1]) if len(starts) else 0
         if cut:
-            yield _as_lists(table.slice(0, cut), starts[:-1], first_row, timestamps)
+            yield _as_lists(table.slice(0, cut), starts[:-1], first_row, timestamps, by_time)
         carry, first_row = table.slice(cut), first_row + cut
     if carry is not None and carry.num_rows:
-        yield _as_lists(carry, np.zeros(1, dtype=np.int64), first_row, timestamps)
+        yield _as_lists(carry, np.zeros(1, dtype=np.int64), first_row, timestamps, by_time)
 
 
 def group_starts(users: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -198,14 +208,15 @@ def grouped_schema(part: InputPart, plan: InputPlan) -> pa.Schema:
     return pa.schema(fields + ([("timestamps", pa.list_(pa.int64()))] if plan.timestamps else []) + [("row", pa.int64())])
 
 
-def _as_lists(table: pa.Table, starts: np.ndarray, first_row: int, timestamps: bool) -> pa.RecordBatch:
-    """Rows [starts[g], starts[g + 1]) of ``table`` -> list-form row g, ordered by timestamp if given."""
+def _as_lists(table: pa.Table, starts: np.ndarray, first_row: int, timestamps: bool, by_time: bool) -> pa.RecordBatch:
+    """Rows [starts[g], starts[g + 1]) of ``table`` -> list-form row g, ordered by timestamp if ``by_time``,
+    with the times as a list if ``timestamps``."""
     offsets = np.append(starts, table.num_rows)  # (G + 1,)
     items = table.column("item_id").combine_chunks()
     items = items.cast(_item_type(items.type))  # int64, uint64, string or null, whatever the part's integer width
     users = table.column("user_id").combine_chunks()
     columns = {"user_id": users.cast(_id_type(users.type)).take(pa.array(starts))}
-    if timestamps:
+    if by_time:
         raw = table.column("timestamp").combine_chunks()
         times = seconds(raw)
         key = raw.cast(pa.int64()) if pa.types.is_timestamp(raw.type) else times  # sub-second order, as training
@@ -236,8 +247,9 @@ def _resolve(pattern: str) -> list[str]:
     return sorted(os.path.abspath(p) for p in found)
 
 
-def _check_part(path: str, needs_timestamps: bool) -> tuple[str, pa.DataType, int]:
-    """(form, user id type, rows) of one part from its footer; SchemaError naming the column otherwise."""
+def _check_part(path: str, needs_timestamps: bool) -> tuple[str, pa.DataType, bool, int]:
+    """(form, user id type, whether a long-form part has a timestamp column, rows) of one part from its
+    footer; SchemaError naming the column otherwise."""
     try:
         meta = pq.read_metadata(path)
         schema = meta.schema.to_arrow_schema()
@@ -260,7 +272,11 @@ def _check_part(path: str, needs_timestamps: bool) -> tuple[str, pa.DataType, in
                                                 f"a '{name}' column: the model reads timestamps"))
         check = _time_list_type if form == LIST_FORM else _time_type
         _check_column(path, schema, name, check, "integer seconds or a timestamp type")
-    return form, user_type, meta.num_rows
+    timed = form == LONG_FORM and "timestamp" in names
+    if timed and not needs_timestamps:  # it still orders each user's rows
+        _check_column(path, schema, "timestamp", _time_type, "integer seconds or a timestamp type (it orders each "
+                      "user's interactions; drop the column to keep the file's order)")
+    return form, user_type, timed, meta.num_rows
 
 
 def _check_column(path: str, schema: pa.Schema, name: str, check, expected: str) -> pa.DataType:
