@@ -379,6 +379,24 @@ def test_a_ray_cluster_that_cannot_be_reached_is_one_error_and_leaves_no_ledger(
     assert not Path(cfg.output).exists()  # a rerun with the right address needs no --resume
 
 
+def test_an_address_where_nothing_answers_is_one_error_within_seconds(bundle, parts_dir, run_config):
+    """The real ray.init, not a stand-in: a port nobody listens on (bound, then closed) is refused at once,
+    instead of ray.init's minutes of retries."""
+    pytest.importorskip("ray")
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = run_config(bundle, parts_dir, engine="ray", address=f"127.0.0.1:{port}")
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=rf"--address '127.0.0.1:{port}' \| received no cluster reached \(nothing "
+                                          rf"answers at 127.0.0.1:{port} within 10 s"):
+        score(cfg, echo=lambda line: None)
+    assert time.perf_counter() - started < 15 and not Path(cfg.output).exists()
+
+
 def test_an_input_without_rows_scores_nothing_and_says_so(bundle, run_config, tmp_path, capsys):
     (tmp_path / "in").mkdir()
     pq.write_table(pa.table({"user_id": pa.array([], pa.int64()), "history": pa.array([], pa.list_(pa.int64()))}),

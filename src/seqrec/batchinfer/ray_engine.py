@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ from seqrec.errors import ConfigError, DataError, SeqrecError, received_expected
 from seqrec.exporter.onnx_export import require_module
 
 CPUS_PER_ACTOR = 0.5
+CONNECT_SECONDS = 10  # for something to answer at --address before ray.init is asked to join it
 DEFAULT_ACTORS = 2
 GROUPED_ROWS = 8192  # input rows per batch (and row group) while a Ray task groups a long log
 SEQUENCE = "_seq"  # global input order of a result row
@@ -109,6 +111,7 @@ def ray_cluster(cfg: ScoreConfig) -> Iterator[None]:
     started_here = not ray.is_initialized()
     if started_here:
         try:
+            _check_reachable(cfg.address)
             ray.init(address=cfg.address, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as err:
             where = f"--address {cfg.address!r}" if cfg.address else "a local Ray cluster"
@@ -120,6 +123,19 @@ def ray_cluster(cfg: ScoreConfig) -> Iterator[None]:
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _check_reachable(address: str | None) -> None:
+    """ConnectionError unless something answers at a HOST:PORT ``address`` (``ray://`` too) within
+    ``CONNECT_SECONDS``: ray.init retries an unreachable cluster for minutes, logging, before it gives up.
+    Other forms ("auto") are left to ray.init."""
+    host, colon, port = (address or "").removeprefix("ray://").rpartition(":")
+    if not (host and colon and port.isdigit()):
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as err:
+        raise ConnectionError(f"nothing answers at {host}:{port} within {CONNECT_SECONDS} s: {err}") from err
 
 
 def run_ray(cfg: ScoreConfig, plan: InputPlan, todo: list[InputPart], writer: PartWriter) -> None:
