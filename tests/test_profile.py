@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,6 +151,15 @@ def test_bad_option_values_are_one_line_errors(tiny_checkpoints, tmp_path, args,
 def test_a_folder_that_is_no_model_is_refused(tmp_path):
     result = run(tmp_path, "--out", tmp_path / "out")
     assert result.exit_code == 1 and "a path with neither manifest.json nor config.json" in result.output
+
+
+def test_out_may_not_be_a_model_directory(tiny_checkpoints, exported, tmp_path):
+    """The report's files would land among the model's: refused before any work, as train and export refuse."""
+    checkpoint = tiny_checkpoints("sasrec", "softmax")
+    for out, held in ((checkpoint, "config.json, weights.safetensors"), (exported("sasrec", "softmax")[0], "manifest.json")):
+        result = run(checkpoint, "--iterations", "1", "--out", out)
+        assert result.exit_code == 1 and f"a model's directory (it holds {held})" in result.output, result.output
+        assert not (Path(out) / "profile.json").exists()
 
 
 def test_malformed_list_is_a_usage_error(tiny_checkpoints, tmp_path):

@@ -24,14 +24,15 @@ import numpy as np
 import torch
 
 from seqrec.config import ProfileConfig
-from seqrec.errors import SeqrecError
+from seqrec.errors import ConfigError, SeqrecError, received_expected
+from seqrec.exporter.bundle import MANIFEST_FILE
 from seqrec.profiling.machine import machine_info
 from seqrec.profiling.plots import require_matplotlib, write_plot
-from seqrec.profiling.report import PLOT_FILE, Measurement, row, summary_line, table, write_json
+from seqrec.profiling.report import JSON_FILE, PLOT_FILE, Measurement, row, summary_line, table, write_json
 from seqrec.profiling.source import (ProfileSource, Setup, checkpoint_for_catalog, open_runner, open_source,
                                      skip_reason)
 from seqrec.profiling.timers import time_calls
-from seqrec.training.checkpoint import Checkpoint
+from seqrec.training.checkpoint import CONFIG_FILE, WEIGHTS_FILE, Checkpoint
 
 DEFAULT_SECONDS = 2.0  # timed seconds per configuration when neither --iterations nor --seconds is given
 
@@ -41,6 +42,7 @@ Echo = Callable[[str], None]
 def profile(cfg: ProfileConfig, echo: Echo = print) -> dict:
     """Run the sweep ``cfg`` describes; write ``cfg.out``/profile.json and profile.png; return the report."""
     require_matplotlib()
+    _check_out(Path(cfg.out))
     started = time.perf_counter()
     source = open_source(cfg)
     cfg = _resolved(cfg, source)
@@ -53,6 +55,16 @@ def profile(cfg: ProfileConfig, echo: Echo = print) -> dict:
     for catalog in cfg.catalog_sizes:
         measurements += _profile_catalog(source, cfg, catalog, echo)
     return _report(source, cfg, measurements, time.perf_counter() - started, echo)
+
+
+def _check_out(out: Path) -> None:
+    """ConfigError, before any work, for an --out that is a file, a checkpoint or an export bundle: the
+    report's files would land among the model's (and a later export or train there would refuse it)."""
+    held = [name for name in (MANIFEST_FILE, CONFIG_FILE, WEIGHTS_FILE) if (out / name).is_file()]
+    if out.exists() and not out.is_dir() or held:
+        found = "a file" if not out.is_dir() else f"a model's directory (it holds {', '.join(held)})"
+        raise ConfigError(received_expected(f"--out '{out}'", found, f"a directory for {JSON_FILE} and {PLOT_FILE} "
+                                            "(absent, or holding no checkpoint or bundle)"))
 
 
 def _resolved(cfg: ProfileConfig, source: ProfileSource) -> ProfileConfig:
