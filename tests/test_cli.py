@@ -107,6 +107,12 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "scored 400 users, rejected 0" in result.output
 
 
+def test_demo_refuses_a_bad_option_before_writing_anything(tmp_path):
+    result = run("demo", "--out", tmp_path / "demo", "--epochs", 0)
+    assert result.exit_code == 1 and "epochs | received 0, expected >= 1" in result.output
+    assert not (tmp_path / "demo").exists()
+
+
 def test_train_cpr_head_then_eval_by_repeat(synth_parquet, tmp_path):
     out = tmp_path / "cpr"
     result = run("train", "--data", synth_parquet, "--out", out, "--head", "cpr", "--cpr-variant", "CPR:20,5+Mi",

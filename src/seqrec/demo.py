@@ -42,6 +42,8 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict[str, Any]:
     check, score every user with the exported bundle; write everything to ``cfg.out``."""
     started = time.perf_counter()
     out = checked_output(cfg.out, "demo output", DEMO_MARKER)  # a demo's own directory is replaced part by part
+    model_cfg, train_cfg = resolve_configs(cfg.model, cfg.head, {"epochs": cfg.epochs, "seed": cfg.seed,
+                                                                  "patience": 3})  # bad options: before any write
     out.mkdir(parents=True, exist_ok=True)
     (out / DEMO_MARKER).write_text("written by seqrec demo: a later demo may replace this directory's contents\n")
     data_path = out / "interactions.parquet"
@@ -50,8 +52,6 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict[str, Any]:
     write_interactions(table, data_path)
     echo(f"[1/5] data     {data_path}: {json.dumps(interaction_stats(table))}")
     echo(f"[2/5] train    {cfg.model} with the {cfg.head} head, {cfg.epochs} epochs max -> {out / 'checkpoint'}")
-    model_cfg, train_cfg = resolve_configs(cfg.model, cfg.head, {"epochs": cfg.epochs, "seed": cfg.seed,
-                                                                  "patience": 3})
     train(data_path, out / "checkpoint", model_cfg, train_cfg)
     metrics = evaluate_checkpoint(out / "checkpoint", data_path, split="test")
     baseline = popularity_baseline(data_path)
