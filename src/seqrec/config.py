@@ -46,6 +46,12 @@ def _check_range(name: str, value: float | None, low: float, high: float | None 
         raise ConfigError(received_expected(name, value, bound))
 
 
+def _check_positive(name: str, value: float | None) -> None:
+    """value > 0 and finite (lr 0 trains nothing; a zero time budget still ran a whole epoch); None passes."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ConfigError(received_expected(name, value, "> 0"))
+
+
 def _check_device(device: str) -> None:
     """A torch device string this machine has: 'cpu', or 'cuda' / 'cuda:N' where CUDA is available."""
     import torch
@@ -176,7 +182,7 @@ class TrainConfig(_JsonConfig):
         _check_choice("precision", self.precision, PRECISIONS)
         _check_range("epochs", self.epochs, 1)
         _check_range("batch_size", self.batch_size, 1)
-        _check_range("lr", self.lr, 0.0)
+        _check_positive("lr", self.lr)
         _check_range("negatives", self.negatives, 1)
         _check_range("temperature", self.temperature, 1e-6)
         _check_range("cpr_base_weight", self.cpr_base_weight, 0.0)
@@ -184,7 +190,7 @@ class TrainConfig(_JsonConfig):
         _check_range("eval_every", self.eval_every, 1)
         _check_range("weight_decay", self.weight_decay, 0.0)
         _check_range("eval_users", self.eval_users, 1)
-        _check_range("max_minutes", self.max_minutes, 0.0)
+        _check_positive("max_minutes", self.max_minutes)
         _check_range("seed", self.seed, 0, 2**63 - 1)
         _check_device(self.device)
 

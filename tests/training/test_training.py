@@ -30,7 +30,7 @@ def test_loss_decreases_and_beats_untrained(synth_parquet, make_configs, model, 
     ckpt = train_model(data, model_cfg, train_cfg, progress=False)
     losses = ckpt.meta["training"]["losses"]
     assert losses[-1] < losses[0] * 0.97
-    untrained = train_model(data, model_cfg, TrainConfig(epochs=1, lr=0.0, seed=0), progress=False)
+    untrained = train_model(data, model_cfg, TrainConfig(epochs=1, lr=1e-12, seed=0), progress=False)  # lr 0 is refused
     assert ckpt.meta["metrics"]["valid"]["ndcg@10"] > untrained.meta["metrics"]["valid"]["ndcg@10"] + 0.02
 
 
@@ -42,7 +42,7 @@ def test_cpr_head_trains_with_the_base_partition_loss(synth_parquet, make_config
     ckpt = train_model(data, model_cfg, train_cfg, progress=False)
     losses = ckpt.meta["training"]["losses"]
     assert losses[-1] < losses[0] * 0.97 and ckpt.train_config.cpr_base_weight == 1.0
-    untrained = train_model(data, model_cfg, TrainConfig(epochs=1, lr=0.0, seed=0), progress=False)
+    untrained = train_model(data, model_cfg, TrainConfig(epochs=1, lr=1e-12, seed=0), progress=False)  # lr 0 is refused
     assert ckpt.meta["metrics"]["valid"]["ndcg@10"] > untrained.meta["metrics"]["valid"]["ndcg@10"] + 0.02
 
 
@@ -239,8 +239,10 @@ def test_the_summary_says_why_training_stopped(synth_parquet, tmp_path, make_con
 
 
 @pytest.mark.parametrize("option, value, expected", [
-    ("lr", float("nan"), "lr | received nan, expected >= 0.0"),
+    ("lr", float("nan"), "lr | received nan, expected > 0"),
+    ("lr", 0.0, "lr | received 0.0, expected > 0"),  # trains nothing
     ("max_minutes", float("inf"), "max_minutes | received inf"),
+    ("max_minutes", 0.0, "max_minutes | received 0.0, expected > 0"),  # still ran a whole epoch
     ("seed", -1, "seed | received -1, expected in [0, 9223372036854775807]"),
     ("device", "cuda:7", "device | received 'cuda:7', expected cpu, or one of the"),
     ("device", "gpu", "device | received 'gpu', expected cpu, cuda or cuda:N"),
@@ -389,8 +391,7 @@ def test_saved_metrics_rank_as_the_selection_did(synth_parquet, make_configs):
     assert ckpt.meta["metrics"]["test"] == evaluate(ckpt.model, data.seqs, data.split.test, exclude_history=True)
 
 
-@pytest.mark.parametrize("option,value", [("eval_every", 0), ("weight_decay", -0.1), ("eval_users", 0),
-                                          ("max_minutes", -1.0)])
+@pytest.mark.parametrize("option,value", [("eval_every", 0), ("weight_decay", -0.1), ("eval_users", 0)])
 def test_bad_train_option_is_a_typed_error(option, value):
     with pytest.raises(ConfigError, match=rf"{option} \| received {value}, expected >= "):
         TrainConfig(**{option: value})
