@@ -176,6 +176,18 @@ def test_bf16_on_a_cpu_that_only_emulates_it_is_warned_before_training(synth_par
     assert warned != native_bf16_on_cpu()
 
 
+def test_score_of_a_bundle_with_bf16_is_only_the_refusal(exported, monkeypatch, tmp_path):
+    """A bundle's precision is set at export, so --precision bf16 is refused; a warning about this CPU's bf16
+    speed before that refusal would be about something that never runs."""
+    from seqrec import devices
+
+    monkeypatch.setattr(devices, "native_bf16_on_cpu", lambda: False)
+    result = run("score", exported("sasrec", "softmax")[0], "--input", tmp_path, "--output", tmp_path / "out",
+                 "--precision", "bf16")
+    assert result.exit_code == 1 and "expected fp32 for the bundle" in result.output
+    assert "warning" not in result.output
+
+
 @pytest.mark.parametrize("native, precision, device, warned", [(False, "bf16", "cpu", True), (True, "bf16", "cpu", False),
                                                                (False, "fp32", "cpu", False),
                                                                (False, "bf16", "cuda", False)])

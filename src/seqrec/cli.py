@@ -316,6 +316,7 @@ def export_command(checkpoint: str, out: str, format_: str, **options) -> None:
 def score_command(model: str, input_: str, print_config: bool, quiet: bool, **options) -> None:
     """Score users' histories with a bundle or checkpoint MODEL: top-K per user, one output part per input part."""
     from seqrec.batchinfer import score
+    from seqrec.batchinfer.model import model_kind
     from seqrec.config import ScoreConfig
     from seqrec.devices import slow_bf16_warning
 
@@ -324,7 +325,8 @@ def score_command(model: str, input_: str, print_config: bool, quiet: bool, **op
         click.echo(json.dumps(cfg.to_dict(), indent=2))
         return
     click.get_current_context().meta[AFTER_INTERRUPT] = lambda: _score_interrupted(cfg.output)
-    _warn(slow_bf16_warning(cfg.precision))  # the torch backend runs where torch finds a GPU, else here
+    if model_kind(Path(model)) == "checkpoint":  # a bundle refuses --precision bf16 itself
+        _warn(slow_bf16_warning(cfg.precision))  # the torch backend runs where torch finds a GPU, else here
     score(cfg, echo=click.echo)
 
 
