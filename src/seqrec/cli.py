@@ -103,7 +103,8 @@ def data_import(fmt: str, src: str, dst: str, overwrite: bool) -> None:
                empty or NA-like user or item is refused as a null id
       sasrec   one 'user item' line per interaction (integers), in time order
       s3rec    one 'user item item ...' line per user (integers), items in time
-               order; a user on two lines is refused
+               order; a user on two lines is refused, a user with no items is
+               counted (users_without_items) and adds nothing
 
     Text files are UTF-8 (a byte-order mark is dropped) with \\n, \\r\\n or \\r
     line ends. Without a timestamp, the position in the user's sequence stands in.

@@ -51,6 +51,18 @@ def test_s3rec(tmp_path) -> None:
                                  "timestamp": [0, 1, 2, 0, 0, 1]}
 
 
+def test_s3rec_users_without_items_are_counted_not_silently_dropped(tmp_path) -> None:
+    from seqrec.data import convert_interactions
+
+    path = _write(tmp_path / "log.txt", "1 5 6 7\n2 8\n\n3\n4 5 5\n9\n")
+    stats = convert_interactions(path, "s3rec", tmp_path / "out.parquet")
+    assert stats["users"] == 3 and stats["users_without_items"] == 2  # users 3 and 9
+    metadata = pq.read_schema(tmp_path / "out.parquet").metadata or {}
+    assert b"seqrec.users_without_items" not in metadata  # a count for the command's output, not the file's
+    assert "users_without_items" not in convert_interactions(_write(tmp_path / "s.txt", "1 5\n2 6\n"), "sasrec",
+                                                             tmp_path / "s.parquet")
+
+
 def test_s3rec_non_integer_token(tmp_path) -> None:
     path = _write(tmp_path / "log.txt", "1 5 6\n2 7 x8 9\n")
     with pytest.raises(DataError, match=r"line 2 \| received token 'x8' in '2 7 x8 9'"):

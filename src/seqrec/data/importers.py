@@ -20,6 +20,7 @@ from seqrec.config import IMPORT_FORMATS as FORMATS
 from seqrec.data.schema import read_interactions, validate_interactions
 from seqrec.errors import ConfigError, DataError, SchemaError, received_expected
 
+USERS_WITHOUT_ITEMS = b"seqrec.users_without_items"  # schema metadata: s3rec lines with a user and no items
 _RECBOLE_FIELDS = ("user_id", "item_id", "timestamp")
 # What pandas.read_csv (RecBole's reader) takes for a missing value by default; RecBole drops
 # rows whose user or item is missing, we refuse them as null ids.
@@ -109,8 +110,9 @@ def read_s3rec(path: Path) -> pa.Table:
     """Read S3Rec text: one ``user item item ...`` line per user, items in time order.
 
     The timestamp is the position of the item within its user (0, 1, 2, ...). A line with a
-    user and no items contributes nothing; blank lines are skipped. A user on two lines is
-    refused (S3Rec reads each line as a sequence of its own).
+    user and no items contributes nothing but is counted (``USERS_WITHOUT_ITEMS`` in the table's
+    schema metadata); blank lines are skipped. A user on two lines is refused (S3Rec reads each
+    line as a sequence of its own).
     """
     source = f"s3rec file '{path}'"
     lines = _read_lines(path, source)
@@ -123,7 +125,9 @@ def read_s3rec(path: Path) -> pa.Table:
     _check_one_line_per_user(users, line_of_token[is_user], source)
     owner = np.cumsum(is_user) - 1  # index into users of each token's line
     table = pa.table({"user_id": users[owner[~is_user]], "item_id": values[~is_user]})
-    return validate_interactions(table, source=source)
+    table = validate_interactions(table, source=source)
+    return table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                          USERS_WITHOUT_ITEMS: str(int((counts == 1).sum()))})
 
 
 def _check_one_line_per_user(users: np.ndarray, user_lines: np.ndarray, source: str) -> None:
@@ -250,12 +254,15 @@ def convert_interactions(src: str | Path, fmt: str, dst: str | Path) -> dict:
     """``seqrec data import``: read ``src`` in format ``fmt``, write canonical Parquet, return stats.
 
     The rows are written grouped by user, in time order within a user (ties keep the source's order):
-    the file is then also an interaction log that ``seqrec score`` reads as it is (a log in time
-    order, users interleaved, is refused there). Training reads the same sequences either way.
+    the file is then also an interaction log that ``seqrec score`` streams as it is (a log in time
+    order, users interleaved, is read whole and sorted there). Training reads the same sequences either way.
     """
     from seqrec.data.stats import interaction_stats
 
     table = import_interactions(src, fmt)
+    metadata = dict(table.schema.metadata or {})
+    dropped = {"users_without_items": int(metadata.pop(USERS_WITHOUT_ITEMS))} if USERS_WITHOUT_ITEMS in metadata else {}
+    table = table.replace_schema_metadata(metadata or None)
     table = table.take(pc.sort_indices(table, [("user_id", "ascending"), ("timestamp", "ascending")]))  # stable
     write_interactions(table, dst)
-    return {"written": str(dst), **interaction_stats(table)}
+    return {"written": str(dst), **interaction_stats(table), **dropped}
