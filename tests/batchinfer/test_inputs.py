@@ -29,6 +29,16 @@ def test_parts_come_from_a_file_a_directory_or_a_glob(tmp_path):
         plan_input(str(tmp_path / "in"), tmp_path / "in", False)
 
 
+def test_a_directory_whose_parts_lie_in_subfolders_names_them_and_the_glob(tmp_path):
+    write(tmp_path / "nest" / "day=1" / "a.parquet", user_id=[1], history=[[1000]])
+    write(tmp_path / "nest" / "day=2" / "b.parquet", user_id=[2], history=[[1001]])
+    with pytest.raises(DataError, match=r"received no Parquet file at its top level \(2 in its subfolders, such as "
+                                        r"'day=1/a.parquet': pass them as a glob, '.*nest/\*/\*.parquet'"):
+        plan_input(str(tmp_path / "nest"), tmp_path / "out", False)
+    plan = plan_input(str(tmp_path / "nest" / "*" / "*.parquet"), tmp_path / "out", False)
+    assert [part.name for part in plan.parts] == ["a.parquet", "b.parquet"]
+
+
 @pytest.mark.parametrize("columns,match", [
     ({"user_id": [1], "items": [[1000]]}, r"columns \['user_id', 'items'\], expected user_id \+ history"),
     ({"user_id": [1], "history": [[1.5]]}, r"column 'history' \| received list<element: double>"),

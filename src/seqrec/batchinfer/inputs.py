@@ -242,9 +242,21 @@ def _resolve(pattern: str) -> list[str]:
     else:
         found = [p for p in glob.glob(pattern) if os.path.isfile(p)]
     if not found:
-        raise DataError(received_expected(f"input '{pattern}'", "no Parquet file",
+        raise DataError(received_expected(f"input '{pattern}'", _nothing_found(path),
                                           "a Parquet file, a directory of *.parquet parts or a glob matching some"))
     return sorted(os.path.abspath(p) for p in found)
+
+
+def _nothing_found(path: Path) -> str:
+    """What an input without parts holds: a directory whose parts lie in subfolders (a partitioned layout)
+    is named as such, with the glob that reaches them."""
+    nested = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith(("_", "."))) if path.is_dir() else []
+    if not nested:
+        return "no Parquet file"
+    depth = len(nested[0].relative_to(path).parts) - 1
+    return (f"no Parquet file at its top level ({len(nested)} in its subfolders, such as "
+            f"'{nested[0].relative_to(path)}': pass them as a glob, '{path}/{'*/' * depth}*.parquet', "
+            "if their file names differ, since each names its output part)")
 
 
 def _check_part(path: str, needs_timestamps: bool) -> tuple[str, pa.DataType, bool, int]:
