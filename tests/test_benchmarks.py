@@ -1,5 +1,6 @@
 """The benchmark scripts run at tiny sizes: they call the library (and each other) directly, so a change
-there can break one that nobody runs for weeks (pc_cost, cpr_accuracy and export had been). export.py runs one pair (HSTU: its bundle drops timestamps)."""
+there can break one that nobody runs for weeks (pc_cost, cpr_accuracy and export had been). export.py runs one
+pair (HSTU: its bundle drops timestamps)."""
 
 import json
 import subprocess

@@ -156,7 +156,8 @@ def test_a_folder_that_is_no_model_is_refused(tmp_path):
 def test_out_may_not_be_a_model_directory(tiny_checkpoints, exported, tmp_path):
     """The report's files would land among the model's: refused before any work, as train and export refuse."""
     checkpoint = tiny_checkpoints("sasrec", "softmax")
-    for out, held in ((checkpoint, "config.json, weights.safetensors"), (exported("sasrec", "softmax")[0], "manifest.json")):
+    bundle = exported("sasrec", "softmax")[0]
+    for out, held in ((checkpoint, "config.json, weights.safetensors"), (bundle, "manifest.json")):
         result = run(checkpoint, "--iterations", "1", "--out", out)
         assert result.exit_code == 1 and f"a model's directory (it holds {held})" in result.output, result.output
         assert not (Path(out) / "profile.json").exists()

@@ -30,7 +30,8 @@ def plain_base(tiny_checkpoints):
 
 def feed_of(graph: ScoringGraph, seed: int = 0) -> dict[str, torch.Tensor]:
     """Three users with no known item (tied boundary) and three random ones (no tie)."""
-    known = torch.randint(1, graph.model.cfg.num_items + 1, (3, graph.length), generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    known = torch.randint(1, graph.model.cfg.num_items + 1, (3, graph.length), generator=generator)
     return {"items": torch.cat([torch.zeros(3, graph.length, dtype=torch.long), known])}
 
 

@@ -116,8 +116,8 @@ class CPRHead(nn.Module):
         stage's facet. Which of them an item near a stage's boundary gets depends on how TopK breaks ties,
         so the parity check accepts any of them there (``exporter.validate``)."""
         query = self.head_input(layers)[:, -1]  # (B, W)
-        facets = torch.stack([self.base_query(query)] + [facet(query) for facet in self.rerank_facets], 1)  # (B, 1+R, D)
-        return mask_padding(facets @ self.item_embedding.weight.T)  # (B, 1+R, N+1)
+        facets = [self.base_query(query)] + [facet(query) for facet in self.rerank_facets]
+        return mask_padding(torch.stack(facets, 1) @ self.item_embedding.weight.T)  # (B, 1+R, N+1)
 
     def _rerank(self, logits: torch.Tensor, query: torch.Tensor, record: list | None = None,
                 in_place: bool = True) -> torch.Tensor:

@@ -33,8 +33,8 @@ from __future__ import annotations
 import torch
 
 from seqrec.errors import received_expected
-from seqrec.kernels.catalog_topk import (check_catalog_topk_inputs, choose_kernel, no_gradient, outputs_without_gradient,
-                                         triton_candidates)
+from seqrec.kernels.catalog_topk import (check_catalog_topk_inputs, choose_kernel, no_gradient,
+                                         outputs_without_gradient, triton_candidates)
 from seqrec.kernels.reference.pt_catalog_topk import common_dtype, eligible_exclusions, padding_where_ineligible
 from seqrec.kernels.triton import require_triton
 
