@@ -26,7 +26,15 @@ def start(bundle: Path, inputs: Path, out: Path, resume: bool) -> subprocess.Pop
                                                         os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "seqrec.cli", "score", str(bundle), "--input", str(inputs), "--output", str(out),
                "--batch-size", "16", "--threads", "1", "--quiet"] + (["--resume"] if resume else [])
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=_default_ctrl_c)
+
+
+def _default_ctrl_c() -> None:
+    """The job takes Ctrl-C as a terminal's job does, even when this test runs in a background job (`cmd &`
+    in a script): there SIGINT is ignored, the job inherits that, Python then installs no KeyboardInterrupt
+    handler, and the Ctrl-C test saw the job finish with status 0."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def kill_when(process: subprocess.Popen, ready, timeout: float = 180.0) -> None:
