@@ -201,7 +201,7 @@ def _grouped_units(parts: pa.Table, todo: list[InputPart], plan: InputPlan, path
     units = []
     for item in parts.to_pylist():
         _write_grouped(todo[item["index"]], plan, paths[item["index"]])
-        units += _units_of(paths[item["index"]], item["first"])
+        units += _units_of(paths[item["index"]], item["first"])[0]
     return pa.Table.from_pylist(units, schema=UNIT_SCHEMA)
 
 
@@ -224,22 +224,23 @@ def _commit(staged: StagedParts, index: int, part: InputPart, writer: PartWriter
 
 def _work_units(paths: list[str]) -> tuple[list[dict], list[int]]:
     """One unit per row group of every path, numbered in input order; and the rows of each path."""
-    units, sizes = [], []
+    units, sizes, first = [], [], 0
     for path in paths:
-        units += _units_of(path, sum(sizes))
-        sizes.append(pq.ParquetFile(path).metadata.num_rows)
+        found, rows = _units_of(path, first)  # one footer read per part
+        units, first = units + found, first + rows
+        sizes.append(rows)
     return units, sizes
 
 
-def _units_of(path: str, first: int) -> list[dict]:
-    """The work units of one file, its rows numbered from ``first``: one per row group with rows."""
+def _units_of(path: str, first: int) -> tuple[list[dict], int]:
+    """The work units of one file, its rows numbered from ``first`` (one per row group with rows), and its rows."""
     metadata, units = pq.ParquetFile(path).metadata, []
     for group in range(metadata.num_row_groups):
         rows = metadata.row_group(group).num_rows
         if rows:
             units.append({"path": path, "row_group": group, "first": first})
         first += rows
-    return units
+    return units, metadata.num_rows
 
 
 def _scored(ray, cfg: ScoreConfig, plan: InputPlan, units) -> Iterator[pa.Table]:
@@ -410,7 +411,7 @@ def _scoring_failure(staged: StagedParts, paths: list[str], parts: list[InputPar
     if staged.sizes[index] is None:  # its grouping task failed
         return _grouping_failure(parts[index], plan, more)
     first = int(staged.starts[index])
-    unit = _first_short_unit(staged.returned(index), _units_of(paths[index], first), first, staged.sizes[index])
+    unit = _first_short_unit(staged.returned(index), _units_of(paths[index], first)[0], first, staged.sizes[index])
     reader = pq.ParquetFile(unit["path"])
     columns = [name for name in ("user_id", "history", "timestamps", "row") if name in reader.schema_arrow.names]
     try:

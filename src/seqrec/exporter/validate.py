@@ -107,16 +107,15 @@ def compare_case(name: str, graph: ScoringGraph, spec: ExportSpec, feed: dict[st
     diff = (ref_scores - got_scores).abs().masked_fill(both_inf, 0.0)  # (B, K)
     same = got_items == ref_items
     num_items = graph.model.cfg.num_items
-    wrong = ~same & ~_ties(graph, tensors, got_items, ref_scores, tolerance)  # (B, K)
-    wrong |= _repeated_or_out_of_range(got_items, got_scores, num_items)  # (B, K)
+    malformed = _repeated_or_out_of_range(got_items, got_scores, num_items)  # (B, K)
+    wrong = ~same & ~_ties(graph, tensors, got_items, ref_scores, tolerance) | malformed  # (B, K)
     disagree = wrong.any(1) | (diff > tolerance).any(1)  # (B,)
     undefined = disagree & _tied_rerank_boundary(graph, tensors, spec) if disagree.any() else disagree  # (B,)
     if undefined.any():
         rows = undefined.nonzero().squeeze(1)
         got_tolerance = spec.score_atol + spec.score_rtol * got_scores.abs().nan_to_num(posinf=0.0, neginf=0.0)
         wrong[rows] = _not_a_right_answer(graph, [tensor[rows] for tensor in tensors], got_items[rows],
-                                          got_scores[rows], got_tolerance[rows])
-        wrong[rows] |= _repeated_or_out_of_range(got_items[rows], got_scores[rows], num_items)
+                                          got_scores[rows], got_tolerance[rows]) | malformed[rows]
         diff = diff.masked_fill(undefined.unsqueeze(1), 0.0)  # rank by rank against one right answer of several
     return CaseResult(name, int(ref_items.shape[0]), int(tensors[0].shape[1]), float(diff.max()),
                       float(same.float().mean()), int(wrong.sum()), bool((diff <= tolerance).all()) and not wrong.any(),
