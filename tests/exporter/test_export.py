@@ -58,6 +58,24 @@ def test_exclude_seen_never_returns_a_history_item(exported, model, head):
     assert not (top[:, :, None] == items[:, None, :]).any() and (top > 0).all()
 
 
+@pytest.mark.parametrize("model,head", [("sasrec", "cpr"), ("hstu", "softmax")])
+def test_ids_outside_the_catalog_are_read_as_padding_by_the_graph(exported, model, head):
+    """A graph has no way to refuse an id, and ONNX Runtime wrapped negative ids (a real item's embedding)
+    and failed on ids above N: each such id must score as the padding it stands for."""
+    out, _ = exported(model, head)
+    spec = load_bundle(out)
+    feed = spec_for(model, head).sample_inputs(300, 6, 9, seed=3)
+    feed = {name: feed[name].numpy() for name in spec.inputs}
+    clean = {name: value.copy() for name, value in feed.items()}
+    bad = np.array([-1, -300, 301, 2**40, -(2**40), 1000])  # the catalog holds ids 1..300
+    feed["items"][:, 2] = bad
+    clean["items"][:, 2] = 0
+    with OnnxRuntimeRunner(out / "model.onnx", spec.inputs) as runner:
+        got, expected = runner.infer(feed), runner.infer(clean)
+    np.testing.assert_array_equal(got["top_items"], expected["top_items"])
+    np.testing.assert_allclose(got["top_scores"], expected["top_scores"], rtol=1e-6, atol=1e-6)
+
+
 def test_broken_graph_is_refused_and_marked_invalid(tiny_checkpoints, tmp_path, monkeypatch):
     from seqrec.exporter import validate
 
