@@ -15,7 +15,7 @@ import torch
 
 from seqrec.exporter.graph import ScoringGraph
 from seqrec.exporter.specs import spec_for
-from seqrec.exporter.validate import compare_case
+from seqrec.exporter.validate import ParityReport, compare_case
 from seqrec.training.checkpoint import load_checkpoint
 
 TOP_K = 7
@@ -89,6 +89,8 @@ def test_an_item_returned_twice_fails_even_where_every_score_ties(tiny_checkpoin
     distinct = compare_case("no known item", graph, spec_for("sasrec", "softmax"), feed,
                             {"top_items": np.tile(np.arange(20, 20 + TOP_K), (2, 1)), "top_scores": scores})
     assert distinct.ok  # other tied items than PyTorch's: right
+    assert distinct.top_k_agreement == 0.0 and distinct.tied_items == 2 * TOP_K  # the report says why it is ok
+    assert f"top-K agreement 0.0000 (other ids: {2 * TOP_K} ties)" in ParityReport("x", "y", 0, 0, [distinct]).lines()[1]
     twice = compare_case("no known item", graph, spec_for("sasrec", "softmax"), feed,
                          {"top_items": np.full((2, TOP_K), 17), "top_scores": scores})
     assert not twice.ok and twice.wrong_items == 2 * (TOP_K - 1)

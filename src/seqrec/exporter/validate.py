@@ -37,6 +37,7 @@ class CaseResult:
     wrong_items: int  # ids that differ and are not ties
     ok: bool
     undefined_users: int = 0  # their top-K is not unique in PyTorch either: held to any right one (module doc)
+    tied_items: int = 0  # (user, rank) whose id differs from PyTorch's and is right: a tie
 
 
 @dataclass
@@ -58,6 +59,7 @@ class ParityReport:
         head = f"parity {self.backend} vs {self.reference} (atol {self.atol:g}, rtol {self.rtol:g})"
         return [head] + [f"  {'ok ' if c.ok else 'BAD'} {c.name:20s} users {c.users:4d}  length {c.length:3d}  "
                          f"max|diff| {c.max_abs_diff:.2e}  top-K agreement {c.top_k_agreement:.4f}"
+                         + (f" (other ids: {c.tied_items} ties)" if c.tied_items else "")
                          + (f"  ({c.undefined_users} users with a tied reranker boundary: any right answer)"
                             if c.undefined_users else "") for c in self.cases]
 
@@ -119,7 +121,7 @@ def compare_case(name: str, graph: ScoringGraph, spec: ExportSpec, feed: dict[st
         diff = diff.masked_fill(undefined.unsqueeze(1), 0.0)  # rank by rank against one right answer of several
     return CaseResult(name, int(ref_items.shape[0]), int(tensors[0].shape[1]), float(diff.max()),
                       float(same.float().mean()), int(wrong.sum()), bool((diff <= tolerance).all()) and not wrong.any(),
-                      int(undefined.sum()))
+                      int(undefined.sum()), int((~same & ~wrong).sum()))
 
 
 def _ties(graph: ScoringGraph, tensors: list[torch.Tensor], got_items: torch.Tensor, ref_scores: torch.Tensor,
