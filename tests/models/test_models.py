@@ -149,3 +149,16 @@ def test_rows_shorter_than_k_end_in_item_zero_whatever_the_path(head, kernel):
     for scores, ids in (net.top_k(items, 8, exclude_seen=True), net.top_k_reference(items, 8, exclude_seen=True)):
         assert sorted(ids[0, :2].tolist()) == [36, 37] and ids[0, 2:].eq(0).all()
         assert scores[0, 2:].eq(float("-inf")).all() and scores[1].isfinite().all()
+
+
+@pytest.mark.parametrize("model", list(ENCODERS))
+@pytest.mark.parametrize("head", HEADS)
+def test_an_empty_batch_gives_empty_results(model, head):
+    """No user, no rows: (0, N+1) logits and (0, k) top-k on every path (the CPR head's history step failed)."""
+    net = tiny_model(model, head=head)
+    empty = torch.zeros(0, 7, dtype=torch.long)
+    with torch.no_grad():
+        assert net(empty).shape == (0, NUM_ITEMS + 1)
+        for exclude_seen in (False, True):
+            for scores, ids in (net.top_k(empty, 5, exclude_seen), net.top_k_reference(empty, 5, exclude_seen)):
+                assert scores.shape == ids.shape == (0, 5)

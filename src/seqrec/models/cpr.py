@@ -343,7 +343,7 @@ def slot_means(ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, t
 def first_slots(ids: torch.Tensor, same: torch.Tensor | None = None) -> torch.Tensor:
     """(M, L) bool: the slot holds a real id that no earlier slot of its row holds."""
     same = (ids.unsqueeze(2) == ids.unsqueeze(1)) if same is None else same  # (M, L, L)
-    earlier = torch.ones_like(same[0]).tril(-1)  # (L, L): [j, k] = k < j
+    earlier = same.new_ones(same.shape[-2:]).tril(-1)  # (L, L): [j, k] = k < j (same[0] fails on an empty batch)
     return (ids > 0) & ~(same & earlier).any(2)
 
 
