@@ -251,3 +251,19 @@ def test_cli_keeps_an_existing_destination_unless_told_to_overwrite(tmp_path) ->
     assert result.exit_code == 0, result.output
     assert pq.read_table(dst).num_rows == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["log.txt",
                                                                                                 "train.parquet"]
+
+
+def test_cli_refuses_a_destination_inside_the_source_directory(tmp_path) -> None:
+    """Written among the parts it came from, DST would be read back as one more part: every re-import
+    (and every training run on the directory) would count each interaction once more."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    pq.write_table(pa.table({"user_id": [1, 1, 2], "item_id": [5, 6, 5]}), logs / "part-0.parquet")
+    for dst in (logs / "canon.parquet", logs / "sub" / "canon.parquet"):
+        result = CliRunner().invoke(main, ["data", "import", "--format", "parquet", str(logs), str(dst), "--overwrite"])
+        assert result.exit_code == 1 and "a path inside the source directory" in result.output, result.output
+        assert not dst.exists()
+    outside = tmp_path / "canon.parquet"
+    for _ in range(2):
+        result = CliRunner().invoke(main, ["data", "import", "--format", "parquet", str(logs), str(outside), "--overwrite"])
+        assert result.exit_code == 0 and '"interactions": 3' in result.output, result.output

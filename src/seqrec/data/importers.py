@@ -259,6 +259,7 @@ def convert_interactions(src: str | Path, fmt: str, dst: str | Path) -> dict:
     """
     from seqrec.data.stats import interaction_stats
 
+    _refuse_destination_inside(src, dst)
     table = import_interactions(src, fmt)
     metadata = dict(table.schema.metadata or {})
     dropped = {"users_without_items": int(metadata.pop(USERS_WITHOUT_ITEMS))} if USERS_WITHOUT_ITEMS in metadata else {}
@@ -266,3 +267,13 @@ def convert_interactions(src: str | Path, fmt: str, dst: str | Path) -> dict:
     table = table.take(pc.sort_indices(table, [("user_id", "ascending"), ("timestamp", "ascending")]))  # stable
     write_interactions(table, dst)
     return {"written": str(dst), **interaction_stats(table), **dropped}
+
+
+def _refuse_destination_inside(src: str | Path, dst: str | Path) -> None:
+    """A DST inside a directory SRC would be read back as one more part of that directory: by the next import
+    (each run adding a copy of every interaction) and by ``seqrec train --data SRC``."""
+    source, destination = Path(src).resolve(), Path(dst).resolve()
+    if source.is_dir() and destination.is_relative_to(source):
+        raise ConfigError(received_expected(f"DST '{dst}'", f"a path inside the source directory '{src}'",
+                                            "a path outside it (the directory's parts are read as one log, "
+                                            "so DST would become one of them)"))
