@@ -138,6 +138,27 @@ def test_parts_are_read_each_with_its_own_schema(tmp_path) -> None:
             read_interactions(tmp_path / name)
 
 
+def test_parts_keep_dates_that_nanoseconds_cannot_hold(tmp_path) -> None:
+    """Placeholder dates such as 9999-12-31 in microsecond parts read as one file does; only a part whose dates
+    the finest unit among the parts cannot hold is refused, by name."""
+    def part(name: str, user: int, when: datetime, unit: str) -> None:
+        times = pa.array([when], pa.timestamp("us")).cast(pa.timestamp(unit), safe=False)
+        pq.write_table(pa.table({"user_id": [user], "item_id": [10], "timestamp": times}), tmp_path / name)
+
+    far, near = datetime(9999, 12, 31), datetime(2020, 1, 1)
+    (tmp_path / "us").mkdir()
+    part("us/a.parquet", 1, far, "us")
+    part("us/b.parquet", 2, near, "ms")
+    seconds = read_interactions(tmp_path / "us").column("timestamp").to_pylist()
+    assert seconds == [int(far.replace(tzinfo=timezone.utc).timestamp()), int(near.replace(tzinfo=timezone.utc).timestamp())]
+    (tmp_path / "ns").mkdir()
+    part("ns/a.parquet", 1, far, "us")
+    part("ns/b.parquet", 2, near, "ns")
+    with pytest.raises(SchemaError, match=r"a.parquet': column 'timestamp' \| received timestamp\[us\] values that "
+                                          r"timestamp\[ns\] cannot hold .*write the parts in one unit"):
+        read_interactions(tmp_path / "ns")
+
+
 def test_folder_names_are_not_columns(tmp_path) -> None:
     """Hive-style folders would turn user '007' into the integer 7, merging it with user '7'."""
     for user in ("007", "7"):

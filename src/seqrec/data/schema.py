@@ -93,7 +93,15 @@ def _read_parts(directory: Path) -> pa.Table:
         if kind != first:
             raise SchemaError(received_expected(f"parquet part '{part}'", _describe(kind),
                                                 f"{_describe(first)}, as in '{first_part}'"))
-    return pa.concat_tables([_unified(table, first) for _, table in tables])
+    unit = _finest_time_unit([table for _, table in tables]) if first.get(TIMESTAMP) == "timestamp" else "ns"
+    return pa.concat_tables([_unified(part, table, first, unit) for part, table in tables])
+
+
+def _finest_time_unit(tables: list[pa.Table]) -> str:
+    """The finest unit of the parts' timestamp columns: every part casts to it without losing order, and
+    parts in one coarser unit keep dates that nanoseconds cannot hold (before 1677, after 2262)."""
+    units = {table.schema.field(TIMESTAMP).type.unit for table in tables}
+    return max(units, key=list(_UNIT_PER_SECOND).index)
 
 
 def _column_kinds(table: pa.Table, source: str) -> dict[str, str]:
@@ -122,12 +130,18 @@ def _describe(kinds: dict[str, str]) -> str:
     return ", ".join(f"{name} {kind}" for name, kind in kinds.items()) + ("" if TIMESTAMP in kinds else ", no timestamp")
 
 
-def _unified(table: pa.Table, kinds: dict[str, str]) -> pa.Table:
-    """The part's columns of ``kinds`` cast to one type per kind (timestamps to ns since the epoch, UTC)."""
-    types = {"int64": pa.int64(), "uint64": pa.uint64(), "string": pa.string(), "timestamp": pa.timestamp("ns"),
+def _unified(part: Path, table: pa.Table, kinds: dict[str, str], unit: str) -> pa.Table:
+    """The part's columns of ``kinds`` cast to one type per kind (timestamps to ``unit`` since the epoch, UTC);
+    SchemaError naming the part when its timestamps do not fit that unit."""
+    types = {"int64": pa.int64(), "uint64": pa.uint64(), "string": pa.string(), "timestamp": pa.timestamp(unit),
              "float": pa.float64()}
-    return pa.table({name: table.column(name).cast(types.get(kind, table.schema.field(name).type))
-                     for name, kind in kinds.items()})
+    try:
+        return pa.table({name: table.column(name).cast(types.get(kind, table.schema.field(name).type))
+                         for name, kind in kinds.items()})
+    except pa.ArrowInvalid as err:
+        received = f"{table.schema.field(TIMESTAMP).type} values that {types['timestamp']} cannot hold ({err})"
+        raise SchemaError(received_expected(f"parquet part '{part}': column '{TIMESTAMP}'", received,
+                                            "timestamps every part can share: write the parts in one unit")) from None
 
 
 def _in_sub_second_order(table: pa.Table) -> pa.Table:
