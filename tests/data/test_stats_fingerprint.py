@@ -28,3 +28,16 @@ def test_fingerprint_depends_on_content_not_chunking() -> None:
     changed = table.set_column(2, "timestamp", pa.array([4, 5, 7]))
     assert table_fingerprint(changed) != digest
     assert table_fingerprint(table.slice(0, 2)) != digest
+
+
+def test_fingerprint_of_text_ids_does_not_depend_on_chunking() -> None:
+    """Slices of a string column carry their parent's offsets: the hash must see the content only, at the
+    batch size of the hash (65,536 rows) and around it."""
+    rows = 70_000
+    table = pa.table({"user_id": [f"u{row % 997}" for row in range(rows)], "item_id": list(range(rows)),
+                      "timestamp": [row // 3 for row in range(rows)]})
+    digest = table_fingerprint(table)
+    for size in (2, 7, 65_535, 65_537):
+        rechunked = pa.concat_tables([table.slice(start, size) for start in range(0, rows, size)])
+        assert table_fingerprint(rechunked) == digest, size
+    assert table_fingerprint(table.slice(1)) != digest

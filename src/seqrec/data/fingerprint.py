@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pyarrow as pa
 
 _ROWS_PER_BATCH = 1 << 16
@@ -33,12 +34,14 @@ class _HashSink:
 def table_fingerprint(table: pa.Table) -> str:
     """sha256 hex of ``table``'s schema and content in row order (metadata ignored).
 
-    The table is re-batched into fixed-size record batches before it is written as an Arrow
-    IPC stream, so the same content gives the same hash however it is chunked.
+    The table is re-batched into fixed-size record batches, each copied into fresh buffers, before it is
+    written as an Arrow IPC stream, so the same content gives the same hash however it is chunked (a
+    sliced string array keeps its parent's offsets, which the IPC writer writes as they are).
     """
     table = table.replace_schema_metadata(None)
     sink = _HashSink()
     with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), table.schema) as writer:
         for start in range(0, table.num_rows, _ROWS_PER_BATCH):
-            writer.write_table(table.slice(start, _ROWS_PER_BATCH).combine_chunks())
+            batch = table.slice(start, _ROWS_PER_BATCH)
+            writer.write_table(batch.take(np.arange(batch.num_rows)))  # fresh buffers, offsets from 0
     return sink.hash.hexdigest()
