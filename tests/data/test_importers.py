@@ -93,8 +93,18 @@ def test_recbole_without_timestamp_uses_file_order(tmp_path) -> None:
 
 def test_recbole_missing_field(tmp_path) -> None:
     text = "user_id:token\tmovie:token\n1\t2\n"
-    with pytest.raises(SchemaError, match=r"field 'item_id' \| received fields "
-                                          r"\['user_id', 'movie'\]"):
+    with pytest.raises(SchemaError, match=r"field 'item_id' \| received the header line "
+                                          r"'user_id:token\\tmovie:token', expected a header field named"):
+        import_interactions(_write(tmp_path / "x.inter", text), "recbole")
+
+
+@pytest.mark.parametrize("separator", [" ", ","])
+def test_recbole_header_not_split_by_tabs_is_shown_whole(tmp_path, separator) -> None:
+    """The header cut at its first colon read 'received fields ['user_id']', hiding the separator."""
+    header = separator.join(["user_id:token", "item_id:token", "timestamp:float"])
+    text = header + "\n" + separator.join(["1", "2", "3"]) + "\n"
+    with pytest.raises(SchemaError, match=rf"received the header line '{header}', one field, expected a header "
+                                          r"field named 'item_id:token', fields separated by tabs"):
         import_interactions(_write(tmp_path / "x.inter", text), "recbole")
 
 

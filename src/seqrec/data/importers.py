@@ -74,10 +74,10 @@ def read_recbole(path: Path) -> pa.Table:
     wanted = {name: header[name] for name in _RECBOLE_FIELDS if name in header}
     for name in ("user_id", "item_id"):
         if name not in wanted:
-            raise SchemaError(
-                received_expected(f"{source}: field '{name}'", f"fields {list(header)}",
-                                  f"a header field named '{name}:token'")
-            )
+            line = "\t".join(header.values())
+            received = f"the header line {line!r}" + (", one field" if len(header) == 1 else "")
+            raise SchemaError(received_expected(f"{source}: field '{name}'", received,
+                                                f"a header field named '{name}:token', fields separated by tabs"))
     types = {wanted["user_id"]: pa.string(), wanted["item_id"]: pa.string()}
     table = _read_csv(path, source, list(wanted.values()), types)
     table = table.rename_columns([_field_name(column) for column in table.column_names])
