@@ -71,8 +71,13 @@ def test_fast_on_100k_users() -> None:
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("users", 0, r"users \| received 0, expected an integer >= 1"),
     ("repeat_prob", 1.5, r"repeat_prob \| received 1\.5"),
-    ("max_length", 600, r"max_length \| received 600, expected an integer in "
-                        r"\[min_length=5, items=500\]"),
+    ("max_length", 600, r"max_length \| received 600, expected min_length <= max_length <= items "
+                        r"\(received min_length 5, max_length 600, items 500\)"),
+    ("max_length", 0, r"max_length \| received 0, expected an integer >= 1"),
+    ("min_length", 0, r"min_length \| received 0, expected an integer >= 1"),
+    ("min_length", 60, r"min_length \| received 60, expected min_length <= max_length <= items \(received "
+                       r"min_length 60, max_length 50 by default, min\(50, items\), items 500\)"),
+    ("users", 10**13, r"users \| received 10000000000000, expected users x max_length <= 250,000,000"),
     ("taste_clusters", 0, r"taste_clusters \| received 0"),
 ])
 def test_config_ranges(field: str, value: object, message: str) -> None:

@@ -25,6 +25,7 @@ _START_TIME = 1_600_000_000  # seconds since the epoch of the earliest first int
 _DEFAULT_TASTE_CLUSTERS = 20  # capped at the number of items when taste_clusters is not given
 _DEFAULT_MAX_LENGTH = 50  # capped at the number of items: without repeats a history holds each item once
 _DEFAULT_MIN_LENGTH = 5
+_MAX_CELLS = 250_000_000  # users x max_length: the (users, max_length) int64 history and its copies fit in memory
 
 
 @dataclass
@@ -44,21 +45,31 @@ class SynthConfig:
     repeat_window: int = 10
 
     def __post_init__(self) -> None:
-        """Resolve the defaults that depend on the catalog; raise ConfigError for any value out of range."""
+        """Resolve the defaults that depend on the catalog; raise ConfigError for any value out of range,
+        naming an option the caller gave before one resolved from a default."""
+        given = {"min_length": self.min_length, "max_length": self.max_length}
+        for name, value in given.items():
+            if value is not None and value < 1:
+                raise ConfigError(received_expected(name, value, "an integer >= 1"))
         if self.taste_clusters is None:
             self.taste_clusters = min(_DEFAULT_TASTE_CLUSTERS, self.items)
         if self.max_length is None:
             self.max_length = max(min(_DEFAULT_MAX_LENGTH, self.items), 1)
         if self.min_length is None:
             self.min_length = min(_DEFAULT_MIN_LENGTH, self.max_length)
+        blamed = "max_length" if given["max_length"] is not None or given["min_length"] is None else "min_length"
         checks = [
             ("users", self.users >= 1, "an integer >= 1"),
             ("items", self.items >= 2, "an integer >= 2"),
             ("repeat_prob", 0.0 <= self.repeat_prob <= 1.0, "a probability in [0, 1]"),
             ("seed", self.seed >= 0, "an integer >= 0"),
-            ("min_length", self.min_length >= 1, "an integer >= 1"),
-            ("max_length", self.min_length <= self.max_length <= self.items,
-             f"an integer in [min_length={self.min_length}, items={self.items}]"),
+            (blamed, self.min_length <= self.max_length <= self.items,
+             f"min_length <= max_length <= items (received min_length {self.min_length}, max_length "
+             f"{self.max_length}{'' if given['max_length'] is not None else ' by default, min(50, items)'}, "
+             f"items {self.items})"),
+            ("users", self.users * self.max_length <= _MAX_CELLS,
+             f"users x max_length <= {_MAX_CELLS:,} (the log is built in memory; received "
+             f"{self.users:,} x {self.max_length})"),
             ("zipf_exponent", self.zipf_exponent >= 0.0, "a number >= 0"),
             ("taste_clusters", 1 <= self.taste_clusters <= self.items,
              f"an integer in [1, items={self.items}]"),
