@@ -52,8 +52,10 @@ def _check_positive(name: str, value: float | None) -> None:
         raise ConfigError(received_expected(name, value, "> 0"))
 
 
-def _check_device(device: str) -> None:
-    """A torch device string this machine has: 'cpu', or 'cuda' / 'cuda:N' where CUDA is available."""
+def _check_device_name(device: str) -> None:
+    """A torch device string of a kind training runs on: 'cpu', 'cuda' or 'cuda:N' (whether this machine has it is
+    ``_check_device_present``'s question, asked only where training starts: a checkpoint trained on a GPU loads
+    on any machine)."""
     import torch
 
     try:
@@ -62,6 +64,13 @@ def _check_device(device: str) -> None:
         raise ConfigError(received_expected("device", repr(device), "cpu, cuda or cuda:N")) from err
     if parsed.type not in ("cpu", "cuda"):
         raise ConfigError(received_expected("device", repr(device), "cpu, cuda or cuda:N"))
+
+
+def _check_device_present(device: str) -> None:
+    """'cpu', or 'cuda' / 'cuda:N' where this machine has that CUDA device."""
+    import torch
+
+    parsed = torch.device(device)
     if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
         raise ConfigError(received_expected("device", repr(device), f"cpu, or one of the {torch.cuda.device_count()} "
                                             "CUDA devices of this machine"))
@@ -192,7 +201,7 @@ class TrainConfig(_JsonConfig):
         _check_range("eval_users", self.eval_users, 1)
         _check_positive("max_minutes", self.max_minutes)
         _check_range("seed", self.seed, 0, 2**63 - 1)
-        _check_device(self.device)
+        _check_device_name(self.device)
 
 
 @dataclass
@@ -369,7 +378,8 @@ def _refuse_unused(given: dict, model_cfg: ModelConfig, train_cfg: TrainConfig) 
 
 
 def check_trainable(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
-    """Settings that each config accepts alone but that do not go together."""
+    """Settings that each config accepts alone but that do not go together, and a training device this machine has."""
+    _check_device_present(train_cfg.device)
     if train_cfg.cpr_base_weight > 0 and model_cfg.head != "cpr":
         raise ConfigError(received_expected("cpr_base_weight", f"{train_cfg.cpr_base_weight} with head "
                                             f"{model_cfg.head!r}", "0 unless the head is 'cpr'"))

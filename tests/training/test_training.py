@@ -244,12 +244,30 @@ def test_the_summary_says_why_training_stopped(synth_parquet, tmp_path, make_con
     ("max_minutes", float("inf"), "max_minutes | received inf"),
     ("max_minutes", 0.0, "max_minutes | received 0.0, expected > 0"),  # still ran a whole epoch
     ("seed", -1, "seed | received -1, expected in [0, 9223372036854775807]"),
-    ("device", "cuda:7", "device | received 'cuda:7', expected cpu, or one of the"),
     ("device", "gpu", "device | received 'gpu', expected cpu, cuda or cuda:N"),
 ])
 def test_non_finite_numbers_seeds_and_devices_are_refused(option, value, expected):
     with pytest.raises(ConfigError, match=re.escape(expected)):
         TrainConfig(**{option: value})
+
+
+def test_training_needs_a_device_this_machine_has(synth_parquet, tmp_path, make_configs):
+    model_cfg, train_cfg = make_configs()
+    with pytest.raises(ConfigError, match=re.escape("device | received 'cuda:7', expected cpu, or one of the")):
+        train(synth_parquet, tmp_path / "out", model_cfg, dataclasses.replace(train_cfg, device="cuda:7"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_trained_on_a_gpu_loads_and_scores_on_a_cpu(tiny_checkpoint, synth_parquet, tmp_path):
+    """The training device is a record of how it was trained, not a requirement of the machine that loads it:
+    train on a GPU, evaluate, export and score on CPUs."""
+    copy = shutil.copytree(tiny_checkpoint, tmp_path / "trained_on_cuda")
+    config = json.loads((copy / "config.json").read_text())
+    config["train"]["device"] = "cuda:1"
+    (copy / "config.json").write_text(json.dumps(config))
+    loaded = load_checkpoint(copy)
+    assert loaded.train_config.device == "cuda:1" and next(loaded.model.parameters()).device.type == "cpu"
+    assert evaluate_checkpoint(copy, synth_parquet) == evaluate_checkpoint(tiny_checkpoint, synth_parquet)
 
 
 def copy_with_schema_version(checkpoint: Path, out: Path, version: int) -> Path:

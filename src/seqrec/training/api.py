@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from seqrec.config import ModelConfig, TrainConfig
+from seqrec.config import ModelConfig, TrainConfig, check_trainable
 from seqrec.data import (EvalExamples, UserSequences, build_sequences, leave_one_out, read_interactions,
                          split_by_name)
 from seqrec.data.sequences import known_only
@@ -23,6 +23,7 @@ from seqrec.training.metrics import ranking_metrics
 def train(data_path: str | Path, out: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
           progress: bool = True) -> Checkpoint:
     """Train on an interactions Parquet file and write the checkpoint directory ``out``."""
+    check_trainable(model_cfg, train_cfg)  # before the data is read
     return train_model(prepare_data(data_path), model_cfg, train_cfg, out, progress)
 
 
