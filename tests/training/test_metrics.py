@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from seqrec.training.metrics import ranking_metrics, target_ranks
+from seqrec.training.metrics import MISS, ranking_metrics, target_ranks
 
 
 def test_ranks_are_pessimistic_and_skip_nothing():
@@ -20,14 +20,21 @@ def test_ranks_are_pessimistic_and_skip_nothing():
 
 def test_excluded_target_is_a_miss():
     logits = torch.tensor([[float("-inf"), float("-inf"), 0.3, 0.1]])
-    assert target_ranks(logits, torch.tensor([1])).item() == 4
+    assert target_ranks(logits, torch.tensor([1])).item() == MISS
+
+
+def test_a_miss_is_no_hit_at_cutoffs_beyond_a_small_catalog():
+    """A missed target once ranked N, which a 3-item catalog counted as a hit at @5 and @50."""
+    logits = torch.tensor([[float("-inf"), float("-inf"), 0.3, 0.1]])
+    metrics = ranking_metrics(target_ranks(logits, torch.tensor([1])).numpy())
+    assert metrics["hr@50"] == metrics["ndcg@5"] == metrics["mrr@50"] == 0.0
 
 
 def test_nan_scores_never_help_the_target():
     nan = float("nan")
     logits = torch.tensor([[float("-inf"), nan, nan, nan],  # a broken model: the target is a miss
                            [float("-inf"), 0.5, nan, 0.1]])  # a NaN item counts ahead of the target
-    assert target_ranks(logits, torch.tensor([2, 1])).tolist() == [4, 1]
+    assert target_ranks(logits, torch.tensor([2, 1])).tolist() == [MISS, 1]
 
 
 def test_metrics_by_hand():

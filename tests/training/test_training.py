@@ -328,6 +328,22 @@ def test_by_repeat_groups_partition_the_users(tiny_checkpoint, synth_parquet):
     assert 0.0 < grouped["all"]["top10_repeat_share"] <= 1.0
 
 
+def test_excluded_items_never_count_in_a_small_catalog(make_configs, tmp_path):
+    """With fewer eligible items than 10, the top 10 ran into -inf slots (the excluded history, padding): they
+    counted as history items in the share, and an excluded repeated target (rank N) as a hit at @10 and @50."""
+    rows = [(1, [1, 2, 3, 4]), (2, [3]), (3, [4, 5]), (4, [1, 2, 3, 4, 5, 6]), (5, [2, 3, 2, 3, 2])]
+    table = pa.table({"user_id": [user for user, items in rows for _ in items],
+                      "item_id": [item for _, items in rows for item in items],
+                      "timestamp": [1000 + slot for _, items in rows for slot in range(len(items))]})
+    pq.write_table(table, tmp_path / "six_items.parquet")
+    model_cfg, train_cfg = make_configs(epochs=1)
+    train(tmp_path / "six_items.parquet", tmp_path / "ckpt", model_cfg, train_cfg, progress=False)
+    excluded = evaluate_checkpoint(tmp_path / "ckpt", tmp_path / "six_items.parquet", exclude_history=True,
+                                   by_repeat=True)
+    assert excluded["repeat"]["users"] == 1 and excluded["repeat"]["hr@50"] == excluded["repeat"]["ndcg@10"] == 0.0
+    assert all(excluded[group]["top10_repeat_share"] == 0.0 for group in ("all", "repeat", "new"))
+
+
 def test_a_group_without_users_has_no_metrics_rather_than_zeros():
     """On data without repeats the 'repeat' group is empty: None (JSON null, 'n/a' in the table), not 0.0."""
     from seqrec.training.evaluation import by_repeat_metrics

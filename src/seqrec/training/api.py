@@ -17,7 +17,7 @@ from seqrec.training.checkpoint import Checkpoint, load_checkpoint
 from seqrec.training.evaluation import (by_repeat_metrics, rank_targets, ranks_and_repeat_shares,
                                          target_in_history)
 from seqrec.training.loop import prepare_data, train_model
-from seqrec.training.metrics import ranking_metrics
+from seqrec.training.metrics import MISS, ranking_metrics
 
 
 def train(data_path: str | Path, out: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
@@ -77,9 +77,6 @@ def _sequences_for(ckpt: Checkpoint, data_path: str | Path) -> UserSequences:
         raise SchemaError(received_expected(f"{data_path}", "interactions without timestamps",
                                             "a 'timestamp' column: the model reads timestamps"))
     return raw
-
-
-MISS = 2**62  # the rank of a target the model cannot score: beyond every cutoff
 
 
 def _subset(examples: EvalExamples, pick: np.ndarray) -> EvalExamples:

@@ -72,8 +72,9 @@ def ranks_and_repeat_shares(model: SequentialRecommender, seqs: UserSequences, e
         ranks.append(target_ranks(logits, targets).cpu().numpy())
         in_history = mask_history(torch.zeros_like(logits), seqs.items, examples.history_start[batch],
                                   examples.history_end[batch]).isneginf()  # (B, N+1)
-        top_items = logits.topk(min(top, logits.shape[1] - 1), dim=1).indices  # (B, K)
-        top_repeats.append(in_history.gather(1, top_items).float().mean(1).cpu().numpy())
+        best = logits.topk(min(top, logits.shape[1] - 1), dim=1)  # (B, K)
+        ranked = ~best.values.isneginf()  # (B, K): a -inf slot (an excluded item, padding) is no recommendation
+        top_repeats.append((in_history.gather(1, best.indices) & ranked).float().mean(1).cpu().numpy())
     return np.concatenate(ranks), np.concatenate(top_repeats)
 
 

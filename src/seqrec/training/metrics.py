@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 CUTOFFS = (1, 5, 10, 20, 50)
+MISS = 2**62  # the rank of a target the model cannot score or has excluded: beyond every cutoff, whatever N
 
 
 def target_ranks(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -19,7 +20,7 @@ def target_ranks(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     target_scores = logits.gather(1, targets.unsqueeze(1))  # (B, 1)
     ahead = ((logits >= target_scores) | logits.isnan()).sum(1) - 1  # (B,) other items at least as high
     missed = (target_scores.isneginf() | target_scores.isnan()).squeeze(1)  # (B,)
-    return ahead.masked_fill(missed, logits.shape[1])
+    return ahead.masked_fill(missed, MISS)  # not N: with fewer than 50 items that counted as a hit at @50
 
 
 def ranking_metrics(ranks: np.ndarray, cutoffs: tuple[int, ...] = CUTOFFS) -> dict[str, float]:
