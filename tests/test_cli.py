@@ -62,6 +62,19 @@ def test_train_then_eval_json(synth_parquet, tmp_path):
     assert {"ndcg@10", "hr@10", "mrr@10", "ndcg@50"} <= metrics.keys() and metrics["split"] == "valid"
 
 
+def test_eval_of_a_refit_checkpoint_on_its_validation_split_says_it_trained_on_it(synth_parquet, tmp_path):
+    """A --refit model trained on every validation target: --split valid then measures training data."""
+    out = tmp_path / "refit"
+    result = run("train", "--data", synth_parquet, "--out", out, "--epochs", 1, "--dim", 16, "--max-length", 10,
+                 "--refit", "--quiet")
+    assert result.exit_code == 0, result.output
+    valid = run("eval", out, "--data", synth_parquet, "--split", "valid", "--json")
+    assert json.loads(valid.stdout)["trained_on_targets"] is True
+    assert "warning: this checkpoint was refit on every validation item" in valid.stderr
+    test = run("eval", out, "--data", synth_parquet, "--json")
+    assert json.loads(test.stdout)["trained_on_targets"] is False and "warning" not in test.stderr
+
+
 def test_print_config_resolves_model_defaults():
     result = run("train", "--model", "gru4rec", "--lr", 0.01, "--print-config")  # no --data / --out needed
     config = json.loads(result.output)

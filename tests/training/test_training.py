@@ -417,6 +417,30 @@ def test_a_loss_that_diverges_later_keeps_the_best_weights(synth_parquet, make_c
     assert ckpt.meta["metrics"]["valid"]["ndcg@10"] == pytest.approx(history["best_valid_ndcg@10"])
 
 
+def test_a_refit_that_diverges_keeps_the_selection_run(synth_parquet, make_configs, monkeypatch, tmp_path):
+    """The refit had no divergence check: weights spoiled by its last step were saved (NaN, test NDCG 0) with
+    no word. Now it is checked like the selection run, and a diverged refit keeps the selection run's model."""
+    real_epoch = loop.train_epoch
+    models = []
+
+    def spoil_the_refit(model, *args):
+        loss = real_epoch(model, *args)
+        models.append(model) if model not in models else None
+        if model is models[-1] and len(models) == 2:  # the refit model, after its loss was checked
+            with torch.no_grad():
+                model.item_embedding.weight[5] = float("nan")
+        return loss
+
+    monkeypatch.setattr(loop, "train_epoch", spoil_the_refit)
+    ckpt = train_model(prepare_data(synth_parquet), *make_configs(epochs=2, refit=True), tmp_path / "ckpt",
+                       progress=False)
+    refit = ckpt.meta["training"]["refit"]
+    assert "weights and scores after epoch 1" in refit["diverged"] and "kept the selection run's" in refit["diverged"]
+    assert ckpt.model is not models[1] and all(torch.isfinite(p).all() for p in ckpt.model.parameters())
+    assert ckpt.meta["metrics"]["test"]["ndcg@10"] > 0
+    assert load_checkpoint(tmp_path / "ckpt").meta["training"]["refit"] == refit
+
+
 def test_saved_metrics_rank_as_the_selection_did(synth_parquet, make_configs):
     """With --exclude-history the selection ranks without history items; so do the checkpoint's metrics."""
     data = prepare_data(synth_parquet)

@@ -38,6 +38,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, split: st
     checkpoint's vocabulary are left out of the histories the model reads (it has no embedding for
     them; counted in ``unknown_interactions``); a target the model cannot know, or one after a
     history without a single known item, is a miss (``unknown_targets``, ``no_known_history``).
+    ``trained_on_targets``: the split is ``valid`` and the model was refit on those very targets.
     """
     ckpt = load_checkpoint(checkpoint)
     raw = _sequences_for(ckpt, data_path)  # unknown items: indices beyond the vocabulary
@@ -60,8 +61,15 @@ def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, split: st
         ranks[scorable] = rank_targets(ckpt.model, seqs, _subset(known, scorable), batch_size, exclude_history)
         metrics = {**ranking_metrics(ranks), "users": int(len(ranks))}
     return {**metrics, "split": split, "exclude_history": exclude_history,
+            "trained_on_targets": split == "valid" and refit_on_validation(ckpt),
             "unknown_interactions": int(np.count_nonzero(raw.items > len(ckpt.vocab))),
             "unknown_targets": int(unknown_target.sum()), "no_known_history": int((no_history & ~unknown_target).sum())}
+
+
+def refit_on_validation(ckpt: Checkpoint) -> bool:
+    """Whether the checkpoint's model trained on each user's validation item (``--refit`` that did not diverge)."""
+    refit = ckpt.meta.get("training", {}).get("refit")
+    return bool(ckpt.train_config.refit and isinstance(refit, dict) and "diverged" not in refit)
 
 
 def _sequences_for(ckpt: Checkpoint, data_path: str | Path) -> UserSequences:

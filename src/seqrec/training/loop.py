@@ -60,10 +60,7 @@ def train_model(data: TrainingData, model_cfg: ModelConfig, train_cfg: TrainConf
     ranked = {"exclude_history": train_cfg.exclude_history, "device": train_cfg.device}  # as the selection ranks
     metrics = {"valid": evaluate(model, data.seqs, data.split.valid, **ranked)}
     if train_cfg.refit:  # valid stays the selection run's: the refit model has trained on it
-        _seed_everything(train_cfg.seed)
-        model = trainable_model(model_cfg, train_cfg)
-        history["refit"] = fit_epochs(model, data.seqs, refit_split(data.split), train_cfg, history["best_epoch"],
-                                      progress)
+        model, history["refit"] = refit_or_keep(model, data, model_cfg, train_cfg, history["best_epoch"], progress)
     metrics["test"] = evaluate(model, data.seqs, data.split.test, **ranked)
     meta = {"data": {"source": data.source, "fingerprint": data.fingerprint, "users": len(data.seqs),
                      "items": len(data.vocab)}, "metrics": metrics, "training": history}
@@ -71,6 +68,20 @@ def train_model(data: TrainingData, model_cfg: ModelConfig, train_cfg: TrainConf
     if out is not None:
         save_checkpoint(out, ckpt)
     return ckpt
+
+
+def refit_or_keep(selected: SequentialRecommender, data: TrainingData, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                  epochs: int, progress: bool) -> tuple[SequentialRecommender, dict]:
+    """A fresh model refit for ``epochs`` on training + validation items, or, if that run diverges, the selection
+    run's model (the summary says so in ``diverged``): a failed refit must not cost the run that chose it."""
+    _seed_everything(train_cfg.seed)
+    model = trainable_model(model_cfg, train_cfg)
+    try:
+        return model, fit_epochs(model, data.seqs, refit_split(data.split), train_cfg, epochs, progress)
+    except TrainingDivergedError as error:
+        kept = f"{error}; kept the selection run's weights (trained without the validation items)"
+        _report(progress, f"refit stopped: {kept}")
+        return selected, {"epochs": epochs, "diverged": kept}
 
 
 def trainable_model(model_cfg: ModelConfig, train_cfg: TrainConfig) -> SequentialRecommender:
@@ -185,6 +196,7 @@ def fit_epochs(model: SequentialRecommender, seqs: UserSequences, split: Split, 
     started, losses = time.perf_counter(), []
     for epoch in range(1, epochs + 1):
         losses.append(train_epoch(model, optimizer, seqs, windows, cfg, rng, progress, epoch))
+        _require_finite_scores(model, seqs, split.valid, cfg, epoch)  # the selection run's check, each epoch
         _report(progress, f"refit epoch {epoch:3d}/{epochs}  loss {losses[-1]:.4f}  "
                           f"[{time.perf_counter() - started:.0f}s]")
     seconds = time.perf_counter() - started
