@@ -196,6 +196,21 @@ def test_a_broken_checkpoint_is_one_typed_error(tiny_checkpoint, tmp_path):
     (malformed / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"config.json \| received a malformed config \(KeyError\('model'\)\)"):
         load_checkpoint(malformed)
+    (malformed / "config.json").write_text("[1]")  # JSON, but no object: was an AttributeError traceback
+    with pytest.raises(CheckpointError, match=r"config.json \| received JSON list, expected a JSON object"):
+        load_checkpoint(malformed)
+
+
+def test_a_vocabulary_of_another_size_is_refused(tiny_checkpoint, tmp_path):
+    """A vocab.parquet copied from another checkpoint loaded silently and mapped ids to the wrong items."""
+    from seqrec.data import Vocabulary
+
+    swapped = shutil.copytree(tiny_checkpoint, tmp_path / "swapped")
+    items = len(load_checkpoint(tiny_checkpoint).vocab)
+    Vocabulary.from_items(pa.array(range(items + 5))).save(swapped / "vocab.parquet")
+    with pytest.raises(CheckpointError, match=rf"vocab.parquet \| received {items + 5:,} items, expected {items:,}, "
+                                              r"the model's catalog"):
+        load_checkpoint(swapped)
 
 
 def test_training_never_loses_what_out_held(synth_parquet, tiny_checkpoint, tmp_path, make_configs, monkeypatch):

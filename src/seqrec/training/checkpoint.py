@@ -87,8 +87,18 @@ def load_checkpoint(directory: str | Path, device: str = "cpu") -> Checkpoint:
         raise CheckpointError(received_expected(f"{directory / WEIGHTS_FILE} tensors",
                                                 f"missing {missing}, unexpected {unexpected}",
                                                 "exactly the model's parameters"))
-    return Checkpoint(model.to(device).eval(), model_config, train_config,
-                      Vocabulary.load(directory / VOCAB_FILE), _read_json(directory / META_FILE))
+    return Checkpoint(model.to(device).eval(), model_config, train_config, _vocabulary(directory, model_config),
+                      _read_json(directory / META_FILE))
+
+
+def _vocabulary(directory: Path, model_config: ModelConfig) -> Vocabulary:
+    """vocab.parquet, one raw id per item of the model; CheckpointError when it holds another number (a file copied
+    from another checkpoint would map ids to the wrong items, or past the item table)."""
+    vocab = Vocabulary.load(directory / VOCAB_FILE)
+    if len(vocab) != model_config.num_items:
+        raise CheckpointError(received_expected(f"{directory / VOCAB_FILE}", f"{len(vocab):,} items",
+                                                f"{model_config.num_items:,}, the model's catalog (config.json)"))
+    return vocab
 
 
 def _configs(directory: Path, config: dict) -> tuple[ModelConfig, TrainConfig]:
@@ -133,6 +143,9 @@ def _require_files(directory: Path) -> None:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(received_expected(str(path), f"invalid JSON ({error})", "a JSON object")) from None
+    if not isinstance(data, dict):
+        raise CheckpointError(received_expected(str(path), f"JSON {type(data).__name__}", "a JSON object"))
+    return data
