@@ -75,6 +75,15 @@ def test_eval_of_a_refit_checkpoint_on_its_validation_split_says_it_trained_on_i
     assert json.loads(test.stdout)["trained_on_targets"] is False and "warning" not in test.stderr
 
 
+def test_train_prints_progress_on_stderr_and_only_its_result_on_stdout(synth_parquet, tmp_path):
+    """`seqrec train ... | jq` read the epoch lines mixed with the result's JSON line."""
+    result = run("train", "--data", synth_parquet, "--out", tmp_path / "ckpt", "--epochs", 2, "--dim", 16,
+                 "--max-length", 10)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["checkpoint"] == str(tmp_path / "ckpt")
+    assert "epoch   2  loss" in result.stderr and "trained 2 epochs" in result.stderr
+
+
 def test_print_config_resolves_model_defaults():
     result = run("train", "--model", "gru4rec", "--lr", 0.01, "--print-config")  # no --data / --out needed
     config = json.loads(result.output)

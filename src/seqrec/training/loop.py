@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -336,4 +337,4 @@ def _seed_everything(seed: int) -> None:
 
 def _report(progress: bool, line: str) -> None:
     if progress:
-        tqdm.write(line)
+        tqdm.write(line, file=sys.stderr)  # beside the bar: stdout holds only the command's result (JSON)
