@@ -1,10 +1,13 @@
 """Input parts: found, checked before any work (one clear message), streamed, long logs grouped."""
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from seqrec.batchinfer.inputs import LIST_FORM, LONG_FORM, group_long, plan_input, read_part
+from seqrec.batchinfer.preprocess import encode_batch
+from seqrec.data import Vocabulary
 from seqrec.errors import DataError, SchemaError
 
 
@@ -12,6 +15,18 @@ def write(path, **columns):
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(columns), path)
     return path
+
+
+def grouped(path, tmp_path, reads_times):
+    """The list-form rows ``seqrec score`` makes of the part at ``path`` for a model that reads times or not."""
+    plan = plan_input(str(path), tmp_path / "out", reads_times)
+    return plan, pa.Table.from_batches(list(read_part(plan.parts[0], plan, batch_rows=2)))
+
+
+def reasons(table):
+    """Each grouped row's reject reason from ``encode_batch`` reading the times the rows carry (None: scored)."""
+    vocab = Vocabulary.from_items(np.arange(1, 10))
+    return encode_batch(table.combine_chunks().to_batches()[0], vocab, timestamps=True).reasons.to_pylist()
 
 
 def test_parts_come_from_a_file_a_directory_or_a_glob(tmp_path):
@@ -78,10 +93,11 @@ def test_a_log_is_put_in_time_order_even_where_the_model_reads_no_times(tmp_path
     plan = plan_input(str(path), tmp_path / "out", False)
     assert plan.time_order and not plan.timestamps
     rows = pa.Table.from_batches(list(read_part(plan.parts[0], plan, batch_rows=2))).to_pylist()
-    assert rows == [{"user_id": 1, "history": [9, 7, 5], "row": 0}, {"user_id": 2, "history": [4, 3], "row": 3}]
+    assert rows == [{"user_id": 1, "history": [9, 7, 5], "timestamps": [10, 20, 30], "row": 0},
+                    {"user_id": 2, "history": [4, 3], "timestamps": [1, 2], "row": 3}]  # times carried: see below
     write(tmp_path / "bad" / "log.parquet", user_id=[1], item_id=[5], timestamp=["yesterday"])
-    with pytest.raises(SchemaError, match=r"column 'timestamp' \| received string, expected integer seconds or a "
-                                          r"timestamp type \(it orders each user's interactions"):
+    with pytest.raises(SchemaError, match=r"column 'timestamp' \| received string, expected integer seconds, "
+                                          r"whole-valued floats or a timestamp type \(it orders each user's interactions"):
         plan_input(str(tmp_path / "bad"), tmp_path / "out", False)
 
 
@@ -149,3 +165,43 @@ def test_timestamps_become_seconds_as_training_reads_them():
     table = pa.table({"user_id": [1, 1, 1], "item_id": [1, 2, 3], "timestamp": times.slice(0, 3)})
     trained = validate_interactions(table)  # rows in time order: -1.5 s, 0 s, 1.5 s
     assert trained.column("timestamp").to_pylist() == sorted(seconds(times.slice(0, 3)).to_pylist())
+
+
+def test_float_timestamps_are_read_as_training_reads_them_and_a_fraction_is_a_wrong_type(tmp_path):
+    """Training takes whole-valued float times; scoring plans the same file, and a user with a time that is
+    not a whole second (or NaN, or beyond int64) is rejected, not rounded and not a failed job."""
+    path = write(tmp_path / "log.parquet", user_id=[1, 1, 2, 2, 3, 4], item_id=[5, 6, 7, 8, 9, 1],
+                 timestamp=[20.0, 10.0, 1.5, 2.0, np.nan, 1e19])
+    plan, table = grouped(path, tmp_path, reads_times=False)
+    assert plan.time_order and table.column("history").to_pylist()[0] == [6, 5]
+    plan, table = grouped(path, tmp_path, reads_times=True)
+    assert table.column("timestamps").to_pylist() == [[10, 20], [None, 2], [None], [None]]
+    assert reasons(table) == [None, "wrong_type", "wrong_type", "wrong_type"]
+    lists = write(tmp_path / "lists" / "a.parquet", user_id=[1, 2], history=[[5, 6], [7]],
+                  timestamps=[[1.0, 2.0], [0.5]])
+    plan, table = grouped(lists, tmp_path, reads_times=True)
+    assert reasons(table) == [None, "wrong_type"]
+
+
+def test_a_null_time_in_a_log_reaches_scoring_whether_the_model_reads_times_or_not(tmp_path):
+    """A null time is no time: its user's rows carry it for a model without times too (the log is ordered by
+    time either way, and the null sorts first), so that preprocess can reject that user as ``wrong_type``
+    rather than score the item moved to the front of the history."""
+    path = write(tmp_path / "log.parquet", user_id=[1, 1, 1, 2], item_id=[3, 4, 5, 6],
+                 timestamp=pa.array([5, 6, None, 7], pa.int64()))
+    for reads_times in (False, True):
+        plan, table = grouped(path, tmp_path, reads_times)
+        assert plan.timestamps == reads_times and plan.time_order
+        assert table.column("timestamps").to_pylist() == [[None, 5, 6], [7]]
+        assert reasons(table) == ["wrong_type", None]
+
+
+def test_a_uint64_time_beyond_int64_rejects_its_user_and_the_job_goes_on(tmp_path):
+    """As an item id beyond int64 is a ``wrong_type``: the footer cannot tell, so the value is no time, not an
+    ArrowInvalid from the cast halfway through the job."""
+    path = write(tmp_path / "log.parquet", user_id=[1, 1, 2], item_id=[3, 4, 5],
+                 timestamp=pa.array([1, 2**64 - 1, 2**63 - 1], pa.uint64()))
+    for reads_times in (False, True):
+        plan, table = grouped(path, tmp_path, reads_times)
+        assert table.column("timestamps").to_pylist() == [[None, 1], [2**63 - 1]]
+        assert reasons(table) == ["wrong_type", None]

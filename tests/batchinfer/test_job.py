@@ -405,3 +405,18 @@ def test_an_input_without_rows_scores_nothing_and_says_so(bundle, run_config, tm
     assert summary["users_scored"] == 0 and summary["users_rejected"] == 0
     assert capsys.readouterr().err.strip() == (f"warning: the input '{tmp_path / 'in'}' has no rows (in 1 part): "
                                                 "nothing to score")
+
+
+def test_a_log_time_that_is_no_time_rejects_its_user_for_a_model_without_times(bundle, run_config, tmp_path):
+    """Needs the preprocess.py / ray_engine.py change: the model reads no times, yet the user whose rows
+    hold a null, fractional or beyond-int64 time is a ``wrong_type`` reject, never scored reordered."""
+    for name, times in {"null": pa.array([5, None, 7], pa.int64()), "fraction": pa.array([5.0, 6.5, 7.0]),
+                        "huge": pa.array([5, 2**64 - 1, 7], pa.uint64())}.items():
+        pq.write_table(pa.table({"user_id": pa.array([1, 1, 2], pa.int64()),
+                                 "item_id": pa.array([1000, 1001, 1002], pa.int64()), "timestamp": times}),
+                       tmp_path / f"{name}.parquet")
+        cfg = run_config(bundle, tmp_path / f"{name}.parquet")
+        summary = score(cfg, echo=lambda line: None)
+        rejects = pq.read_table(Path(cfg.output) / "_rejects.parquet").to_pylist()
+        assert [(r["user_id"], r["reason"]) for r in rejects] == [(1, "wrong_type")], name
+        assert summary["users_scored"] == 1, name

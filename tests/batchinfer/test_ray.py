@@ -102,6 +102,21 @@ def test_a_damaged_part_fails_a_ray_job_after_every_other_part_is_committed(loca
     assert read_dir(cfg.output) == read_dir(local.output)
 
 
+@pytest.mark.slow
+def test_a_log_time_that_is_no_time_rejects_its_user_on_ray_as_locally(local_ray, bundle, run_config, tmp_path):
+    """The Ray scorer read a log's times only where the model reads them: a user whose time is null was then
+    scored with a reordered history instead of rejected (the bundle here reads no times)."""
+    log = pa.table({"user_id": pa.array([1, 1, 2, 2, 3], pa.int64()),
+                    "item_id": pa.array([1000, 1001, 1002, 1003, 1004], pa.int64()),
+                    "timestamp": pa.array([5, None, 7, 6, 9], pa.int64())})
+    pq.write_table(log, tmp_path / "log.parquet")
+    local = run_config(bundle, tmp_path / "log.parquet")
+    distributed = run_config(bundle, tmp_path / "log.parquet", engine="ray", actors=2)
+    summaries = [score(cfg, echo=lambda line: None) for cfg in (local, distributed)]
+    assert [summary["rejected_by_reason"] for summary in summaries] == [{"wrong_type": 1}] * 2
+    assert read_dir(distributed.output) == read_dir(local.output)
+
+
 def _table(numbers: list[int]) -> pa.Table:
     """A Ray-like result table: rows whose ``_seq`` are ``numbers`` (in that order)."""
     return pa.table({"user_id": [1000 + n for n in numbers], "_seq": pa.array(numbers, pa.int64())})

@@ -17,6 +17,13 @@ wrong schema fails in one message naming the part and the column. Two forms (DES
 
 ``read_part`` yields list-form record batches (``user_id``, ``history`` [, ``timestamps``] and, for
 the long form, ``row``: the part row of the user's first interaction) whatever the form.
+
+Times are int64 seconds as training reads them (``seconds``): integers, whole-valued floats or a
+timestamp type. A value that is no such time (a null, a float that is not whole or not finite, a
+uint64 beyond the int64 range) cannot be refused from the footer, so it is read as a null time and
+its user is rejected as ``wrong_type`` (``preprocess``), as an item id beyond int64 is: the job goes
+on, and no user is scored in an order made up for it. A long-form part with a timestamp column
+carries its times whether the model reads them or not (``InputPlan.carries_times``) for that reason.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ FORMS_EXPECTED = ("user_id + history (a list of item ids per user, optionally ti
                   "(+ timestamp) (an interaction log)")
 ORIGINAL_ROW = "_part_row"  # a row's number in its part, carried through the sort of an interleaved log
 READ_BUFFER = 1 << 20  # bytes; column chunks are streamed through it rather than loaded whole
+INT64_MAX = np.iinfo(np.int64).max
+TIME_EXPECTED = "integer seconds, whole-valued floats or a timestamp type"
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,12 @@ class InputPlan:
     user_type: pa.DataType  # int64, uint64 or string: the type of user_id in every output
     timestamps: bool  # the graph reads timestamps, so they are read too
     time_order: bool = False  # the long form has a timestamp column: it orders each user's rows, read or not
+
+    @property
+    def carries_times(self) -> bool:
+        """The grouped rows carry ``timestamps``: the model reads them, or a long-form part orders its users'
+        rows by them, and a user with a time that is no time is rejected whether the model reads times or not."""
+        return self.timestamps or self.time_order
 
     def columns(self) -> list[str]:
         if self.form == LIST_FORM:
@@ -138,7 +153,7 @@ def read_part(part: InputPart, plan: InputPlan, batch_rows: int) -> Iterator[pa.
         yield from batches
     else:
         yield from group_long(batches if part.grouped else _sorted_by_user(batches, _columns_schema(reader, plan), batch_rows),
-                              plan.timestamps, plan.timestamps or plan.time_order)
+                              plan.carries_times, plan.timestamps or plan.time_order)
 
 
 def readable(batches: Iterator[pa.RecordBatch], path: str, row_group: int | None = None) -> Iterator[pa.RecordBatch]:
@@ -196,16 +211,34 @@ def group_starts(users: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def seconds(values: pa.Array) -> pa.Array:
-    """Timestamps as int64 seconds (integer columns are taken as seconds already), timestamp types
-    floored as training floors them (``data.schema.floor_seconds``); nulls stay null."""
-    return floor_seconds(values) if pa.types.is_timestamp(values.type) else values.cast(pa.int64())
+    """Timestamps as int64 seconds, as training reads them: integers are seconds already, floats must be
+    whole (``data.schema._whole_floats``), timestamp types are floored (``data.schema.floor_seconds``).
+    Nulls stay null, and so does a value that is no int64 second (a float not whole or not finite, a uint64
+    beyond int64): training refuses the file for it, scoring rejects its user (``wrong_type``) and goes on."""
+    if pa.types.is_timestamp(values.type):
+        return floor_seconds(values)
+    if pa.types.is_floating(values.type):
+        return _whole_seconds(values)
+    if values.type == pa.uint64():
+        within = pc.less_equal(values, pa.scalar(INT64_MAX, pa.uint64()))
+        values = pc.if_else(within, values, pa.scalar(None, pa.uint64()))  # the cast below would raise
+    return values.cast(pa.int64())
+
+
+def _whole_seconds(values: pa.Array) -> pa.Array:
+    """Floats (N,) -> int64 seconds (N,), null where the value is null, not whole, not finite or beyond int64."""
+    floats = values.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls read as NaN
+    with np.errstate(invalid="ignore"):
+        usable = np.isfinite(floats) & (np.floor(floats) == floats) & (floats >= -2.0**63) & (floats < 2.0**63)
+    return pa.array(np.where(usable, floats, 0).astype(np.int64), pa.int64(), mask=~usable)
 
 
 def grouped_schema(part: InputPart, plan: InputPlan) -> pa.Schema:
     """The schema ``read_part`` gives a long-form part (ids in int64, uint64 or string)."""
     item_type = _item_type(pq.read_schema(part.path).field("item_id").type)
     fields = [("user_id", plan.user_type), ("history", pa.list_(item_type))]
-    return pa.schema(fields + ([("timestamps", pa.list_(pa.int64()))] if plan.timestamps else []) + [("row", pa.int64())])
+    times = [("timestamps", pa.list_(pa.int64()))] if plan.carries_times else []
+    return pa.schema(fields + times + [("row", pa.int64())])
 
 
 def _as_lists(table: pa.Table, starts: np.ndarray, first_row: int, timestamps: bool, by_time: bool) -> pa.RecordBatch:
@@ -218,7 +251,7 @@ def _as_lists(table: pa.Table, starts: np.ndarray, first_row: int, timestamps: b
     columns = {"user_id": users.cast(_id_type(users.type)).take(pa.array(starts))}
     if by_time:
         raw = table.column("timestamp").combine_chunks()
-        times = seconds(raw)
+        times = seconds(raw)  # (N,) int64, null where a row has no usable time: its user is rejected
         key = raw.cast(pa.int64()) if pa.types.is_timestamp(raw.type) else times  # sub-second order, as training
         group = np.repeat(np.arange(len(starts)), np.diff(offsets))
         order = np.lexsort((pc.fill_null(key, np.iinfo(np.int64).min).to_numpy(), group))  # stable
@@ -283,10 +316,10 @@ def _check_part(path: str, needs_timestamps: bool) -> tuple[str, pa.DataType, bo
             raise SchemaError(received_expected(f"input part '{path}'", f"columns {names}",
                                                 f"a '{name}' column: the model reads timestamps"))
         check = _time_list_type if form == LIST_FORM else _time_type
-        _check_column(path, schema, name, check, "integer seconds or a timestamp type")
+        _check_column(path, schema, name, check, TIME_EXPECTED)
     timed = form == LONG_FORM and "timestamp" in names
     if timed and not needs_timestamps:  # it still orders each user's rows
-        _check_column(path, schema, "timestamp", _time_type, "integer seconds or a timestamp type (it orders each "
+        _check_column(path, schema, "timestamp", _time_type, f"{TIME_EXPECTED} (it orders each "
                       "user's interactions; drop the column to keep the file's order)")
     return form, user_type, timed, meta.num_rows
 
@@ -323,7 +356,10 @@ def _id_list_type(kind: pa.DataType) -> pa.DataType | None:
 
 
 def _time_type(kind: pa.DataType) -> pa.DataType | None:
-    usable = pa.types.is_integer(kind) or pa.types.is_timestamp(kind) or pa.types.is_null(kind)  # null: see _item_type
+    """int64 (the type ``seconds`` gives) for a type that can hold times as training reads them: integers,
+    floats (whole values only, checked per value by ``seconds``), timestamps, or null (see ``_item_type``)."""
+    usable = (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_timestamp(kind)
+              or pa.types.is_null(kind))
     return pa.int64() if usable else None
 
 

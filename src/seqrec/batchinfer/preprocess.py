@@ -8,7 +8,8 @@ Per row, in order of precedence (the first that applies is the reason):
 - ``empty_history``: ``history`` has no element;
 - ``wrong_type``: an element cannot be an id of the vocabulary's type (a string that is not an
   integer, or an unsigned integer above the int64 range, for an integer vocabulary), or
-  ``timestamps`` are null, hold a null or are not aligned with ``history`` where the model reads them;
+  ``timestamps`` are null, hold a null or are not aligned with ``history`` where the model reads them
+  or the batch carries them (an interaction log's times order its rows even for a model without times);
 - ``all_unknown``: no element is in the vocabulary (nulls count as unknown).
 
 Unknown items inside an otherwise valid history are dropped and counted per row
@@ -57,9 +58,10 @@ def encode_batch(batch: pa.RecordBatch, vocab: Vocabulary, timestamps: bool) -> 
     reason[known == 0] = 5
     reason[np.bincount(owner[bad], minlength=len(history)) > 0] = 4
     times = None
-    if timestamps:
+    if timestamps or "timestamps" in batch.schema.names:  # a log's times order its rows, read or not
         times, aligned = _aligned_times(batch.column("timestamps"), owner, lengths)
         reason[~aligned] = 4
+        times = times if timestamps else None
     reason[lengths == 0] = 3
     reason[_nulls(history)] = 2
     reason[_nulls(batch.column("user_id"))] = 1

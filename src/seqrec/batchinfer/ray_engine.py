@@ -254,7 +254,7 @@ def _scored(ray, cfg: ScoreConfig, plan: InputPlan, units) -> Iterator[pa.Table]
     context.max_errored_blocks = -1  # a failed unit drops its rows (found missing after); the others go on.
     # Both are read when the dataset is made (it keeps a copy of the context), so they are set before.
     try:
-        columns = ["user_id", "history"] + (["timestamps"] if plan.timestamps else []) + (
+        columns = ["user_id", "history"] + (["timestamps"] if plan.carries_times else []) + (
             ["row"] if plan.form == LONG_FORM else [])
         gpus = ray.cluster_resources().get("GPU", 0) >= 1
         actor_cfg = ScoreConfig.from_dict({**cfg.to_dict(), "threads": cfg.threads or (None if gpus else 1)})
