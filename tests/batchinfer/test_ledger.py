@@ -57,3 +57,39 @@ def test_a_part_added_is_refused_even_if_none_is_scored(tmp_path):
     more = PARTS + [["c.parquet", 5, 50, "d-c"]]
     with pytest.raises(ConfigError, match=r"differs in input parts c.parquet \(added, removed or rewritten\)\)"):
         Ledger.open(tmp_path, job(more), resume=True)
+
+
+def moved(parts=PARTS) -> list:
+    return [[part[0], f"/elsewhere/{part[0]}", *part[2:]] for part in parts]
+
+
+def test_an_input_moved_to_another_folder_is_the_same_job(tmp_path):
+    """Each part's path is in the job line: a moved input, its parts unchanged, was refused as 'added, removed
+    or rewritten'. It resumes now, the job line restated with the new paths."""
+    begun(tmp_path, ["a.parquet"])
+    ledger = Ledger.open(tmp_path, job(moved()), resume=True)
+    ledger.close()
+    assert ledger.job == job(moved()) and ledger.rewritten == [] and set(ledger.done) == {"a.parquet"}
+    last = json.loads((tmp_path / LEDGER_FILE).read_text().splitlines()[-1])
+    assert last == {"job": job(moved())}
+
+
+def test_a_finished_job_moved_is_still_complete(tmp_path):
+    ledger = Ledger.open(tmp_path, job(), resume=False)
+    for part in PARTS:
+        ledger.record({"part": part[0], "rows": 10})
+    ledger.finish()
+    ledger.close()
+    resumed = Ledger.open(tmp_path, job(moved()), resume=True)
+    resumed.close()
+    assert resumed.finished
+
+
+def test_a_refusal_for_another_reason_says_a_moved_input_is_allowed(tmp_path):
+    begun(tmp_path, ["a.parquet"])
+    with pytest.raises(ConfigError, match=r"differs in the input's folder \(its parts unchanged: allowed on its "
+                                          r"own\); top_k\)"):
+        Ledger.open(tmp_path, job(moved(), top_k=20), resume=True)
+    with pytest.raises(ConfigError, match=r"differs in input parts b.parquet \(rewritten before being scored: "
+                                          r"allowed on its own\); top_k\)"):
+        Ledger.open(tmp_path, job(moved(rewritten("b.parquet")), top_k=20), resume=True)

@@ -67,7 +67,8 @@ class Ledger:
                     recorded, entries, finished, rewritten = _read(path, job)
                     ledger = cls(directory, recorded, entries, finished)
                     clean_temporaries(directory, keep_rejects=not ledger.finished)
-                    if rewritten:  # the job now reads those parts' new contents; later resumes hold it to them
+                    if recorded != job and not finished:  # parts rewritten before being scored, or the input
+                        # moved: the job now reads them there and so; later resumes hold it to that
                         ledger.job, ledger.rewritten = job, rewritten
                         ledger._append({"job": job})
                 except BaseException:
@@ -167,7 +168,7 @@ def _read(path: Path, job: dict) -> tuple[dict, list[dict], bool, list[str]]:
     finished = any(record.get("finished") for record in records)
     done = {entry["part"] for entry in entries}
     rewritten = _rewritten_unscored(recorded.get("parts", []), job["parts"], done)
-    if recorded != job and (finished or rewritten is None or _settings(recorded) != _settings(job)):
+    if recorded != job and (finished and rewritten != [] or rewritten is None or _settings(recorded) != _settings(job)):
         raise ConfigError(received_expected("--resume", f"the ledger of a different job (differs in "
                                             f"{_differences(recorded, job, done)})",
                                             "the model, backend, top-k, exclude-seen, layout and input of the "
@@ -187,8 +188,14 @@ def _rewritten_unscored(before: list, now: list, done: set[str]) -> list[str] | 
     rewritten after it was scored."""
     if [entry[0] for entry in before] != [entry[0] for entry in now]:
         return None  # a part added, removed or renamed
-    rewritten = [new[0] for old, new in zip(before, now) if old != new]
+    rewritten = [new[0] for old, new in zip(before, now) if _content(old) != _content(new)]
     return None if done & set(rewritten) else rewritten
+
+
+def _content(entry: list) -> list:
+    """A part's entry in a job line ([name, path, rows, fingerprint]) without its path: an input moved to
+    another folder, its parts unchanged, is the same input."""
+    return [entry[0], *entry[2:]]
 
 
 def _differences(recorded: dict, job: dict, done: set[str]) -> str:
@@ -198,9 +205,11 @@ def _differences(recorded: dict, job: dict, done: set[str]) -> str:
     if "parts" in changed:
         before, now = recorded.get("parts", []), job["parts"]
         names = ", ".join(_changed_parts(before, now))
+        rewritten = _rewritten_unscored(before, now, done)
         changed[changed.index("parts")] = (
-            f"input parts {names} (added, removed or rewritten)" if _rewritten_unscored(before, now, done) is None
-            else f"input parts {names} (rewritten before being scored: allowed on its own)")
+            f"input parts {names} (added, removed or rewritten)" if rewritten is None
+            else f"input parts {names} (rewritten before being scored: allowed on its own)" if rewritten
+            else "the input's folder (its parts unchanged: allowed on its own)")
     return "; ".join(changed)
 
 
@@ -219,5 +228,5 @@ def recorded_parts(directory: Path) -> tuple[int, int] | None:
 
 def _changed_parts(recorded: list, current: list) -> list[str]:
     """Names of the input parts added, removed or rewritten (size or footer) since the ledger was begun."""
-    before, now = ({entry[0]: entry for entry in parts} for parts in (recorded, current))
+    before, now = ({entry[0]: _content(entry) for entry in parts} for parts in (recorded, current))
     return sorted(name for name in set(before) | set(now) if before.get(name) != now.get(name))[:5]
