@@ -253,9 +253,10 @@ def eval_command(checkpoint: str, data_path: str, split: str, exclude_history: b
         return
     if by_repeat:
         click.echo(_repeat_table(metrics))
-    for key, value in metrics.items():
-        if not isinstance(value, dict):  # the groups of --by-repeat are in the table above
-            click.echo(f"{key:22s} {value:.4f}" if isinstance(value, float) else f"{key:22s} {value}")
+    shown = {key: value for key, value in metrics.items()  # --by-repeat's groups are in the table above,
+             if not isinstance(value, dict) and key != "trained_on_targets"}  # and trained_on_targets in the warning
+    for key, value in shown.items():
+        click.echo(f"{key:22s} {value:.4f}" if isinstance(value, float) else f"{key:22s} {value}")
 
 
 def _warn(warning: str | None) -> None:
