@@ -116,7 +116,10 @@ def data_import(fmt: str, src: str, dst: str, overwrite: bool) -> None:
 
 
 def _refuse_existing(dst: str, overwrite: bool) -> None:
-    """A DST that exists is kept unless --overwrite: it may be the data a checkpoint was trained on."""
+    """DST names a file: not empty, not a directory (a trailing '/' included); one that exists is kept unless
+    --overwrite, as it may be the data a checkpoint was trained on."""
+    if not dst.strip() or dst.endswith(("/", "\\")) or Path(dst).is_dir():
+        raise ConfigError(received_expected("DST", repr(dst), "the path of a Parquet file to write, not a directory"))
     if Path(dst).exists() and not overwrite:
         raise ConfigError(received_expected(f"DST '{dst}'", "a file that exists", "a new path, or --overwrite "
                                             "to replace it"))

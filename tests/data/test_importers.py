@@ -277,3 +277,18 @@ def test_cli_refuses_a_destination_inside_the_source_directory(tmp_path) -> None
     for _ in range(2):
         result = CliRunner().invoke(main, ["data", "import", "--format", "parquet", str(logs), str(outside), "--overwrite"])
         assert result.exit_code == 0 and '"interactions": 3' in result.output, result.output
+
+
+@pytest.mark.parametrize("dst", ["", "  ", "folder/"])  # an existing directory: click refuses it (exit 2)
+def test_cli_dst_must_name_a_file(tmp_path, monkeypatch, dst) -> None:
+    """An empty DST ended in a traceback (with --overwrite) or 'a file that exists'; 'folder/' wrote a file named
+    'folder'."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "existing_dir").mkdir()
+    src = _write(tmp_path / "log.txt", "1 10\n")
+    for command in (["data", "import", "--format", "sasrec", str(src), dst, "--overwrite"],
+                    ["data", "synth", dst, "--users", "5", "--items", "20", "--overwrite"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1 and result.output == (f"Error: DST | received {dst!r}, expected the path of a "
+                                                           "Parquet file to write, not a directory\n"), result.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["existing_dir", "log.txt"]

@@ -432,6 +432,15 @@ def test_a_loss_that_diverges_later_keeps_the_best_weights(synth_parquet, make_c
     assert ckpt.meta["metrics"]["valid"]["ndcg@10"] == pytest.approx(history["best_valid_ndcg@10"])
 
 
+def test_training_refuses_an_out_that_holds_its_own_data(tiny_checkpoint, synth_parquet, make_configs, tmp_path):
+    """--out is replaced whole: with the data file inside it, training deleted its own input."""
+    held = shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
+    shutil.copy(synth_parquet, held / "data.parquet")
+    with pytest.raises(ConfigError, match=r"--out '.*ckpt' \| received '.*data.parquet' or a directory holding it"):
+        train(held / "data.parquet", held, *make_configs(), progress=False)
+    assert (held / "data.parquet").is_file()
+
+
 def test_a_refit_that_diverges_keeps_the_selection_run(synth_parquet, make_configs, monkeypatch, tmp_path):
     """The refit had no divergence check: weights spoiled by its last step were saved (NaN, test NDCG 0) with
     no word. Now it is checked like the selection run, and a diverged refit keeps the selection run's model."""

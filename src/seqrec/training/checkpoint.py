@@ -36,10 +36,11 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def checked_checkpoint_output(directory: str | Path) -> Path:
-    """``directory`` as a path training may replace (absent, empty, or a checkpoint); ConfigError otherwise,
-    before any training, so a bad ``--out`` costs nothing and nothing else there is ever deleted."""
-    directory = checked_output(directory, "checkpoint", WEIGHTS_FILE)  # config.json alone is too common a name
+def checked_checkpoint_output(directory: str | Path, protect: str | None = None) -> Path:
+    """``directory`` as a path training may replace (absent, empty, or a checkpoint, not holding ``protect``, the
+    training data); ConfigError otherwise, before any training, so a bad ``--out`` costs nothing and nothing else
+    there is ever deleted."""
+    directory = checked_output(directory, "checkpoint", WEIGHTS_FILE, protect=protect)  # config.json: too common
     if directory.parent.exists() and not directory.parent.is_dir():
         raise ConfigError(received_expected(f"--out '{directory}'", f"a path under the file '{directory.parent}'",
                                             "a directory this user can create and write"))

@@ -53,7 +53,8 @@ def train_model(data: TrainingData, model_cfg: ModelConfig, train_cfg: TrainConf
     """Train, restore the best validation weights, evaluate valid and test, save to ``out``."""
     check_trainable(model_cfg, train_cfg)
     if out is not None:
-        checked_checkpoint_output(out)  # before any work: a bad --out costs nothing
+        checked_checkpoint_output(out, protect=None if data.source == "<table>" else data.source)  # before any
+        # work: a bad --out costs nothing, and replacing it never deletes the data it trains on
     _seed_everything(train_cfg.seed)
     model_cfg = dataclasses.replace(model_cfg, num_items=len(data.vocab))
     model = trainable_model(model_cfg, train_cfg)
