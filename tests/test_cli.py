@@ -84,6 +84,14 @@ def test_train_prints_progress_on_stderr_and_only_its_result_on_stdout(synth_par
     assert "epoch   2  loss" in result.stderr and "trained 2 epochs" in result.stderr
 
 
+def test_export_reports_parity_on_stderr_and_its_result_on_stdout(tiny_checkpoint, tmp_path):
+    """`seqrec export ... | jq` read the parity report's lines before the JSON line."""
+    result = run("export", tiny_checkpoint, "--out", tmp_path / "bundle", "--validation-users", 5)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["valid"] is True
+    assert result.stderr.startswith("parity onnxruntime vs pytorch fp32")
+
+
 def test_print_config_resolves_model_defaults():
     result = run("train", "--model", "gru4rec", "--lr", 0.01, "--print-config")  # no --data / --out needed
     config = json.loads(result.output)
@@ -157,6 +165,12 @@ def test_train_cpr_head_then_eval_by_repeat(synth_parquet, tmp_path):
     (["--model", "gru4rec", "--heads", 4], "heads | received 4 for --model gru4rec"),
     (["--cpr-variant", "C"], "cpr_variant | received 'C' for --model sasrec, --head softmax"),
     (["--negatives", 5], "negatives | received 5 for --model sasrec, --head softmax, --loss ce"),
+    (["--head", "cpr", "--cpr-variant", "softmax+Mi", "--cpr-pooling", "mean"],  # no history partition to pool
+     "cpr_pooling | received 'mean' for --model sasrec, --head cpr (variant softmax+Mi), --loss ce, expected only "
+     "with --head cpr with history partitions (C, CP, CPR:..)"),
+    (["--head", "cpr", "--cpr-variant", "C", "--no-cpr-recency"], "cpr_recency | received False for --model sasrec, "
+     "--head cpr (variant C)"),  # the recency bias belongs to the pointer
+    (["--model", "pcrec", "--pc-steps", 0, "--pc-alpha", 2], "pc_alpha | received 2.0 for --model pcrec (pc_steps 0)"),
 ])
 def test_an_option_the_run_never_reads_is_refused(args, message):
     result = run("train", "--data", ".", "--out", "x", *args, "--print-config")

@@ -295,7 +295,8 @@ def export_command(checkpoint: str, out: str, format_: str, **options) -> None:
     from seqrec.exporter import export_checkpoint
 
     click.get_current_context().meta[AFTER_INTERRUPT] = _output_kept
-    bundle = export_checkpoint(checkpoint, out, ExportConfig(format=format_, **options), echo=click.echo)
+    bundle = export_checkpoint(checkpoint, out, ExportConfig(format=format_, **options),
+                               echo=lambda line: click.echo(line, err=True))  # the report; stdout: the result's JSON
     click.echo(json.dumps({"bundle": out, "valid": bundle.manifest["valid"],
                            "export_seconds": bundle.manifest["export_seconds"]}))
 

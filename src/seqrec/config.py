@@ -354,14 +354,16 @@ def resolve_configs(model: str, head: str, options: dict) -> tuple[ModelConfig, 
 # options that only some models, heads or losses read: (who reads it, whether this run does)
 _USED_BY = {
     "pc_steps": ("--model pcrec", lambda m, t: m.model == "pcrec"),
-    "pc_alpha": ("--model pcrec", lambda m, t: m.model == "pcrec"),
-    "pc_activation": ("--model pcrec", lambda m, t: m.model == "pcrec"),
+    "pc_alpha": ("--model pcrec and --pc-steps >= 1", lambda m, t: m.model == "pcrec" and m.pc_steps > 0),
+    "pc_activation": ("--model pcrec and --pc-steps >= 1", lambda m, t: m.model == "pcrec" and m.pc_steps > 0),
     "heads": ("an attention model (sasrec, hstu, pcrec)", lambda m, t: m.model != "gru4rec"),
     "positions": ("an attention model (sasrec, hstu, pcrec)", lambda m, t: m.model != "gru4rec"),
     "ffn_multiplier": ("--model sasrec", lambda m, t: m.model == "sasrec"),
     "cpr_variant": ("--head cpr", lambda m, t: m.head == "cpr"),
-    "cpr_recency": ("--head cpr", lambda m, t: m.head == "cpr"),
-    "cpr_pooling": ("--head cpr", lambda m, t: m.head == "cpr"),
+    "cpr_recency": ("--head cpr with a pointer partition (CP, CPR:..)",
+                    lambda m, t: m.head == "cpr" and parse_cpr_variant(m.cpr_variant).pointer),
+    "cpr_pooling": ("--head cpr with history partitions (C, CP, CPR:..)",
+                    lambda m, t: m.head == "cpr" and parse_cpr_variant(m.cpr_variant).context),
     "cpr_base_projection": ("--head cpr", lambda m, t: m.head == "cpr"),
     "negatives": ("--loss sampled", lambda m, t: t.loss == "sampled"),
 }
@@ -372,8 +374,10 @@ def _refuse_unused(given: dict, model_cfg: ModelConfig, train_cfg: TrainConfig) 
     and silently ignored: refuse it."""
     for name in given:
         if name in _USED_BY and not _USED_BY[name][1](model_cfg, train_cfg):
-            raise ConfigError(received_expected(name, f"{given[name]!r} for --model {model_cfg.model}, --head "
-                                                f"{model_cfg.head}, --loss {train_cfg.loss}",
+            run = (f"--model {model_cfg.model}" + (f" (pc_steps {model_cfg.pc_steps})" if model_cfg.model == "pcrec"
+                                                   else "") + f", --head {model_cfg.head}"
+                   + (f" (variant {model_cfg.cpr_variant})" if model_cfg.head == "cpr" else "") + f", --loss {train_cfg.loss}")
+            raise ConfigError(received_expected(name, f"{given[name]!r} for {run}",
                                                 f"only with {_USED_BY[name][0]}, which reads it"))
 
 
