@@ -213,7 +213,8 @@ def data_stats(path: str) -> None:
 @click.option("--device", type=str)
 @click.option("--precision", type=click.Choice(PRECISIONS), help="bf16 autocasts the matrix products")
 @click.option("--print-config", is_flag=True, help="print the resolved configs as JSON and exit")
-@click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--quiet", is_flag=True, help="no progress bar and no epoch lines (stderr); the result's JSON line "
+                                            "stays")
 def train_command(data_path: str, out: str, model: str, head: str, print_config: bool, quiet: bool,
                   **options) -> None:
     """Train a model and write a checkpoint directory."""

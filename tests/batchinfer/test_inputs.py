@@ -205,3 +205,12 @@ def test_a_uint64_time_beyond_int64_rejects_its_user_and_the_job_goes_on(tmp_pat
         plan, table = grouped(path, tmp_path, reads_times)
         assert table.column("timestamps").to_pylist() == [[None, 1], [2**63 - 1]]
         assert reasons(table) == ["wrong_type", None]
+
+
+def test_an_empty_input_is_refused_not_the_working_directory(tmp_path, monkeypatch):
+    """Path('') is '.': an unset $VAR in a nightly job scored whatever Parquet lay in the working directory."""
+    write(tmp_path / "stray.parquet", user_id=[1], history=[[1000]])
+    monkeypatch.chdir(tmp_path)
+    for pattern in ("", "  "):
+        with pytest.raises(DataError, match=r"input \| received '\s*', expected a Parquet file"):
+            plan_input(pattern, tmp_path / "out", False)

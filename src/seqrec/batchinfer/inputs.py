@@ -267,6 +267,9 @@ def _as_lists(table: pa.Table, starts: np.ndarray, first_row: int, timestamps: b
 
 
 def _resolve(pattern: str) -> list[str]:
+    if not pattern.strip():  # Path('') is the working directory: an unset $VAR would score whatever lies there
+        raise DataError(received_expected("input", repr(pattern), "a Parquet file, a directory of *.parquet parts or "
+                                          "a glob"))
     path = Path(pattern)
     if path.is_dir():
         found = [str(p) for p in path.glob("*.parquet") if not p.name.startswith(("_", "."))]
