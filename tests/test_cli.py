@@ -140,7 +140,12 @@ def test_demo_runs_end_to_end(tmp_path):
 def test_demo_refuses_a_bad_option_before_writing_anything(tmp_path):
     result = run("demo", "--out", tmp_path / "demo", "--epochs", 0)
     assert result.exit_code == 1 and "epochs | received 0, expected >= 1" in result.output
+    result = run("demo", "--out", tmp_path / "demo", "--users", 0)  # checked after the directory was made
+    assert result.exit_code == 1 and "users | received 0, expected an integer >= 1" in result.output
     assert not (tmp_path / "demo").exists()
+    (tmp_path / "afile").write_text("")
+    result = run("demo", "--out", tmp_path / "afile" / "demo")  # was a NotADirectoryError traceback
+    assert result.exit_code == 1 and result.output.startswith("Error: --out '") and "(NotADirectoryError)" in result.output
 
 
 def test_train_cpr_head_then_eval_by_repeat(synth_parquet, tmp_path):

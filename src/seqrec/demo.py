@@ -15,7 +15,7 @@ from seqrec.batchinfer import score
 from seqrec.config import ExportConfig, ScoreConfig, resolve_configs
 from seqrec.exporter import export_checkpoint
 from seqrec.data import SynthConfig, generate_interactions, interaction_stats, write_interactions
-from seqrec.directories import checked_output
+from seqrec.directories import checked_output, unusable_path
 from seqrec.training import evaluate_checkpoint, train
 from seqrec.training.evaluation import ranges_to_indices
 from seqrec.training.loop import prepare_data
@@ -44,11 +44,14 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict[str, Any]:
     out = checked_output(cfg.out, "demo output", DEMO_MARKER)  # a demo's own directory is replaced part by part
     model_cfg, train_cfg = resolve_configs(cfg.model, cfg.head, {"epochs": cfg.epochs, "seed": cfg.seed,
                                                                   "patience": 3})  # bad options: before any write
-    out.mkdir(parents=True, exist_ok=True)
-    (out / DEMO_MARKER).write_text("written by seqrec demo: a later demo may replace this directory's contents\n")
+    synth = SynthConfig(users=cfg.users, items=cfg.items, repeat_prob=cfg.repeat_prob, seed=cfg.seed)  # ... these too
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / DEMO_MARKER).write_text("written by seqrec demo: a later demo may replace this directory's contents\n")
+    except OSError as err:  # under a file, no permission, a read-only file system
+        raise unusable_path("--out", out, err) from err
     data_path = out / "interactions.parquet"
-    table = generate_interactions(SynthConfig(users=cfg.users, items=cfg.items, repeat_prob=cfg.repeat_prob,
-                                              seed=cfg.seed))
+    table = generate_interactions(synth)
     write_interactions(table, data_path)
     echo(f"[1/5] data     {data_path}: {json.dumps(interaction_stats(table))}")
     echo(f"[2/5] train    {cfg.model} with the {cfg.head} head, {cfg.epochs} epochs max -> {out / 'checkpoint'}")
