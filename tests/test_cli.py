@@ -92,6 +92,30 @@ def test_export_reports_parity_on_stderr_and_its_result_on_stdout(tiny_checkpoin
     assert result.stderr.startswith("parity onnxruntime vs pytorch fp32")
 
 
+@pytest.mark.parametrize("config, field, value", [("ScoreConfig", "batch_size", 10**11), ("ScoreConfig", "threads", 10**20),
+                                                  ("ExportConfig", "validation_users", 10**8),
+                                                  ("TrainConfig", "batch_size", 10**9)])
+def test_sizes_beyond_any_machine_are_refused_up_front(config, field, value):
+    """They ended in allocation or integer-overflow tracebacks, a score job leaving its ledger behind."""
+    from seqrec import config as configs
+    from seqrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"{field} \| received {value}, expected in \[1, "):
+        getattr(configs, config)(**{field: value})
+
+
+def test_running_out_of_memory_is_one_error_line(synth_parquet, tiny_checkpoint, monkeypatch):
+    import seqrec.training
+
+    def too_big(*args, **kwargs):
+        raise MemoryError("Unable to allocate 40.0 GiB")
+
+    monkeypatch.setattr(seqrec.training, "evaluate_checkpoint", too_big)
+    result = CliRunner().invoke(main, ["eval", str(tiny_checkpoint), "--data", str(synth_parquet)])
+    assert result.exit_code == 1 and result.output == ("Error: out of memory (Unable to allocate 40.0 GiB): run with "
+                                                       "smaller sizes (batch, catalog, users)\n")
+
+
 def test_print_config_resolves_model_defaults():
     result = run("train", "--model", "gru4rec", "--lr", 0.01, "--print-config")  # no --data / --out needed
     config = json.loads(result.output)

@@ -51,6 +51,10 @@ class SeqrecGroup(click.Group):
         except KeyboardInterrupt:
             click.echo(f"\nInterrupted: {_after_interrupt(ctx)}", err=True)
             sys.exit(130)  # 128 + SIGINT, as a shell reports it
+        except MemoryError as error:  # numpy's and Python's; the option bounds keep most sizes far from it
+            click.echo(f"Error: out of memory ({error or type(error).__name__}): run with smaller sizes (batch, "
+                       "catalog, users)", err=True)
+            sys.exit(1)
 
 
 def _after_interrupt(ctx: click.Context) -> str:

@@ -37,6 +37,11 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(received_expected(name, repr(value), f"one of {', '.join(choices)}"))
 
 
+MAX_BATCH = 1 << 20  # users per model call: beyond it the batch's arrays alone reach gigabytes
+MAX_THREADS = 1024  # threads (or actors) per process: more than any machine's cores, and torch's int limit is far off
+MAX_VALIDATION_USERS = 100_000  # parity checks each against the full (B, N) logits: more says nothing more
+
+
 def _check_range(name: str, value: float | None, low: float, high: float | None = None) -> None:
     """value in [low, high] (high None: no upper bound); None passes: an optional setting left unset."""
     if value is None:
@@ -190,7 +195,7 @@ class TrainConfig(_JsonConfig):
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_range("epochs", self.epochs, 1)
-        _check_range("batch_size", self.batch_size, 1)
+        _check_range("batch_size", self.batch_size, 1, MAX_BATCH)
         _check_positive("lr", self.lr)
         _check_range("negatives", self.negatives, 1)
         _check_range("temperature", self.temperature, 1e-6)
@@ -224,7 +229,7 @@ class ExportConfig(_JsonConfig):
         _check_choice("pointer_op", self.pointer_op, POINTER_OPS)
         _check_range("top_k", self.top_k, 1, 3840)  # TensorRT's TopK limit
         _check_range("opset", self.opset, 18)
-        _check_range("validation_users", self.validation_users, 1)
+        _check_range("validation_users", self.validation_users, 1, MAX_VALIDATION_USERS)
         _check_range("max_length", self.max_length, 1)
 
 
@@ -254,14 +259,14 @@ class ScoreConfig(_JsonConfig):
         _check_choice("layout", self.layout, SCORE_LAYOUTS)
         _check_choice("engine", self.engine, SCORE_ENGINES)
         _check_choice("precision", self.precision, PRECISIONS)
-        _check_range("batch_size", self.batch_size, 1)
-        _check_range("actors", self.actors, 1)
+        _check_range("batch_size", self.batch_size, 1, MAX_BATCH)
+        _check_range("actors", self.actors, 1, MAX_THREADS)
         for name in ("address", "actors"):  # a local run would ignore them: someone who meant a cluster
             if self.engine != "ray" and getattr(self, name) is not None:
                 raise ConfigError(received_expected(name, f"{getattr(self, name)!r} with engine {self.engine!r}",
                                                     "only with engine 'ray' (--engine ray), which reads it"))
         _check_range("top_k", self.top_k, 1)
-        _check_range("threads", self.threads, 1)
+        _check_range("threads", self.threads, 1, MAX_THREADS)
 
 
 @dataclass
