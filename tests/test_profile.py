@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from seqrec.cli import main
 from seqrec.config import ProfileConfig
-from seqrec.errors import ConfigError
+from seqrec.errors import ConfigError, ExportError, ExportMismatchError, MissingDependencyError
 from seqrec.profiling import profile
 from seqrec.profiling.source import Setup, backend_missing, open_source, skip_reason
 
@@ -30,7 +30,7 @@ def profiled(tiny_checkpoints, tmp_path_factory):
     result = run(tiny_checkpoints("sasrec", "softmax"), "--backends", ",".join(BACKENDS), "--batch-sizes", "1,16",
                  "--catalog-sizes", "300,600", "--iterations", 3, "--warmup", 1, "--threads", 1, "--out", out)
     assert result.exit_code == 0, result.output
-    return out, result.output, json.loads((out / "profile.json").read_text())
+    return out, result, json.loads((out / "profile.json").read_text())
 
 
 def test_every_configuration_is_in_the_json(profiled):
@@ -58,25 +58,29 @@ def test_json_records_settings_source_and_machine(profiled):
 
 
 def test_tensorrt_is_skipped_with_its_reason_here(profiled):
-    _, output, report = profiled
+    _, result, report = profiled
     reason = backend_missing("tensorrt")
     if reason is None:
         pytest.skip("tensorrt and a CUDA device are present: tensorrt is measured here")
     skipped = [m for m in report["measurements"] if m["backend"] == "tensorrt"]
     assert len(skipped) == 4 and all(m["status"] == "skipped" and m["reason"] == reason for m in skipped)
     assert "TensorRT backend" in reason
-    assert sum(line.startswith("tensorrt") and "skipped: the TensorRT backend" in line
-               for line in output.splitlines()) == 2 * len(CATALOGS)  # progress line + table row per catalog
+    for stream in (result.stderr, result.stdout):  # a progress line, then a table row, per catalog
+        assert sum(line.startswith("tensorrt") and "skipped: the TensorRT backend" in line
+                   for line in stream.splitlines()) == len(CATALOGS)
+    assert report["outcome"] == {"ok": 8, "skipped": 4, "failed": 0}  # skips of what cannot run here: exit 0
 
 
-def test_progress_lines_table_and_summary(profiled):
-    out, output, _ = profiled
-    lines = output.splitlines()
-    header = lines.index(next(line for line in lines if line.startswith("backend")))
-    progress = [line for line in lines[:header] if line.startswith(BACKENDS)]
-    assert len(progress) == 2 * 2 * 2 + 2  # torch and onnxruntime per catalog x batch; tensorrt once per catalog
-    assert sum(line.startswith("exporting onnxruntime fp32") for line in lines[:header]) == len(CATALOGS)
+def test_progress_goes_to_stderr_table_and_summary_to_stdout(profiled):
+    """Each row once on stdout (the table), so ``seqrec profile ... > table.txt`` holds no progress."""
+    out, result, _ = profiled
+    progress = result.stderr.splitlines()
+    assert len([line for line in progress if line.startswith(BACKENDS)]) == 2 * 2 * 2 + 2  # torch and onnxruntime
+    assert sum(line.startswith("exporting onnxruntime fp32") for line in progress) == len(CATALOGS)  # per catalog
+    lines = result.stdout.splitlines()  # x batch; tensorrt once per catalog
+    assert lines[0].startswith("backend") and len(lines) == 1 + 2 * 2 * 2 + 2 + 1  # header, rows, summary
     assert lines[-1].startswith("profiled 8 configurations, skipped 4") and str(out / "profile.png") in lines[-1]
+    assert not any(line.startswith("exporting") for line in lines)
 
 
 def test_plot_is_a_png(profiled):
@@ -138,9 +142,17 @@ def test_bundle_with_its_checkpoint_runs_torch_on_the_same_model(exported, tmp_p
     (["--backends", "torch,tpu"], "backends | received tpu, expected a comma-separated list of torch, onnxruntime, "
                                   "tensorrt"),
     (["--precisions", "fp32,int8"], "precisions | received int8, expected a comma-separated list of fp32, fp16, bf16"),
-    (["--batch-sizes", "0,8"], "batch_sizes | received 0,8, expected a comma-separated list of integers >= 1"),
+    (["--batch-sizes", "0,8"], "batch_sizes | received 0,8, expected a comma-separated list of integers in [1, "),
+    (["--batch-sizes", "100000000"], "batch_sizes | received 100000000, expected a comma-separated list of integers "
+                                     "in [1, 1,048,576]"),
+    (["--catalog-sizes", "10000000000"], "catalog_sizes | received 10000000000, expected a comma-separated list of "
+                                         "integers in [1, 1,000,000,000]"),
+    (["--threads", "99999999999999999999"], "threads | received 99999999999999999999, expected in [1, 1024]"),
+    (["--seed", "-1"], "seed | received -1, expected in [0, 9223372036854775807]"),  # as train's
     (["--catalog-sizes", "5"], "catalog_sizes | received 5, expected >= top_k 10"),
     (["--iterations", "3", "--seconds", "1"], "--iterations and --seconds | received both, expected at most one"),
+    (["--length", "13"], "length | received 13, expected <= the model's window 12"),
+    (["--length", "99999999999999999999"], "length | received 99999999999999999999, expected <= the model's window"),
 ])
 def test_bad_option_values_are_one_line_errors(tiny_checkpoints, tmp_path, args, message):
     result = run(tiny_checkpoints("sasrec", "softmax"), *args, "--out", tmp_path)
@@ -184,3 +196,124 @@ def test_histories_are_identical_across_backends_and_left_padded(tiny_checkpoint
 def test_config_rejects_nonsense_directly():
     with pytest.raises(ConfigError, match=r"warmup \| received -1"):
         ProfileConfig(warmup=-1)
+
+
+def _quick(model, out, **options) -> ProfileConfig:
+    return ProfileConfig(model=str(model), out=str(out), **{"backends": ("torch", "onnxruntime"), "batch_sizes": (4,),
+                                                            "iterations": 1, "warmup": 0, "threads": 1, **options})
+
+
+def _interrupted_export(*args, **kwargs):
+    """torch.onnx.export as Ctrl-C leaves it: its own error, with the KeyboardInterrupt as the context."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        raise RuntimeError("TorchExportError: Failed to export the model with torch.export")
+
+
+def test_an_interrupt_inside_an_export_stops_the_sweep(tiny_checkpoints, tmp_path, monkeypatch):
+    """Not a skipped backend and a complete-looking report: an interrupt, as train and score report it."""
+    monkeypatch.setattr(torch.onnx, "export", _interrupted_export)
+    checkpoint = tiny_checkpoints("sasrec", "softmax")
+    with pytest.raises(KeyboardInterrupt):
+        profile(_quick(checkpoint, tmp_path / "lib"), echo=lambda line: None)
+    assert list((tmp_path / "lib").iterdir()) == []  # no report, no temporary export left
+    result = run(checkpoint, "--backends", "torch,onnxruntime", "--batch-sizes", 4, "--iterations", 1, "--warmup", 0,
+                 "--out", tmp_path / "cli")
+    assert result.exit_code == 130 and "Interrupted" in result.stderr, result.output
+    assert "profiled" not in result.output and not (tmp_path / "cli" / "profile.json").exists()
+
+
+def test_an_interrupt_wrapped_in_a_seqrec_error_stops_the_sweep(tiny_checkpoints, tmp_path, monkeypatch):
+    """Whatever library wraps a Ctrl-C during a setup (here in a SeqrecError), the sweep stops."""
+    from seqrec.profiling import sweep
+
+    def open_runner(*args, **kwargs):
+        raise ExportError("building the graph | received an error, expected none") from KeyboardInterrupt()
+
+    monkeypatch.setattr(sweep, "open_runner", open_runner)
+    with pytest.raises(KeyboardInterrupt):
+        profile(_quick(tiny_checkpoints("sasrec", "softmax"), tmp_path, backends=("onnxruntime",)),
+                echo=lambda line: None)
+    assert not (tmp_path / "profile.json").exists()
+
+
+def test_a_failed_setup_is_recorded_and_makes_the_run_fail(tiny_checkpoints, tmp_path, monkeypatch):
+    """An export whose parity fails is no 'cannot run here' skip: the report says failed, the run raises
+    (exit 1) after the other configurations are measured and written."""
+    from seqrec.exporter import validate
+
+    original = validate.compare_case
+    monkeypatch.setattr(validate, "compare_case", lambda name, graph, spec, feed, outputs: original(
+        name, graph, spec, feed, {**outputs, "top_items": outputs["top_items"][:, ::-1].copy()}))
+    checkpoint = tiny_checkpoints("sasrec", "softmax")
+    with pytest.raises(ExportMismatchError, match=r"seqrec profile \| received onnxruntime fp32 catalog 300 failed "
+                                                  r"\(.*wrong top-K items"):
+        profile(_quick(checkpoint, tmp_path / "lib"), echo=lambda line: None)
+    report = json.loads((tmp_path / "lib" / "profile.json").read_text())
+    assert [(m["backend"], m["status"]) for m in report["measurements"]] == [("torch", "ok"), ("onnxruntime", "failed")]
+    assert report["measurements"][1]["error"] == "ExportMismatchError" and "wrong top-K" in report["measurements"][1][
+        "reason"]
+    assert report["outcome"] == {"ok": 1, "skipped": 0, "failed": 1}
+    result = run(checkpoint, "--backends", "torch,onnxruntime", "--batch-sizes", 4, "--iterations", 1, "--warmup", 0,
+                 "--out", tmp_path / "cli")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines()[-1].startswith("Error: seqrec profile | received onnxruntime fp32 catalog 300 "
+                                                     "failed")
+    assert "failed 1 (onnxruntime fp32)" in result.stdout.splitlines()[-1]
+
+
+def test_a_missing_library_found_during_setup_is_a_skip(tiny_checkpoints, tmp_path, monkeypatch):
+    from seqrec.profiling import source
+
+    def export(*args, **kwargs):
+        raise MissingDependencyError("the ONNX exporter | received no module 'onnxscript', expected pip install x")
+
+    monkeypatch.setattr(source, "_export", export)
+    report = profile(_quick(tiny_checkpoints("sasrec", "softmax"), tmp_path), echo=lambda line: None)
+    assert [m["status"] for m in report["measurements"]] == ["ok", "skipped"]
+    assert "error" not in report["measurements"][1] and "onnxscript" in report["measurements"][1]["reason"]
+
+
+@pytest.mark.parametrize("args,skipped", [(["--backends", "torch", "--precisions", "fp16"], "torch fp16"),
+                                          (["--backends", "tensorrt"], "tensorrt fp32")])
+def test_nothing_measured_is_an_error(tiny_checkpoints, tmp_path, args, skipped):
+    if args[1] == "tensorrt" and backend_missing("tensorrt") is None:
+        pytest.skip("tensorrt runs here")
+    result = run(tiny_checkpoints("sasrec", "softmax"), *args, "--batch-sizes", 4, "--iterations", 1, "--out", tmp_path)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: seqrec profile | received nothing measured: {skipped} catalog 300 skipped (reasons in "
+        f"{tmp_path / 'profile.json'}), expected at least one backend and precision that runs on this machine from "
+        "this model")
+    report = json.loads((tmp_path / "profile.json").read_text())  # the reasons, honestly recorded
+    assert report["outcome"] == {"ok": 0, "skipped": 1, "failed": 0} and report["measurements"][0]["reason"]
+
+
+@pytest.mark.parametrize("under", ["a file", "/proc"])
+def test_an_out_the_file_system_refuses_is_one_line_before_any_work(tiny_checkpoints, tmp_path, under):
+    if under == "/proc" and not Path("/proc/self").is_dir():
+        pytest.skip("no /proc here")
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "profile" if under == "a file" else Path("/proc/seqrec-profile-test")
+    result = run(tiny_checkpoints("sasrec", "softmax"), "--backends", "torch", "--iterations", 1, "--out", out)
+    assert result.exit_code == 1, result.output
+    refused = "not a directory (NotADirectoryError)" if under == "a file" else \
+        "no such file or directory (FileNotFoundError)"
+    assert result.output.strip().splitlines() == [  # one line, and no progress line: nothing was measured
+        f"Error: --out '{out}' | received a path where {refused}, expected a directory this user can create and write"]
+
+
+@pytest.mark.parametrize("options,gib,part", [({"catalog_sizes": (10**9,)}, 16, "item table 59.6 GiB"),
+                                              ({"batch_sizes": (2**20,)}, 0.5, "hidden states 0.8 GiB")])
+def test_a_sweep_that_cannot_fit_in_memory_is_refused_before_any_work(tiny_checkpoints, tmp_path, monkeypatch,
+                                                                      options, gib, part):
+    """Within the options' own bounds (ProfileConfig), a sweep can still outgrow the machine it runs on."""
+    from seqrec.profiling import sweep
+
+    monkeypatch.setattr(sweep, "physical_memory", lambda: int(gib * 2**30))
+    cfg = _quick(tiny_checkpoints("sasrec", "softmax"), tmp_path / "out", **options)
+    with pytest.raises(ConfigError, match=rf"--catalog-sizes, --batch-sizes and --length \| received .*{part}.*, "
+                                          rf"expected a sweep that fits in this machine's {gib:.1f} GiB of memory"):
+        profile(cfg, echo=lambda line: None)
+    assert not (tmp_path / "out").exists()

@@ -371,7 +371,7 @@ def profile_command(model: str, print_config: bool, **options) -> None:
     if print_config:
         click.echo(json.dumps(cfg.to_dict(), indent=2))
         return
-    profile(cfg, echo=click.echo)
+    profile(cfg, echo=click.echo, progress=lambda line: click.echo(line, err=True))  # stdout: the table, summary
 
 
 @main.command("demo")

@@ -39,6 +39,7 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 MAX_BATCH = 1 << 20  # users per model call: beyond it the batch's arrays alone reach gigabytes
 MAX_THREADS = 1024  # threads (or actors) per process: more than any machine's cores, and torch's int limit is far off
+MAX_CATALOG = 10**9  # items: a billion-row item table is already 256 GB at d 64
 MAX_VALIDATION_USERS = 100_000  # parity checks each against the full (B, N) logits: more says nothing more
 
 
@@ -290,14 +291,16 @@ class ProfileConfig(_JsonConfig):
     def __post_init__(self) -> None:
         self.backends = _check_choices("backends", self.backends, SCORE_BACKENDS)
         self.precisions = _check_choices("precisions", self.precisions, PROFILE_PRECISIONS)
-        self.batch_sizes = _check_sizes("batch_sizes", self.batch_sizes)
+        self.batch_sizes = _check_sizes("batch_sizes", self.batch_sizes, MAX_BATCH)
         if self.catalog_sizes is not None:
-            self.catalog_sizes = _check_sizes("catalog_sizes", self.catalog_sizes)
+            self.catalog_sizes = _check_sizes("catalog_sizes", self.catalog_sizes, MAX_CATALOG)
         _check_range("warmup", self.warmup, 0)
         if self.iterations is not None and self.seconds is not None:
             raise ConfigError(received_expected("--iterations and --seconds", "both", "at most one of them"))
-        for name in ("length", "top_k", "iterations", "threads"):
+        for name in ("length", "top_k", "iterations"):
             _check_range(name, getattr(self, name), 1)
+        _check_range("threads", self.threads, 1, MAX_THREADS)
+        _check_range("seed", self.seed, 0, 2**63 - 1)  # as training's
         _check_range("seconds", self.seconds, 1e-3)
 
 
@@ -310,11 +313,12 @@ def _check_choices(name: str, values: tuple[str, ...], choices: tuple[str, ...])
     return tuple(dict.fromkeys(values))
 
 
-def _check_sizes(name: str, values: tuple[int, ...]) -> tuple[int, ...]:
-    """A non-empty list of positive integers, each once, ascending."""
-    if not values or min(values) < 1:
+def _check_sizes(name: str, values: tuple[int, ...], high: int | None = None) -> tuple[int, ...]:
+    """A non-empty list of positive integers (at most ``high``), each once, ascending."""
+    if not values or min(values) < 1 or (high is not None and max(values) > high):
+        bound = "integers >= 1" if high is None else f"integers in [1, {high:,}]"
         raise ConfigError(received_expected(name, ",".join(map(str, values)) or "nothing",
-                                            "a comma-separated list of integers >= 1"))
+                                            f"a comma-separated list of {bound}"))
     return tuple(sorted(set(values)))
 
 

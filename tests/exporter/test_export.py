@@ -296,3 +296,49 @@ def test_tensorrt_engine_runs_the_custom_pointer_op(tiny_checkpoints, tmp_path):
     bundle = export_checkpoint(tiny_checkpoints("sasrec", "cpr"), tmp_path / "bundle", config, echo=lambda s: None)
     assert bundle.manifest["valid"]  # the plugin's engine held parity with PyTorch
     assert [r["backend"] for r in bundle.manifest["parity"]] == ["onnxruntime", "tensorrt"]
+
+
+def _interrupted_export(how: str):
+    """A stand-in for torch.onnx.export that fails as it does when Ctrl-C lands inside it: its own error,
+    the KeyboardInterrupt as the cause, the context, or further down the chain."""
+    def export(*args, **kwargs):
+        if how == "cause":
+            raise RuntimeError("Failed to export the model with torch.export") from KeyboardInterrupt()
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise ValueError("while tracing")  # __context__: the interrupt
+        except ValueError as inner:
+            if how == "context":
+                raise
+            raise RuntimeError("TorchExportError: Failed to export") from inner  # deeper: cause -> context
+    return export
+
+
+@pytest.mark.parametrize("how", ["cause", "context", "deeper"])
+def test_an_interrupt_inside_torch_onnx_export_stays_an_interrupt(tiny_checkpoints, tmp_path, monkeypatch, how):
+    """Ctrl-C during the export is an interrupt (exit 130, as train and score), not an ExportError."""
+    from click.testing import CliRunner
+
+    from seqrec.cli import main
+
+    monkeypatch.setattr(torch.onnx, "export", _interrupted_export(how))
+    checkpoint = tiny_checkpoints("sasrec", "softmax")
+    with pytest.raises(KeyboardInterrupt):
+        export_checkpoint(checkpoint, tmp_path / "bundle", ExportConfig(validation_users=8), echo=lambda s: None)
+    assert not (tmp_path / "bundle").exists() and list(tmp_path.iterdir()) == []  # no staging left behind
+    result = CliRunner().invoke(main, ["export", str(checkpoint), "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 130 and "Interrupted" in result.output, result.output
+    assert "torch.onnx.export" not in result.output
+
+
+def test_other_errors_inside_torch_onnx_export_are_one_export_error(tiny_checkpoints, tmp_path, monkeypatch):
+    def export(*args, **kwargs):
+        raise RuntimeError("unsupported operator") from ValueError("deep down")
+
+    monkeypatch.setattr(torch.onnx, "export", export)
+    with pytest.raises(ExportError, match=r"torch.onnx.export of the scoring graph \| received RuntimeError: "
+                                          r"unsupported operator"):
+        export_checkpoint(tiny_checkpoints("sasrec", "softmax"), tmp_path / "bundle", ExportConfig(validation_users=8),
+                          echo=lambda s: None)

@@ -27,12 +27,29 @@ def export_onnx(graph: ScoringGraph, spec: ExportSpec, sample: dict[str, torch.T
             program = torch.onnx.export(graph, args, dynamo=True, dynamic_shapes=dynamic, input_names=list(spec.inputs),
                                         output_names=list(spec.outputs), opset_version=opset, optimize=True)
     except Exception as error:  # the exporter raises many types; name the model and keep the cause
+        raise_if_interrupted(error)
         raise ExportError(received_expected("torch.onnx.export of the scoring graph",
                                             f"{type(error).__name__}: {str(error).splitlines()[0][:300]}",
                                             "a traceable graph")) from error
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path))
     return path
+
+
+def raise_if_interrupted(error: BaseException) -> None:
+    """Raise KeyboardInterrupt when ``error`` is one or was caused by one (``__cause__`` / ``__context__``
+    at any depth): torch.onnx.export wraps a Ctrl-C in its own TorchExportError, and an interrupt must
+    stop the command as an interrupt, not be reported as a failed export."""
+    seen: set[int] = set()
+    links: list[BaseException | None] = [error]
+    while links:
+        link = links.pop()
+        if link is None or id(link) in seen:
+            continue
+        if isinstance(link, KeyboardInterrupt):
+            raise KeyboardInterrupt from error
+        seen.add(id(link))
+        links += [link.__cause__, link.__context__]
 
 
 def require_module(name: str, purpose: str, install: str):

@@ -25,9 +25,19 @@ def machine_info() -> dict:
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
+        "memory_bytes": physical_memory(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "versions": {**library_versions(), **_optional_versions()},
     }
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory (POSIX sysconf), or None where the system does not say."""
+    try:
+        size = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return size if size > 0 else None
 
 
 def cpu_model() -> str:

@@ -33,9 +33,9 @@ def write_plot(measurements: list[Measurement], path: Path, title: str) -> Path:
         _panel(axis, [m for m in measurements if m.setup.catalog == catalog], catalog)
     axes[0].set_ylabel("throughput (users/s)")
     figure.suptitle(title, fontsize="medium")
-    skipped = sorted({f"{m.setup.backend} {m.setup.precision}" for m in measurements if not m.ok})
-    if skipped:
-        figure.supxlabel(f"skipped (reasons in profile.json): {', '.join(skipped)}", fontsize="small")
+    unmeasured = sorted({f"{m.setup.backend} {m.setup.precision} ({m.status})" for m in measurements if not m.ok})
+    if unmeasured:
+        figure.supxlabel(f"not measured (reasons in profile.json): {', '.join(unmeasured)}", fontsize="small")
     figure.savefig(path, dpi=110)
     return path
 

@@ -96,7 +96,7 @@ class ProfileSource:
 
 
 def open_source(cfg: ProfileConfig) -> ProfileSource:
-    """Read ``cfg.model`` (a bundle or a checkpoint) and check ``cfg.top_k`` and catalog sizes against it."""
+    """Read ``cfg.model`` (a bundle or a checkpoint) and check ``cfg.top_k``, catalog sizes and length against it."""
     from seqrec.batchinfer.model import model_kind
 
     path = Path(cfg.model)
@@ -104,6 +104,9 @@ def open_source(cfg: ProfileConfig) -> ProfileSource:
     smallest = min(cfg.catalog_sizes or (source.catalog,))
     if smallest < source.top_k:
         raise ConfigError(received_expected("catalog_sizes", smallest, f">= top_k {source.top_k}"))
+    if cfg.length is not None and cfg.length > source.window:  # seqrec score cuts histories to the window first
+        raise ConfigError(received_expected("length", cfg.length, f"<= the model's window {source.window} (a scoring "
+                                            "job keeps only the last items of a longer history)"))
     return source
 
 
