@@ -104,16 +104,32 @@ def test_sizes_beyond_any_machine_are_refused_up_front(config, field, value):
         getattr(configs, config)(**{field: value})
 
 
-def test_running_out_of_memory_is_one_error_line(synth_parquet, tiny_checkpoint, monkeypatch):
+@pytest.mark.parametrize("error, shown", [
+    (MemoryError("Unable to allocate 40.0 GiB"), "Unable to allocate 40.0 GiB"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: you tried "
+                  "to allocate 42949672960 bytes.\nmore"), "[enforce fail at alloc_cpu.cpp:121] data. "
+     "DefaultCPUAllocator: can't allocate memory: you tried to allocate 42949672960 bytes.")])
+def test_running_out_of_memory_is_one_error_line(synth_parquet, tiny_checkpoint, monkeypatch, error, shown):
     import seqrec.training
 
     def too_big(*args, **kwargs):
-        raise MemoryError("Unable to allocate 40.0 GiB")
+        raise error
 
     monkeypatch.setattr(seqrec.training, "evaluate_checkpoint", too_big)
     result = CliRunner().invoke(main, ["eval", str(tiny_checkpoint), "--data", str(synth_parquet)])
-    assert result.exit_code == 1 and result.output == ("Error: out of memory (Unable to allocate 40.0 GiB): run with "
-                                                       "smaller sizes (batch, catalog, users)\n")
+    assert result.exit_code == 1 and result.output == (f"Error: out of memory ({shown}): run with smaller sizes "
+                                                       "(batch, catalog, users)\n")
+
+
+def test_other_runtime_errors_are_not_called_out_of_memory(synth_parquet, tiny_checkpoint, monkeypatch):
+    import seqrec.training
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(seqrec.training, "evaluate_checkpoint", broken)
+    result = CliRunner().invoke(main, ["eval", str(tiny_checkpoint), "--data", str(synth_parquet)])
+    assert isinstance(result.exception, RuntimeError) and "out of memory" not in result.output
 
 
 def test_print_config_resolves_model_defaults():

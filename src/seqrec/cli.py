@@ -51,10 +51,18 @@ class SeqrecGroup(click.Group):
         except KeyboardInterrupt:
             click.echo(f"\nInterrupted: {_after_interrupt(ctx)}", err=True)
             sys.exit(130)  # 128 + SIGINT, as a shell reports it
-        except MemoryError as error:  # numpy's and Python's; the option bounds keep most sizes far from it
-            click.echo(f"Error: out of memory ({error or type(error).__name__}): run with smaller sizes (batch, "
-                       "catalog, users)", err=True)
+        except (MemoryError, RuntimeError) as error:  # numpy's and Python's, torch's allocator (a RuntimeError)
+            if isinstance(error, RuntimeError) and not _allocation_failure(error):
+                raise
+            click.echo(f"Error: out of memory ({str(error).splitlines()[0] if str(error) else type(error).__name__}): "
+                       "run with smaller sizes (batch, catalog, users)", err=True)
             sys.exit(1)
+
+
+def _allocation_failure(error: RuntimeError) -> bool:
+    """torch's CPU allocator and CUDA report running out of memory as a RuntimeError (or its subclass)."""
+    text = str(error)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
 
 
 def _after_interrupt(ctx: click.Context) -> str:
