@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from seqrec.data.schema import floor_seconds
+from seqrec.data.schema import floor_seconds, whole_numbers
 from seqrec.errors import DataError, SchemaError, received_expected
 
 LIST_FORM, LONG_FORM = "list", "long"
@@ -212,7 +212,7 @@ def group_starts(users: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 def seconds(values: pa.Array) -> pa.Array:
     """Timestamps as int64 seconds, as training reads them: integers are seconds already, floats must be
-    whole (``data.schema._whole_floats``), timestamp types are floored (``data.schema.floor_seconds``).
+    whole (``data.schema.whole_numbers``), timestamp types are floored (``data.schema.floor_seconds``).
     Nulls stay null, and so does a value that is no int64 second (a float not whole or not finite, a uint64
     beyond int64): training refuses the file for it, scoring rejects its user (``wrong_type``) and goes on."""
     if pa.types.is_timestamp(values.type):
@@ -228,8 +228,7 @@ def seconds(values: pa.Array) -> pa.Array:
 def _whole_seconds(values: pa.Array) -> pa.Array:
     """Floats (N,) -> int64 seconds (N,), null where the value is null, not whole, not finite or beyond int64."""
     floats = values.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls read as NaN
-    with np.errstate(invalid="ignore"):
-        usable = np.isfinite(floats) & (np.floor(floats) == floats) & (floats >= -2.0**63) & (floats < 2.0**63)
+    usable = whole_numbers(floats) & (floats >= -2.0**63) & (floats < 2.0**63)  # training's rule, and int64's range
     return pa.array(np.where(usable, floats, 0).astype(np.int64), pa.int64(), mask=~usable)
 
 

@@ -234,10 +234,17 @@ def floor_seconds(values: pa.Array) -> pa.Array:
     return pa.array(floored, pa.int64(), mask=raw.is_null().to_numpy(zero_copy_only=False))
 
 
+def whole_numbers(values: np.ndarray) -> np.ndarray:
+    """(N,) bool: the float is finite and whole, so it reads as integer seconds (NaN, a null, is not). Training
+    refuses a timestamp column with any other value; batch scoring rejects the user holding it."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(values) & (np.floor(values) == values)
+
+
 def _whole_floats(column: pa.ChunkedArray, source: str) -> pa.ChunkedArray:
     """Cast a float timestamp column to int64 when every value is a whole number."""
     values = column.to_numpy()
-    bad = ~np.isfinite(values) | (np.floor(values) != values)
+    bad = ~whole_numbers(values)
     if bad.any():
         first = float(values[bad][0])
         raise SchemaError(
