@@ -68,7 +68,7 @@ class Ledger:
                     ledger = cls(directory, recorded, entries, finished)
                     clean_temporaries(directory, keep_rejects=not ledger.finished)
                     if recorded != job and not finished:  # parts rewritten before being scored, or the input
-                        # moved: the job now reads them there and so; later resumes hold it to that
+                        # moved: the job now reads those contents at those paths; later resumes are held to it
                         ledger.job, ledger.rewritten = job, rewritten
                         ledger._append({"job": job})
                 except BaseException:
