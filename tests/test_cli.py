@@ -1,6 +1,9 @@
 """The command line through click's test runner, on real files."""
 
 import json
+import os
+import signal
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -242,6 +245,54 @@ def test_ctrl_c_in_train_exits_130_saying_out_is_unchanged(synth_parquet, tmp_pa
     assert result.output.strip().splitlines()[-1] == (
         "Interrupted: the output directory is as it was before this run (results are put in place only when complete)")
     assert not (tmp_path / "ckpt").exists()
+
+
+def _sigterm_self(*args, **kwargs):
+    """SIGTERM to this process, as `timeout` or a scheduler sends it; its handler raises at the next bytecode."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # never reached in full: the handler raises first
+    raise AssertionError("SIGTERM did not interrupt the command")
+
+
+def test_sigterm_in_train_cleans_up_as_ctrl_c_does_and_exits_143(synth_parquet, tmp_path, monkeypatch):
+    """A real SIGTERM mid-training: no staging directory left, --out untouched, exit 143, and the test process's
+    own SIGTERM handler is back afterwards."""
+    from seqrec.training import loop
+
+    monkeypatch.setattr(loop, "train_epoch", _sigterm_self)
+    before = signal.getsignal(signal.SIGTERM)
+    result = CliRunner().invoke(main, ["train", "--data", str(synth_parquet), "--out", str(tmp_path / "ckpt"),
+                                       "--epochs", "1", "--dim", "8", "--quiet"])
+    assert result.exit_code == 143, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "Terminated: the output directory is as it was before this run (results are put in place only when complete)")
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_sigterm_in_export_leaves_no_staging_directory(tiny_checkpoint, tmp_path, monkeypatch):
+    from seqrec.exporter import api
+
+    monkeypatch.setattr(api, "check_parity", _sigterm_self)
+    result = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--out", str(tmp_path / "bundle")])
+    assert result.exit_code == 143, result.output
+    assert result.output.strip().splitlines()[-1].startswith("Terminated: ")
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+def test_sigterm_wrapped_by_torch_onnx_export_still_exits_143(tiny_checkpoint, tmp_path, monkeypatch):
+    """torch.onnx.export wraps an interrupt in its own error; the one rebuilt from it keeps its kind."""
+    import torch
+
+    from seqrec.cli import Terminated
+
+    def export(*args, **kwargs):
+        raise RuntimeError("Failed to export the model with torch.export") from Terminated()
+
+    monkeypatch.setattr(torch.onnx, "export", export)
+    result = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--out", str(tmp_path / "bundle")])
+    assert result.exit_code == 143 and "Terminated: " in result.output, result.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
 
 
 def test_bf16_on_a_cpu_that_only_emulates_it_is_warned_before_training(synth_parquet, tmp_path):

@@ -7,6 +7,7 @@ on purpose (``SeqrecError``) are printed on one line and exit with status 1, wit
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -41,22 +42,45 @@ class CommaList(click.ParamType):
 AFTER_INTERRUPT = "seqrec.after_interrupt"  # ctx.meta key: () -> str, what Ctrl-C leaves behind
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``kill``, a scheduler stopping a job) taken as Ctrl-C is: the same clean-up of
+    staging directories and half-written parts, then exit 143 instead of 130."""
+
+
 class SeqrecGroup(click.Group):
     def invoke(self, ctx: click.Context):
+        previous = _take_sigterm_as_interrupt()
         try:
             return super().invoke(ctx)
         except SeqrecError as error:
             click.echo(f"Error: {error}", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo(f"\nInterrupted: {_after_interrupt(ctx)}", err=True)
-            sys.exit(130)  # 128 + SIGINT, as a shell reports it
+        except KeyboardInterrupt as interrupt:
+            terminated = isinstance(interrupt, Terminated)
+            click.echo(f"\n{'Terminated' if terminated else 'Interrupted'}: {_after_interrupt(ctx)}", err=True)
+            sys.exit(143 if terminated else 130)  # 128 + the signal's number, as a shell reports it
         except (MemoryError, RuntimeError) as error:  # numpy's and Python's, torch's allocator (a RuntimeError)
             if isinstance(error, RuntimeError) and not _allocation_failure(error):
                 raise
             click.echo(f"Error: out of memory ({str(error).splitlines()[0] if str(error) else type(error).__name__}): "
                        "run with smaller sizes (batch, catalog, users)", err=True)
             sys.exit(1)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _take_sigterm_as_interrupt():
+    """Raise ``Terminated`` on the first SIGTERM (a second one kills at once, as by default); returns the
+    handler it replaced, or None where none can be set (not the main thread, as under some test runners)."""
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated
+
+    try:
+        return signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # signal only works in the main thread
+        return None
 
 
 def _allocation_failure(error: RuntimeError) -> bool:

@@ -85,7 +85,9 @@ def test_killed_twice_then_resumed_equals_an_uninterrupted_run(bundle, run_confi
 
 
 @pytest.mark.slow
-def test_ctrl_c_says_what_is_finished_and_how_to_go_on(bundle, tmp_path):
+@pytest.mark.parametrize("sent, status, word", [(signal.SIGINT, 130, "Interrupted"), (signal.SIGTERM, 143, "Terminated")])
+def test_ctrl_c_or_sigterm_says_what_is_finished_and_how_to_go_on(bundle, tmp_path, sent, status, word):
+    """Ctrl-C, and SIGTERM as `timeout` or a scheduler sends it, stop the job the same clean way."""
     inputs = write_parts(tmp_path / "in", PARTS, USERS, seed=4, row_group=100)
     out = tmp_path / "out"
     process = start(bundle, inputs, out, resume=False)
@@ -93,11 +95,12 @@ def test_ctrl_c_says_what_is_finished_and_how_to_go_on(bundle, tmp_path):
     while not parts_done(out):
         assert process.poll() is None and time.monotonic() < deadline, process.stdout.read().decode()[-2000:]
         time.sleep(0.002)
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=60) == 130
+    process.send_signal(sent)
+    assert process.wait(timeout=60) == status
     message = process.stdout.read().decode().strip().splitlines()[-1]
     done = len(parts_done(out))
     assert 1 <= done < PARTS, message
-    assert message == (f"Interrupted: {done} of {PARTS} parts are finished in '{out}'; run the same command "
+    assert not list(out.glob(".*.inprogress")), "the half-written part is removed"
+    assert message == (f"{word}: {done} of {PARTS} parts are finished in '{out}'; run the same command "
                        "with --resume to score the rest")
     assert "Traceback" not in message

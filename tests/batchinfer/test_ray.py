@@ -192,3 +192,23 @@ def test_parts_short_of_rows_are_found_with_their_first_unit_short_of_rows(tmp_p
     assert _first_short_unit(staged.returned(0), units, 0, 6) == units[1]
     with pytest.raises(SeqrecError, match="row numbers"):
         staged.add(_table([9]))
+
+
+def test_ray_init_leaves_the_callers_sigterm_handler_in_place():
+    """ray.init installs sys.exit(15) for SIGTERM (through this very function); the job keeps the CLI's."""
+    import signal
+
+    from ray._private.utils import set_sigterm_handler
+
+    from seqrec.batchinfer.ray_engine import _sigterm_kept
+
+    def callers(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, callers)
+    try:
+        with _sigterm_kept():
+            set_sigterm_handler(lambda signum, frame: None)
+        assert signal.getsignal(signal.SIGTERM) is callers
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -37,7 +37,9 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -112,7 +114,8 @@ def ray_cluster(cfg: ScoreConfig) -> Iterator[None]:
     if started_here:
         try:
             _check_reachable(cfg.address)
-            ray.init(address=cfg.address, include_dashboard=False, log_to_driver=False)
+            with _sigterm_kept():
+                ray.init(address=cfg.address, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as err:
             where = f"--address {cfg.address!r}" if cfg.address else "a local Ray cluster"
             raise ConfigError(received_expected(where, f"no cluster reached ({str(err).splitlines()[0]})",
@@ -123,6 +126,20 @@ def ray_cluster(cfg: ScoreConfig) -> Iterator[None]:
     finally:
         if started_here:
             ray.shutdown()
+
+
+@contextmanager
+def _sigterm_kept() -> Iterator[None]:
+    """ray.init replaces the SIGTERM handler with sys.exit(15); keep the caller's (the CLI takes SIGTERM as
+    Ctrl-C: the job stops the same clean way and exits 143)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _check_reachable(address: str | None) -> None:

@@ -37,7 +37,7 @@ def export_onnx(graph: ScoringGraph, spec: ExportSpec, sample: dict[str, torch.T
 
 
 def raise_if_interrupted(error: BaseException) -> None:
-    """Raise KeyboardInterrupt when ``error`` is one or was caused by one (``__cause__`` / ``__context__``
+    """Raise a KeyboardInterrupt (of the same class) when ``error`` is one or was caused by one (``__cause__`` / ``__context__``
     at any depth): torch.onnx.export wraps a Ctrl-C in its own TorchExportError, and an interrupt must
     stop the command as an interrupt, not be reported as a failed export."""
     seen: set[int] = set()
@@ -47,7 +47,7 @@ def raise_if_interrupted(error: BaseException) -> None:
         if link is None or id(link) in seen:
             continue
         if isinstance(link, KeyboardInterrupt):
-            raise KeyboardInterrupt from error
+            raise type(link)() from error  # the same kind: SIGTERM's subclass exits 143, not 130
         seen.add(id(link))
         links += [link.__cause__, link.__context__]
 
