@@ -154,6 +154,54 @@ def test_a_table_made_under_inference_mode_is_scored_and_followed(kernel):
             assert_same_topk(got, queries, table, 30, exclude)
 
 
+def assert_same_topk_with_nan(actual, expected) -> None:
+    """Scores equal, NaN where the reference has NaN; ids equal, those of NaN scores as a set (NaNs tie)."""
+    (scores, ids), (expected_scores, expected_ids) = actual, expected
+    torch.testing.assert_close(scores.cpu(), expected_scores, equal_nan=True, atol=1e-5, rtol=1e-5)
+    nan = expected_scores.isnan()  # (B, k): a prefix of each row, NaN ranking highest
+    assert torch.equal(ids.cpu().masked_fill(nan, -1), expected_ids.masked_fill(nan, -1))
+    nan_ids = ids.cpu().masked_fill(~nan, -1).sort(1).values  # (B, k): the ids of NaN scores, in order
+    assert torch.equal(nan_ids, expected_ids.masked_fill(~nan, -1).sort(1).values)
+
+
+def non_finite_table(items: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """queries (7, 6), table (N+1, 6), exclude (7, 4): item 37 holds a NaN, item 5 [inf, inf, 0, ...] (inf - inf
+    is NaN for a query of mixed signs, +-inf otherwise); users 1 and 3 exclude item 37."""
+    queries, table, exclude = make_inputs(7, items, 6, 4, seed=seed)
+    table[37, 2] = float("nan")
+    table[5, :2] = float("inf")
+    exclude[1, 0], exclude[3, 2] = 37, 37
+    return queries, table, exclude
+
+
+@pytest.mark.parametrize("tiling", [SMALL_TILES, Tiling(item_tile=64, group=4, by_norm=False), Tiling()],
+                         ids=["small-tiles", "natural-order", "default-tiles"])
+def test_blocked_ranks_nan_as_the_reference_does(tiling):
+    """NaN ranks above every number in torch.topk; a NaN group maximum fails ``> threshold``, so the blocked
+    path must not let one decide (it lost finite items of every user before)."""
+    queries, table, exclude = non_finite_table(300, seed=15)
+    expected = pt_catalog_topk(queries, table, 10, exclude)
+    assert expected[0].isnan().any() and expected[0][:, 1:].isfinite().any()
+    assert_same_topk_with_nan(blocked_catalog_topk(queries, table, 10, exclude, tiling), expected)
+
+
+@pytest.mark.parametrize("kernel", ["blocked", "int8", "auto"])
+def test_public_op_ranks_nan_as_the_reference_does(kernel):
+    """On a catalog of more than one tile "auto" takes int8, which hands a non-finite table to the blocked path."""
+    queries, table, exclude = non_finite_table(20_000, seed=16)
+    assert_same_topk_with_nan(catalog_topk(queries, table, 10, exclude, kernel=kernel),
+                              pt_catalog_topk(queries, table, 10, exclude))
+
+
+def test_blocked_nan_query_row_leaves_the_other_rows_exact():
+    queries, table, exclude = make_inputs(9, 500, 6, 4, seed=17)
+    queries[4, 1] = float("nan")
+    scores, ids = blocked_catalog_topk(queries, table, 8, exclude, SMALL_TILES)
+    assert scores[4].isnan().all() and ids[4].unique().numel() == 8 and (ids[4] > 0).all()
+    others = torch.arange(9) != 4
+    assert_same_topk((scores[others], ids[others]), queries[others], table, 8, exclude[others])
+
+
 def test_known_rows():
     table = torch.tensor([[0.0], [1.0], [3.0], [-2.0], [2.0]])  # items 1..4; row 0 padding
     queries = torch.tensor([[1.0], [-1.0], [1.0]])
@@ -215,6 +263,18 @@ def test_blocked_never_holds_users_by_catalog_scores():
     assert max(event.cpu_memory_usage for event in profile.events()) >= 4 * 64 * 200_001  # what it avoids
 
 
+def test_the_reference_scores_a_block_of_users_at_a_time():
+    """"auto" takes the reference for a catalog of one tile, whatever B: it must not hold (B, N+1) scores."""
+    users = 3 * Tiling().user_block + 7
+    queries, table, exclude = make_inputs(users, 2000, 4, 5, seed=14)
+    assert choose_kernel("auto", queries, table, 10, exclude) == "pytorch"
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profile:
+        actual = catalog_topk(queries, table, 10, exclude)
+    largest = max(event.cpu_memory_usage for event in profile.events())
+    assert 0 < largest <= 4 * Tiling().user_block * 2001 < 4 * users * 2001  # bytes: one block of users' scores
+    assert_same_topk(actual, queries, table, 10, exclude)
+
+
 def test_auto_chooses_by_device_and_catalog_size():
     queries, table, _ = make_inputs(3, 100, 4, 0)
     assert choose_kernel("auto", queries, table, 5, None) == "pytorch"  # one tile: nothing to gain
@@ -250,6 +310,30 @@ def test_triton_keys_order_scores_then_smaller_ids():
     assert torch.equal(keys.argsort(), torch.arange(len(scores)))  # by score; at 2.0 id 1 above id 3
     back_scores, back_ids = unpack(keys)
     assert torch.equal(back_scores.view(torch.int32), scores.view(torch.int32)) and torch.equal(back_ids, ids)
+
+
+@requires_triton
+def test_triton_packs_every_nan_above_inf():
+    """x86's default NaN has the sign bit set: packed as it is, it ordered below -inf and was dropped."""
+    from seqrec.kernels.triton.triton_catalog_topk import pack
+
+    nans = torch.tensor([0x7FC00000, -0x00400000, 0x7F800001, -1], dtype=torch.int32).view(torch.float32)
+    assert nans.isnan().all()
+    keys = pack(nans, torch.full((4,), 3))
+    assert (keys == keys[0]).all() and (keys > pack(torch.tensor([float("inf")]), torch.tensor([1]))).all()
+
+
+@requires_triton
+@pytest.mark.parametrize("k", [2, 4])
+def test_triton_ranks_nan_as_the_reference_does(k):
+    from seqrec.kernels.triton.triton_catalog_topk import launch_catalog_topk
+
+    table = torch.tensor([[0.0, 0.0], [1.0, 0.0], [float("inf"), float("inf")], [2.0, 0.0], [-1.0, 0.0],
+                          [0.5, float("nan")]], device=TRITON_DEVICE)
+    queries = torch.tensor([[1.0, -1.0], [1.0, 1.0], [-1.0, 0.0]], device=TRITON_DEVICE)  # item 2: NaN, inf, NaN
+    exclude = torch.tensor([[0], [5], [0]], device=TRITON_DEVICE)
+    expected = pt_catalog_topk(queries.cpu(), table.cpu(), k, exclude.cpu())
+    assert_same_topk_with_nan(launch_catalog_topk(queries, table, k, exclude), expected)
 
 
 @requires_triton

@@ -113,6 +113,36 @@ def test_low_precision_matches_literal_in_fp32(dtype, values_dtype, kernel):
     assert_all_close(actual, expected, atol=1e-2, rtol=2e-2)
 
 
+NON_FINITE = [float("inf"), float("-inf"), float("nan")]
+KERNELS_HERE = ["pytorch", pytest.param("triton", marks=requires_triton)]
+
+
+@pytest.mark.parametrize("bad", NON_FINITE)
+@pytest.mark.parametrize("kernel", KERNELS_HERE)
+def test_a_non_finite_value_reaches_its_own_id_only(bad, kernel):
+    """inf or NaN on a padding slot changes nothing; on a slot of id 3 it is id 3's mean and no other's."""
+    device = TRITON_DEVICE if kernel == "triton" else "cpu"
+    logits = torch.zeros(1, 6, device=device)
+    ids = torch.tensor([[3, 5, 0, 3]], device=device)
+    on_padding = torch.tensor([[1.0, 2.0, bad, 3.0]], device=device)
+    expected = torch.tensor([[0.0, 0.0, 0.0, 2.0, 0.0, 2.0]], device=device)
+    torch.testing.assert_close(cpr_scatter(logits, ids, on_padding, kernel=kernel), expected)
+    on_id_3 = torch.tensor([[1.0, 2.0, 7.0, bad]], device=device)
+    expected = torch.tensor([[0.0, 0.0, 0.0, bad, 0.0, 2.0]], device=device)
+    torch.testing.assert_close(cpr_scatter(logits, ids, on_id_3, kernel=kernel), expected, equal_nan=True)
+
+
+@pytest.mark.parametrize("kernel", KERNELS_HERE)
+def test_fp16_values_are_summed_in_fp32(kernel):
+    """50 slots of 2000: the fp16 sum (100,000) overflows, the mean does not."""
+    device = TRITON_DEVICE if kernel == "triton" else "cpu"
+    logits = torch.zeros(1, 4, dtype=torch.float16, device=device)
+    ids = torch.full((1, 50), 2, device=device)
+    values = torch.full((1, 50), 2000.0, dtype=torch.float16, device=device)
+    expected = torch.tensor([[0.0, 0.0, 2000.0, 0.0]], dtype=torch.float16, device=device)
+    torch.testing.assert_close(cpr_scatter(logits, ids, values, kernel=kernel), expected)
+
+
 @given(rows=st.integers(0, 6), history=st.integers(0, 12), width=st.integers(1, 40), seed=st.integers(0, 2**16))
 @settings(max_examples=40, deadline=None)
 def test_fuzz_reference(rows, history, width, seed):
@@ -201,6 +231,15 @@ def test_public_op_errors():
     for kernel in ("auto", "pytorch"):
         with pytest.raises(ValueError, match=r"cpr_scatter ids \| received item id 11, expected ids in 0\.\.10"):
             cpr_scatter(logits, beyond, values, kernel=kernel)
+
+
+def test_opaque_op_checks_ids_as_the_public_op_does():
+    op = register_cpr_scatter_opaque()
+    logits, values = torch.zeros(2, 5), torch.ones(2, 3)
+    ids = torch.tensor([[1, 2, 7], [0, 0, 0]])  # id 7 beyond 5 columns
+    with pytest.raises(ValueError, match=r"cpr_scatter ids \| received item id 7, expected ids in 0\.\.4 "
+                                         r"\(logits of 5 columns\)"):
+        op(logits, ids, values)
 
 
 def test_auto_takes_triton_only_for_what_its_launcher_accepts():

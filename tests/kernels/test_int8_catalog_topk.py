@@ -108,6 +108,31 @@ def test_non_finite_inputs_take_the_blocked_path():
     torch.testing.assert_close(actual[0], expected[0])
 
 
+def test_a_finite_table_whose_norms_overflow_float32():
+    """Rows of entries near -1e19: their float32 sum of squares is inf, and an inf bound wrapped round in
+    int64 and dropped every candidate (every score came back -inf)."""
+    gen = torch.Generator().manual_seed(8)
+    table = -torch.rand(3001, 16, generator=gen) * 1e19
+    table[0] = 0
+    queries = torch.rand(5, 16, generator=gen) * 1e-19  # every score a finite number in -8..0
+    assert_same_topk(int8_catalog_topk(queries, table, 10, None, Int8Tiling(item_tile=256)), queries, table, 10)
+    quantized = _QUANTIZED.get(table)  # norms summed in float64: a finite bound, the int8 path keeps these rows
+    assert quantized.finite and 1e19 < quantized.max_norm < 1e21 and quantize_queries(queries, quantized).bounded.all()
+
+
+def test_rows_without_a_finite_bound_take_the_blocked_path(monkeypatch):
+    """Whatever makes the bound inf (here a table whose largest norm is set to inf), those rows are scored
+    by the blocked path, not with a slack that wraps round in int64."""
+    import seqrec.kernels.int8_catalog_topk as module
+
+    queries, table, exclude = make_inputs(6, 500, 8, 4, seed=9)
+    unbounded = _QUANTIZED.get(table)._replace(max_norm=float("inf"))
+    quantized = quantize_queries(queries, unbounded)
+    assert not quantized.bounded.any() and (quantized.slack == 0).all()
+    monkeypatch.setattr(module, "_QUANTIZED", module.TableCache(lambda items: unbounded))
+    assert_same_topk(int8_catalog_topk(queries, table, 10, exclude, SMALL), queries, table, 10, exclude)
+
+
 def test_the_quantized_table_follows_the_table():
     queries, table, exclude = make_inputs(6, 3000, 8, 20, seed=6)
     tiling = Int8Tiling(item_tile=256, group=4)

@@ -310,3 +310,39 @@ def test_pooling_of_repeated_slots_keeps_float64():
     expected = torch.logaddexp(values[0, 1], values[0, 3])
     assert torch.equal(pooled[0, 1], expected) and torch.equal(pooled[0, 3], expected)
     assert pool_occurrences(ids, values.to(torch.bfloat16)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_slot_means_read_only_their_own_ids(bad):
+    """A non-finite value on a padding slot reaches no mean; on a slot of id 3, only id 3's."""
+    from seqrec.models.cpr import slot_means
+
+    ids = torch.tensor([[3, 5, 0, 3]])
+    means, first = slot_means(ids, torch.tensor([[1.0, 2.0, bad, 3.0]]))
+    torch.testing.assert_close(means, torch.tensor([[2.0, 2.0, 0.0, 2.0]]))
+    assert first.tolist() == [[True, True, False, False]]
+    means, _ = slot_means(ids, torch.tensor([[1.0, 2.0, 7.0, bad]]))
+    torch.testing.assert_close(means, torch.tensor([[bad, 2.0, 0.0, bad]]), equal_nan=True)
+
+
+def test_slot_means_sum_fp16_in_fp32():
+    """50 slots of 2000: the fp16 sum (100,000) overflows, the mean does not; it comes back in float32."""
+    from seqrec.models.cpr import slot_means
+
+    means, _ = slot_means(torch.full((1, 50), 2), torch.full((1, 50), 2000.0, dtype=torch.float16))
+    assert means.dtype == torch.float32
+    torch.testing.assert_close(means, torch.full((1, 50), 2000.0))
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_sampled_history_columns_give_the_target_its_own_mean_only(bad):
+    """The positive's replaced logit reads only its own slots: another history id's non-finite value does
+    not reach it (it did through (means * is_target).sum, 0 * inf = NaN)."""
+    from seqrec.models.cpr import _with_history_columns
+
+    ids = torch.tensor([[3, 5, 0, 3]])  # (M, L); the positive is item 3
+    columns = torch.tensor([[3, 8, 9]])  # (M, 1 + S): positive, then two sampled negatives
+    logits = torch.zeros(1, 3)
+    merged, merged_columns = _with_history_columns(logits, columns, ids, torch.tensor([[1.0, bad, 0.0, 3.0]]))
+    assert merged[0, 0].item() == 2.0  # the mean of item 3's two slots
+    assert merged_columns[0, :3].tolist() == [3, 8, 9]

@@ -27,6 +27,14 @@ longer than the matrix product that makes the scores (k = 160: about 5 ns per sc
 0.6 ns). Step 1 reads each score once; the selection work after it is proportional to the groups
 that beat the running k-th score, so the sooner that rises, the less there is.
 
+NaN: the reference's ``torch.topk`` ranks a NaN score above every number, and the selection above
+compares with ``>``, which a NaN fails. A group's maximum is NaN when any of its scores is (``amax``
+propagates NaN), so a NaN among a block's eligible scores (a NaN in a query or an item row, inf -
+inf in a product, an overflow) shows in one ``amax`` over the tile's maxima (a few microseconds);
+such a block is scored by the reference instead (``pt_catalog_topk_in_blocks``), on as many users
+at a time as hold the whole catalog's scores within one tile's buffer. A table with a NaN row sends
+every block there: right, and slower.
+
 Norm order (``Tiling.by_norm``, on by default): items with large rows are the likeliest to score
 high, so the tiles visit a copy of the table sorted by decreasing row norm (padding item last).
 The first tile then holds the highest-norm items, the k-th score after it is higher than after an
@@ -83,7 +91,7 @@ import torch.nn.functional as F
 
 from seqrec.errors import ConfigError, received_expected
 from seqrec.kernels.reference.pt_catalog_topk import (NEG_INF, common_dtype, eligible_exclusions,
-                                                      padding_where_ineligible)
+                                                      padding_where_ineligible, pt_catalog_topk_in_blocks)
 
 
 @dataclass(frozen=True)
@@ -189,12 +197,23 @@ def _block_topk(queries: torch.Tensor, items_table: torch.Tensor, k: int, exclud
         tile = Tile(table[start : start + tiling.item_tile], start, order)
         threshold = best_scores.amin(1, keepdim=True)  # (M, 1) running k-th score
         scores = _tile_scores(queries, tile, excluded, tiling, buffer)
+        maxima = scores.view(rows, tiling.group, -1).amax(1)  # (M, W / G): strided groups reduce fast
+        if bool(maxima.amax().isnan()):  # amax propagates NaN: some eligible score of the block is NaN
+            return _reference_block(queries, items_table, k, exclude, tiling)
         if bool((threshold == NEG_INF).any()):  # the first tile(s): many groups beat -inf
-            best_scores, best_ids = _merge_tile(best_scores, best_ids, scores, tile, lanes)
+            best_scores, best_ids = _merge_tile(best_scores, best_ids, scores, maxima, tile, lanes)
         else:
-            best_scores, best_ids = _merge_sparse(best_scores, best_ids, scores, tile, lanes, threshold)
+            best_scores, best_ids = _merge_sparse(best_scores, best_ids, scores, maxima, tile, lanes, threshold)
     order = best_scores.argsort(dim=1, descending=True)  # (M, k)
     return best_scores.gather(1, order), best_ids.gather(1, order)
+
+
+def _reference_block(queries: torch.Tensor, items_table: torch.Tensor, k: int, exclude: torch.Tensor | None,
+                     tiling: Tiling) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block's top-k from the reference, on as many users at a time as one tile's buffer holds
+    scores of the whole catalog: the answer for blocks whose scores hold NaN (see the module docstring)."""
+    users = max(1, tiling.user_block * tiling.item_tile // items_table.shape[0])
+    return pt_catalog_topk_in_blocks(queries, items_table, k, exclude, users)  # (M, k) each, best first
 
 
 def _item_ids(columns: torch.Tensor, tile: Tile) -> torch.Tensor:
@@ -227,12 +246,12 @@ def _exclude_in_tile(tile: torch.Tensor, local: torch.Tensor) -> None:
     tile[rows, local[rows, slots]] = NEG_INF
 
 
-def _merge_tile(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch.Tensor, where: Tile,
-                lanes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Running top-k (M, k) merged with one tile's scores (M, W); see the module docstring."""
+def _merge_tile(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch.Tensor, maxima: torch.Tensor,
+                where: Tile, lanes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running top-k (M, k) merged with one tile's scores (M, W) and group maxima (M, W / G); see the
+    module docstring."""
     rows, width = tile.shape
     stride = width // lanes.shape[0]  # group c holds columns c, c + stride, c + 2 stride, ...
-    maxima = tile.view(rows, lanes.shape[0], stride).amax(1)  # (M, W / G): strided groups reduce fast
     threshold = best_scores.amin(1, keepdim=True)  # (M, 1) running k-th score
     pick = _promising_groups(maxima, threshold, best_scores.shape[1])
     if pick is None:
@@ -250,9 +269,10 @@ def _merge_tile(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch.T
     return top.values, ids.gather(1, top.indices)
 
 
-def _merge_sparse(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch.Tensor, where: Tile,
-                  lanes: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Running top-k (M, k) merged with one tile's scores (M, W) once every row's k-th score is finite.
+def _merge_sparse(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch.Tensor, maxima: torch.Tensor,
+                  where: Tile, lanes: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running top-k (M, k) merged with one tile's scores (M, W) and group maxima (M, W / G) once every
+    row's k-th score is finite.
 
     Few groups beat it, so they are found as one flat list of (row, group) (``nonzero`` on the
     maxima above the k-th score), their G scores read with ``take``, and those above it merged. The
@@ -262,7 +282,6 @@ def _merge_sparse(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch
     rows, width = tile.shape
     group = lanes.shape[0]
     stride = width // group  # group c holds columns c, c + stride, ...
-    maxima = tile.view(rows, group, stride).amax(1)  # (M, W / G)
     groups = (maxima > threshold).view(-1).nonzero()[:, 0]  # (L,) flat indices into maxima, row-major
     row = groups.div(stride, rounding_mode="floor")  # (L,)
     flat = (groups + row * (width - stride)).unsqueeze(1) + lanes * stride  # (L, G) flat indices into the tile

@@ -15,13 +15,18 @@ exclusions, ``torch.topk``; ``seqrec.kernels.reference.pt_catalog_topk``) with t
   large matrix product, so scores agree to rounding, not bit for bit;
 * exclusion ids outside 1..N are ignored like padding.
 
-Kernels (``kernel=``): "pytorch" is the reference; "blocked" tiles the catalog in plain PyTorch
+Kernels (``kernel=``): "pytorch" is the reference, run on ``Tiling().user_block`` users at a time
+(a (user_block, N+1) score matrix, never (B, N+1)); "blocked" tiles the catalog in plain PyTorch
 (``seqrec.kernels.blocked_catalog_topk``; any device); "int8" generates candidates from int8
 products with a proven error bound and rescores them in float32 (``seqrec.kernels.int8_catalog_topk``;
 float32 on the CPU, needs numba; the CPU fast path); "triton" runs the Triton kernel (CUDA, or CPU
 tensors under TRITON_INTERPRET=1 for tests; k + S at most ``MAX_TRITON_CANDIDATES``); "auto" picks
 Triton on CUDA, on the CPU the int8 path when the catalog spans more than one tile (the blocked
-path if numba is missing or the inputs are not float32), and the reference for smaller catalogs.
+path if numba is missing or the inputs are not float32), and the reference for smaller catalogs
+(one tile: its blocks of users hold no more scores than the blocked path's tile buffer).
+
+NaN scores (a NaN in a query or an item row, inf - inf in a product) rank above every number, as
+``torch.topk`` ranks them in the reference, on every path.
 
 Registered operators, as for ``cpr_scatter``:
 
@@ -44,7 +49,7 @@ import torch
 from seqrec.errors import ConfigError, received_expected
 from seqrec.kernels.blocked_catalog_topk import Tiling, blocked_catalog_topk
 from seqrec.kernels.int8_catalog_topk import check_int8_can_run, int8_catalog_topk, int8_refusal
-from seqrec.kernels.reference.pt_catalog_topk import pt_catalog_topk
+from seqrec.kernels.reference.pt_catalog_topk import pt_catalog_topk_in_blocks
 from seqrec.kernels.triton import FLOAT_DTYPES, MAX_TRITON_CANDIDATES, triton_available, triton_interpreting
 
 KERNELS = ("auto", "pytorch", "blocked", "int8", "triton")
@@ -64,7 +69,7 @@ def catalog_topk(queries: torch.Tensor, items_table: torch.Tensor, k: int, exclu
             return blocked_catalog_topk(queries, items_table, k, exclude)
         if chosen == "int8":
             return int8_catalog_topk(queries, items_table, k, exclude)
-        return pt_catalog_topk(queries, items_table, k, exclude)
+        return pt_catalog_topk_in_blocks(queries, items_table, k, exclude, Tiling().user_block)
 
 
 def check_catalog_topk_inputs(queries: torch.Tensor, items_table: torch.Tensor, k: int,

@@ -106,6 +106,7 @@ def save_for_cpr_backward(ctx, inputs: tuple, output: torch.Tensor) -> None:
 
 def _opaque_forward(logits: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     check_cpr_scatter_inputs(logits, ids, values)
+    check_cpr_scatter_ids(ids, logits.shape[1])  # eager CPU only: export and compile trace the fake kernel
     if _use_triton("auto", logits, ids, values.dtype):
         from seqrec.kernels.triton.triton_cpr_scatter import launch_cpr_scatter_fwd
 

@@ -34,8 +34,9 @@ beating each user's running k-th. This path does the same walk over the norm-ord
 
 A user whose candidates do not fit (more than half the buffer within the slack of the k-th: the
 approximate scores cannot separate its items, as with a zero query or a table of near-duplicate
-rows) is scored by the blocked float32 path instead, so the result never depends on the bound
-being tight, only on it being true. Nothing is lost against the reference: same ids, ties aside.
+rows), or whose bound is not finite, is scored by the blocked float32 path instead, so the result
+never depends on the bound being tight, only on it being true. Nothing is lost against the
+reference: same ids, ties aside.
 
 Memory: the int8 table (N + 1 rows of D bytes, D rounded up to 8: 64 MB at N = 1M, D = 64) next
 to the norm-ordered float copy the blocked path caches; a tile of int32 scores; the candidate
@@ -51,6 +52,7 @@ against 601-651 for the blocked path and 2,255-2,810 for matmul + topk.
 
 from __future__ import annotations
 
+import math
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,6 +67,7 @@ from seqrec.kernels.reference.pt_catalog_topk import NEG_INF, eligible_exclusion
 
 INT8_MAX = 127
 SLACK_MARGIN = 1e-3  # relative margin on the bound for float rounding in the residuals and norms
+MAX_SLACK = 2.0**40  # int units; int32 scores span 2**32: a wider slack would keep every item anyway
 _LOCK = threading.Lock()  # numba's parallel loops are entered by one Python thread at a time
 
 
@@ -98,13 +101,16 @@ class QuantizedTable(NamedTuple):
     order: NormOrder
     rows: torch.Tensor  # (N + 1, D') int8, order.rows / scale rounded, zero columns up to D' (padded_dim)
     scale: float
-    max_norm: float  # the largest row norm of the table
+    max_norm: float  # the largest row norm of the table (float64: a float32 sum of squares of rows overflows)
     max_residual: float  # the largest norm of a row's rounding residual, row - scale * int8 row
-    finite: bool  # False if a row holds inf or NaN: no bound holds, the blocked path scores
+    finite: bool  # False if a row holds inf or NaN, or a norm is not finite: no bound holds, the blocked path scores
 
 
 def _quantize(items_table: torch.Tensor, chunk: int = 16384) -> QuantizedTable:
-    """The table in int8 (float32 arithmetic: its rounding, ~1e-7 of a row, is far inside SLACK_MARGIN)."""
+    """The table in int8 (float32 arithmetic: its rounding, ~1e-7 of a row, is far inside SLACK_MARGIN).
+
+    Norms are taken in int8 units (entries at most 127) and scaled back in float64: in float32 a finite
+    row of entries near 1e19 has an inf norm, and an inf bound has no int64 slack."""
     order = norm_order(items_table)
     low, high = torch.aminmax(order.rows)
     finite = bool(low.isfinite() & high.isfinite())  # inf or NaN anywhere reaches the extremes
@@ -113,11 +119,12 @@ def _quantize(items_table: torch.Tensor, chunk: int = 16384) -> QuantizedTable:
     quantized = torch.zeros((order.rows.shape[0], padded_dim(order.rows.shape[1])), dtype=torch.int8)  # (N + 1, D')
     max_norm = max_residual = 0.0
     for first in range(0, order.rows.shape[0] if finite else 0, chunk):  # a cache-sized chunk at a time
-        rows = order.rows[first : first + chunk]  # (C, D)
-        rounded = torch.round(rows / scale).clamp_(-INT8_MAX, INT8_MAX)  # (C, D) float32 integers
-        quantized[first : first + chunk, : rows.shape[1]] = rounded
-        max_norm = max(max_norm, float(torch.linalg.vector_norm(rows, dim=1).max()))
-        max_residual = max(max_residual, float(torch.linalg.vector_norm(rows - scale * rounded, dim=1).max()))
+        scaled = order.rows[first : first + chunk] / scale  # (C, D) at most INT8_MAX in magnitude
+        rounded = torch.round(scaled).clamp_(-INT8_MAX, INT8_MAX)  # (C, D) float32 integers
+        quantized[first : first + chunk, : scaled.shape[1]] = rounded
+        max_norm = max(max_norm, scale * float(torch.linalg.vector_norm(scaled, dim=1).max()))
+        max_residual = max(max_residual, scale * float(torch.linalg.vector_norm(scaled - rounded, dim=1).max()))
+    finite = finite and math.isfinite(max_norm) and math.isfinite(max_residual)
     return QuantizedTable(order, quantized, scale, max_norm, max_residual, finite)
 
 
@@ -132,11 +139,15 @@ def padded_dim(dim: int) -> int:
 
 class QuantizedQueries(NamedTuple):
     rows: torch.Tensor  # (M, D') int8, zero columns past D
-    slack: torch.Tensor  # (M,) int64: 2 E_u in int units, rounded up, with a margin
+    slack: torch.Tensor  # (M,) int64: 2 E_u in int units, rounded up, with a margin; 0 where not bounded
+    bounded: torch.Tensor  # (M,) bool: False where 2 E_u is not finite or beyond MAX_SLACK (the blocked path scores)
 
 
 def quantize_queries(queries: torch.Tensor, table: QuantizedTable) -> QuantizedQueries:
-    """Each query row in int8 with its own scale, and its slack (the module docstring's 2 E_u)."""
+    """Each query row in int8 with its own scale, and its slack (the module docstring's 2 E_u).
+
+    A slack that is not finite, or so wide that it keeps every item (beyond MAX_SLACK), would wrap
+    round in int64 and drop every candidate: such rows are marked unbounded instead."""
     exact = queries.double()  # (M, D)
     scale = exact.abs().amax(1, keepdim=True) / INT8_MAX  # (M, 1)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -144,9 +155,10 @@ def quantize_queries(queries: torch.Tensor, table: QuantizedTable) -> QuantizedQ
     residual = torch.linalg.vector_norm(exact - scale * quantized, dim=1)  # (M,)
     rounded = torch.linalg.vector_norm(scale * quantized, dim=1)  # (M,)
     bound = (residual * table.max_norm + rounded * table.max_residual) / (scale[:, 0] * table.scale)  # (M,)
-    slack = torch.ceil(2 * bound * (1 + SLACK_MARGIN) + 2).to(torch.int64)
+    slack = torch.ceil(2 * bound * (1 + SLACK_MARGIN) + 2)  # (M,) float64
+    bounded = slack <= MAX_SLACK  # (M,) False for inf and NaN too
     quantized = F.pad(quantized, (0, padded_dim(quantized.shape[1]) - quantized.shape[1]))  # (M, D')
-    return QuantizedQueries(quantized.to(torch.int8), slack)
+    return QuantizedQueries(quantized.to(torch.int8), slack.masked_fill(~bounded, 0).to(torch.int64), bounded)
 
 
 def int8_catalog_topk(queries: torch.Tensor, items_table: torch.Tensor, k: int,
@@ -223,7 +235,7 @@ def _block_topk(queries: torch.Tensor, items_table: torch.Tensor, table: Quantiz
     found = _candidates(quantized, table, k, _excluded_positions(exclude, table.order, queries.shape[0]),
                         tiling, loops)
     scores, ids = _rescored_topk(queries, table.order, found, k, loops)
-    overflow = found.overflow.nonzero()[:, 0]  # (O,) rows the bound could not narrow
+    overflow = (found.overflow | ~quantized.bounded).nonzero()[:, 0]  # (O,) rows the bound could not narrow
     if overflow.numel():
         again = exclude[overflow] if exclude is not None else None
         scores[overflow], ids[overflow] = blocked_catalog_topk(queries[overflow], items_table, k, again,

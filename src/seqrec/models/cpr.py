@@ -312,7 +312,8 @@ def _with_history_columns(logits: torch.Tensor, columns: torch.Tensor, ids: torc
     targets = columns[:, :1]  # (M, 1)
     is_target = ids == targets  # (M, L)
     matches = is_target.sum(1, keepdim=True)  # (M, 1)
-    target_value = (means * is_target).sum(1, keepdim=True) / matches.clamp_min(1)  # (M, 1): one mean per id
+    target_value = torch.where(is_target, means, 0).sum(1, keepdim=True) / matches.clamp_min(1)  # (M, 1): one
+    # mean per id; reads the target's slots only, so another id's non-finite mean cannot reach it
     logits = torch.cat([torch.where(matches > 0, target_value.to(logits.dtype), logits[:, :1]),
                         logits[:, 1:]], dim=1)
     in_history = (columns[:, 1:].unsqueeze(-1) == ids.unsqueeze(1)).any(-1)  # (M, S)
@@ -334,9 +335,15 @@ def pool_occurrences(ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
 
 def slot_means(ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean of each slot's id over its row (M, L), and whether the slot is the id's first occurrence."""
+    """Mean of each slot's id over its row (M, L), and whether the slot is the id's first occurrence.
+
+    Summed and returned in float32 at least (float64 stays; callers cast): an fp16 sum overflows where
+    the mean does not. A slot reads only its own id's slots, so a non-finite value (padding's included)
+    reaches no other id: ``same @ values`` would add 0 * inf = NaN from every slot.
+    """
     same = (ids.unsqueeze(2) == ids.unsqueeze(1)) & (ids > 0).unsqueeze(1)  # (M, L, L)
-    means = (same.to(values.dtype) @ values.unsqueeze(2)).squeeze(2) / same.sum(2).clamp_min(1)  # (M, L)
+    spread = values.to(torch.promote_types(values.dtype, torch.float32)).unsqueeze(1)  # (M, 1, L)
+    means = torch.where(same, spread, 0).sum(2) / same.sum(2).clamp_min(1)  # (M, L)
     return means, first_slots(ids, same)
 
 

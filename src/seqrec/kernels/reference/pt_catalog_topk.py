@@ -5,6 +5,11 @@ the table (a (B, N+1) matrix), sets column 0 (the padding item) and each row's e
 -inf, and keeps the k best. Slots that hold -inf (a row with fewer than k eligible items) get
 id 0, the padding item, so every implementation returns the same ids there.
 
+``pt_catalog_topk_in_blocks`` gives the same answer a block of users at a time, so that the
+score matrix stays (block, N+1) whatever B is: the public op runs the reference through it.
+
+NaN: ``torch.topk`` ranks a NaN score above every number, +inf included; so do the other paths.
+
 Ties: ``torch.topk`` does not say which of several equal scores it keeps or in what order; neither
 does this op (the Triton kernel happens to prefer the smaller id).
 """
@@ -26,6 +31,18 @@ def pt_catalog_topk(queries: torch.Tensor, items_table: torch.Tensor, k: int,
         scores.scatter_(1, eligible_exclusions(exclude, items_table.shape[0]), NEG_INF)
     best = scores.topk(k, dim=1)  # (B, k)
     return best.values, padding_where_ineligible(best.values, best.indices)
+
+
+def pt_catalog_topk_in_blocks(queries: torch.Tensor, items_table: torch.Tensor, k: int,
+                              exclude: torch.Tensor | None, users: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pt_catalog_topk`` on ``users`` query rows at a time: the same answer (each row is scored
+    alone), with a (users, N+1) score matrix instead of (B, N+1)."""
+    if queries.shape[0] <= users:
+        return pt_catalog_topk(queries, items_table, k, exclude)
+    parts = [pt_catalog_topk(queries[first : first + users], items_table, k,
+                             None if exclude is None else exclude[first : first + users])
+             for first in range(0, queries.shape[0], users)]
+    return torch.cat([scores for scores, _ in parts]), torch.cat([ids for _, ids in parts])  # (B, k) each
 
 
 def common_dtype(queries: torch.Tensor, items_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,11 @@ into one int64 key:
 
 ``order`` maps float32 bits to an int32 with the same order (negative floats have their magnitude
 bits flipped), so comparing keys compares scores first and, among equal scores, prefers the
-smaller id. The tile's best BLOCK_K keys (``tl.topk``) are merged with the running BLOCK_K
+smaller id. Every NaN (a NaN row, inf - inf in a product; x86 makes NaNs with the sign bit set,
+which would order below -inf) is first replaced by one positive quiet NaN, whose key is above
++inf's: NaN ranks highest, as in ``torch.topk``, and NaNs tie among themselves.
+
+The tile's best BLOCK_K keys (``tl.topk``) are merged with the running BLOCK_K
 (``tl.join`` + ``tl.topk``); a tile whose best key beats no user's running k-th key is skipped.
 Each program writes its BLOCK_K keys; the launcher takes ``torch.topk`` over every split's keys
 (int64, so the tie rule holds across splits too) and unpacks scores and ids.
@@ -46,12 +50,13 @@ MIN_BLOCK_N = 64  # items per tile, at least; BLOCK_N = max(MIN_BLOCK_N, BLOCK_K
 INTERPRETED_MIN_BLOCK_N = 16  # under the interpreter every tile's sort costs Python time: smallest tiles
 TARGET_PROGRAMS = 1024  # item splits are added until the grid has about this many programs
 ID_BITS = 2**31 - 1  # ids are stored as ID_BITS - id in the low half of a key
+CANONICAL_NAN = 0x7FC00000  # the bits every NaN score is packed as: above +inf, as torch.topk ranks NaN
 
 
 @triton.jit
 def _pack(scores, ids):
     """fp32 scores and int64 ids (same shape) -> int64 keys ordered by score, then by smaller id."""
-    bits = scores.to(tl.int32, bitcast=True)
+    bits = tl.where(scores != scores, 0x7FC00000, scores.to(tl.int32, bitcast=True))  # CANONICAL_NAN: above +inf
     order = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # negative floats: larger magnitude, smaller key
     return (order.to(tl.int64) << 32) | (2147483647 - ids)
 
@@ -151,7 +156,7 @@ def split_keys(queries: torch.Tensor, items_table: torch.Tensor, blocks: dict[st
 
 def pack(scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """The kernel's ``_pack`` in torch: fp32 scores, int64 ids -> int64 keys."""
-    bits = scores.float().view(torch.int32)
+    bits = scores.float().view(torch.int32).masked_fill(scores.isnan(), CANONICAL_NAN)
     order = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
     return (order.to(torch.int64) << 32) | (ID_BITS - ids)
 
