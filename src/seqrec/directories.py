@@ -17,12 +17,19 @@ from seqrec.errors import ConfigError, received_expected
 def checked_output(out: str | Path, what: str, marker: str, option: str = "--out",
                    protect: str | None = None) -> Path:
     """``out`` as an absolute path a run may replace: absent, an empty directory, or a ``what`` (a
-    directory holding ``marker``); never ``protect`` (an input) or a directory holding it. ConfigError
-    otherwise, so that nothing else at that path is ever deleted. Checked before any work."""
+    directory holding ``marker``); never ``protect`` (an input), a directory holding it, or a path inside it
+    (a later run that replaces ``protect`` whole, as training replaces a checkpoint, would delete it; and a
+    directory of data read at any depth would read it). ConfigError otherwise, so that nothing else at that
+    path is ever deleted. Checked before any work."""
     out = Path(out).resolve()
-    if protect is not None and (out == Path(protect).resolve() or out in Path(protect).resolve().parents):
-        raise ConfigError(received_expected(f"{option} '{out}'", f"'{protect}' or a directory holding it",
-                                            f"a {what} directory apart from it"))
+    if protect is not None:
+        protected = Path(protect).resolve()
+        if out == protected or out in protected.parents:
+            raise ConfigError(received_expected(f"{option} '{out}'", f"'{protect}' or a directory holding it",
+                                                f"a {what} directory apart from it"))
+        if protected in out.parents:
+            raise ConfigError(received_expected(f"{option} '{out}'", f"a path inside '{protect}'",
+                                                f"a {what} directory apart from it"))
     if out.exists() and not out.is_dir():
         raise ConfigError(received_expected(f"{option} '{out}'", "a file", f"a {what} directory (absent, empty, "
                                             f"or a {what} to replace)"))

@@ -10,6 +10,7 @@ import torch
 from seqrec.config import ExportConfig
 from seqrec.errors import ConfigError, ExportError, ExportMismatchError
 from seqrec.exporter import EXPORT_SPECS, OnnxRuntimeRunner, export_checkpoint, load_bundle, spec_for
+from seqrec.exporter.graph import compact
 from seqrec.models import ENCODERS, HEADS
 from seqrec.training import load_checkpoint, save_checkpoint
 
@@ -31,10 +32,12 @@ def test_export_validates_and_writes_a_valid_bundle(exported, model, head, exclu
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["valid"] and manifest["export"]["exclude_seen"] == exclude_seen
     assert [c["name"] for c in manifest["parity"][0]["cases"]] == [
-        "random users", "length 1", "full length", "longer than window", "all repeats", "no known item"]
+        "random users", "length 1", "full length", "longer than window", "all repeats", "no known item",
+        "unknown last", "unknown in middle"]
     assert manifest["inputs"][0] == {"name": "items", "dtype": "int64", "shape": ["batch", "length"]}
     assert manifest["source"]["fingerprint"] == "tiny" and "onnxruntime" in manifest["versions"]
-    assert lines[0].startswith("parity onnxruntime vs pytorch fp32") and len(lines) == 7
+    assert manifest["custom_ops"] == []  # standard ops only: plain ONNX Runtime loads it
+    assert lines[0].startswith("parity onnxruntime vs pytorch fp32") and len(lines) == 9
     assert load_bundle(out).vocab.decode(np.array([1])).to_pylist() == [1000]
 
 
@@ -58,22 +61,71 @@ def test_exclude_seen_never_returns_a_history_item(exported, model, head):
     assert not (top[:, :, None] == items[:, None, :]).any() and (top > 0).all()
 
 
-@pytest.mark.parametrize("model,head", [("sasrec", "cpr"), ("hstu", "softmax")])
-def test_ids_outside_the_catalog_are_read_as_padding_by_the_graph(exported, model, head):
-    """A graph has no way to refuse an id, and ONNX Runtime wrapped negative ids (a real item's embedding)
-    and failed on ids above N: each such id must score as the padding it stands for."""
+def test_compact_removes_every_slot_without_a_known_item():
+    items = torch.tensor([[0, 5, 301, 7, 0, -1, 9], [1, 2, 3, 4, 5, 6, 400], [0] * 7, [8, 0, 0, 0, 0, 0, 0]])
+    times = torch.arange(1, 29).view(4, 7) * 10
+    got_items, got_times = compact(items, times, 300)
+    assert got_items.tolist() == [[0, 0, 0, 0, 5, 7, 9], [0, 1, 2, 3, 4, 5, 6], [0] * 7, [0, 0, 0, 0, 0, 0, 8]]
+    assert got_times.tolist() == [[0, 0, 0, 0, 20, 40, 70], [0, 80, 90, 100, 110, 120, 130], [0] * 7,
+                                  [0, 0, 0, 0, 0, 0, 220]]
+    assert compact(items, None, 300)[1] is None
+
+
+def _histories_with_unknown_ids(inputs: tuple[str, ...]) -> tuple[dict, dict]:
+    """(feed, the same histories with every slot that is no known item removed), both left padded. Rows: a new
+    item last, holes in the middle, right padding, a hole in the middle of a history longer than the window."""
+    rng = np.random.default_rng(3)
+    rows = [[5, 17, 42, -1], [9, 301, 12, 2**40, 3, 1000], [4, 8, 15, 16, 0, 0], [7] * 3 + [0] + list(range(1, 12)),
+            [-(2**40), 23, 0, 42, 301], [2**62], list(rng.integers(1, 301, 12)) + [-300]]
+    length = max(map(len, rows))
+
+    def feed_of(histories):
+        items = np.zeros((len(histories), length), np.int64)
+        times = np.zeros((len(histories), length), np.int64)
+        for row, (history, stamps) in enumerate(histories):
+            items[row, length - len(history):], times[row, length - len(history):] = history, stamps
+        return {"items": items, "timestamps": times}
+
+    timed = [(row, [1_600_000_000 + 3600 * slot for slot in range(len(row))]) for row in rows]
+    known = [([i for i in row if 0 < i <= 300], [t for i, t in zip(row, times) if 0 < i <= 300])
+             for row, times in timed]
+    feed, clean = feed_of(timed), feed_of(known)
+    return {name: feed[name] for name in inputs}, {name: clean[name] for name in inputs}
+
+
+@pytest.mark.parametrize("model,head", PAIRS)
+def test_ids_that_are_no_known_item_are_removed_from_the_history_by_the_graph(exported, tiny_checkpoints, model,
+                                                                              head):
+    """A brand-new item in the last slot used to become padding in place: the prediction slot was padding and the
+    graph ignored the whole history (softmax: items 1..K, score 0); a hole in the middle changed GRU4Rec's answer.
+    Now the answer is the one for the history without those slots, as seqrec score gives, timestamps moved too."""
     out, _ = exported(model, head)
-    spec = load_bundle(out)
-    feed = spec_for(model, head).sample_inputs(300, 6, 9, seed=3)
-    feed = {name: feed[name].numpy() for name in spec.inputs}
-    clean = {name: value.copy() for name, value in feed.items()}
-    bad = np.array([-1, -300, 301, 2**40, -(2**40), 1000])  # the catalog holds ids 1..300
-    feed["items"][:, 2] = bad
-    clean["items"][:, 2] = 0
-    with OnnxRuntimeRunner(out / "model.onnx", spec.inputs) as runner:
+    inputs = load_bundle(out).inputs
+    feed, clean = _histories_with_unknown_ids(inputs)
+    with OnnxRuntimeRunner(out / "model.onnx", inputs) as runner:
         got, expected = runner.infer(feed), runner.infer(clean)
     np.testing.assert_array_equal(got["top_items"], expected["top_items"])
-    np.testing.assert_allclose(got["top_scores"], expected["top_scores"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got["top_scores"], expected["top_scores"], rtol=1e-5, atol=1e-5)
+    net = load_checkpoint(tiny_checkpoints(model, head)).model
+    with torch.no_grad():  # and the answer is PyTorch's for the history without them
+        window = {name: torch.from_numpy(value)[:, -net.cfg.max_length:] for name, value in clean.items()}
+        reference = net(*window.values()).float()
+    reference[:, 0] = float("-inf")
+    np.testing.assert_allclose(got["top_scores"], reference.topk(7).values.numpy(), rtol=1e-4, atol=5e-4)
+
+
+def test_a_graph_that_reads_unknown_ids_as_padding_in_place_fails_parity(tiny_checkpoints, tmp_path, monkeypatch):
+    """The parity cases with unknown ids are checked against the histories without them, so the old graph, which set
+    such ids to 0 where they stood, is refused."""
+    from seqrec.exporter import graph
+
+    monkeypatch.setattr(graph, "compact", lambda items, timestamps, n: (
+        items.masked_fill((items < 0) | (items > n), 0), timestamps))
+    with pytest.raises(ExportMismatchError, match=r"on 'unknown (last|in middle)'"):
+        export_checkpoint(tiny_checkpoints("sasrec", "softmax"), tmp_path / "b", ExportConfig(validation_users=8),
+                          echo=lambda s: None)
+    cases = json.loads((tmp_path / "b" / "manifest.json").read_text())["parity"][0]["cases"]
+    assert [case["name"] for case in cases if not case["ok"]] == ["unknown last", "unknown in middle"]
 
 
 def test_broken_graph_is_refused_and_marked_invalid(tiny_checkpoints, tmp_path, monkeypatch):
@@ -110,6 +162,28 @@ def test_a_failed_export_over_a_bundle_keeps_it_in_service(tiny_checkpoints, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "bundle.failed"]  # no staging left behind
 
 
+def test_out_failed_must_be_a_bundle_an_empty_directory_or_absent(tiny_checkpoints, tmp_path, monkeypatch):
+    """A failed export over a bundle replaces OUT.failed: anything there but a bundle is refused before any work,
+    not deleted after a parity failure."""
+    from seqrec.exporter import api
+
+    checkpoint, out = tiny_checkpoints("sasrec", "softmax"), tmp_path / "bundle"
+    export_checkpoint(checkpoint, out, ExportConfig(validation_users=8), echo=lambda s: None)
+    (tmp_path / "bundle.failed").mkdir()
+    (tmp_path / "bundle.failed" / "keep.txt").write_text("important")
+    monkeypatch.setattr(api, "export_onnx", lambda *args: pytest.fail("work began before OUT.failed was checked"))
+    with pytest.raises(ConfigError, match=r"OUT.failed .*'.*bundle.failed' \| received a directory that is not a "
+                                          r"bundle \(no manifest.json\); it is not replaced"):
+        export_checkpoint(checkpoint, out, ExportConfig(validation_users=8), echo=lambda s: None)
+    assert (tmp_path / "bundle.failed" / "keep.txt").read_text() == "important"
+    (tmp_path / "bundle.failed" / "keep.txt").unlink()
+    (tmp_path / "bundle.failed").rmdir()
+    (tmp_path / "bundle.failed").write_text("a file")
+    with pytest.raises(ConfigError, match=r"OUT.failed .* received a file"):
+        export_checkpoint(checkpoint, out, ExportConfig(validation_users=8), echo=lambda s: None)
+    assert (tmp_path / "bundle.failed").read_text() == "a file" and load_bundle(out).manifest["valid"]
+
+
 def test_out_must_be_a_bundle_an_empty_directory_or_absent(tiny_checkpoints, tmp_path, monkeypatch):
     """Anything else at --out would be deleted by the atomic replace: refused before any work."""
     checkpoint = tiny_checkpoints("sasrec", "softmax")
@@ -117,11 +191,13 @@ def test_out_must_be_a_bundle_an_empty_directory_or_absent(tiny_checkpoints, tmp
     (tmp_path / "notes" / "keep.txt").write_text("important")
     (tmp_path / "afile").write_text("x")
     refusals = {tmp_path / "notes": "a directory that is not a bundle", tmp_path / "afile": "received a file",
-                checkpoint: "or a directory holding it", checkpoint.parent: "or a directory holding it"}
+                checkpoint: "or a directory holding it", checkpoint.parent: "or a directory holding it",
+                checkpoint / "sub": "received a path inside '.*'", checkpoint / "a" / "b": "received a path inside"}
+    held = sorted(checkpoint.iterdir())
     for out, message in refusals.items():
         with pytest.raises(ConfigError, match=message):
             export_checkpoint(checkpoint, out, ExportConfig(validation_users=8), echo=lambda s: None)
-    assert (tmp_path / "notes" / "keep.txt").read_text() == "important" and (checkpoint / "config.json").is_file()
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "important" and sorted(checkpoint.iterdir()) == held
     (tmp_path / "empty").mkdir()
     monkeypatch.chdir(tmp_path / "empty")
     old_umask = os.umask(0o022)
@@ -179,6 +255,24 @@ def test_custom_pointer_op_is_one_seqrec_node_served_by_onnxruntime(exported, mo
         mine, theirs = fast.infer({"items": items}), plain.infer({"items": items})
     np.testing.assert_array_equal(mine["top_items"], theirs["top_items"])
     np.testing.assert_allclose(mine["top_scores"], theirs["top_scores"], rtol=1e-5, atol=1e-5)
+
+
+def test_manifest_declares_the_custom_ops_plain_onnxruntime_cannot_run(exported):
+    """A serving team reads from the manifest, before loading, that a --pointer-op custom graph holds a seqrec node
+    plain ONNX Runtime refuses, and what runs it; a standard graph declares none and loads anywhere."""
+    import onnxruntime
+
+    custom, _ = exported("sasrec", "cpr", pointer_op="custom")
+    standard, _ = exported("sasrec", "cpr")
+    declared = json.loads((custom / "manifest.json").read_text())["custom_ops"]
+    assert [{key: op[key] for key in ("domain", "op_type", "version", "nodes")} for op in declared] == [
+        {"domain": "seqrec", "op_type": "CprScatter", "version": 1, "nodes": 1}]
+    assert "onnxruntime-extensions" in declared[0]["runs_on"]["onnxruntime"]
+    assert "plugin" in declared[0]["runs_on"]["tensorrt"]
+    with pytest.raises(Exception, match="CprScatter"):  # what the declaration warns of
+        onnxruntime.InferenceSession(str(custom / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert load_bundle(standard).manifest["custom_ops"] == []
+    onnxruntime.InferenceSession(str(standard / "model.onnx"), providers=["CPUExecutionProvider"])
 
 
 @pytest.mark.parametrize("pointer_op", ["standard", "custom"])

@@ -15,7 +15,7 @@ import torch
 
 from seqrec.exporter.graph import ScoringGraph
 from seqrec.exporter.specs import spec_for
-from seqrec.exporter.validate import ParityReport, compare_case
+from seqrec.exporter.validate import ParityReport, compare_case, edge_cases
 from seqrec.training.checkpoint import load_checkpoint
 
 TOP_K = 7
@@ -113,3 +113,24 @@ def test_fp16_tolerances_do_not_excuse_a_wrong_answer_of_tied_users(plain_base):
     outputs = another_right_answer(graph, feed["items"])
     outputs["top_scores"][:3] += 1.0
     assert not compare_case("mixed", graph, wide, feed, outputs).ok
+
+
+def test_unknown_id_cases_are_checked_against_the_histories_without_those_slots():
+    """The edge cases with ids that are no known item (a new item last, holes in the middle) carry, as their
+    reference, the same histories with those slots removed and the rest moved right with their timestamps."""
+    spec, num_items = spec_for("hstu", "softmax"), 50  # items and timestamps
+    cases = edge_cases(spec, num_items, window=6, users=4, seed=0)
+    for name in ("unknown last", "unknown in middle"):
+        feed = cases[name]
+        assert sorted(feed) == ["items", "reference items", "reference timestamps", "timestamps"]
+        known = (feed["items"] > 0) & (feed["items"] <= num_items)  # (B, L)
+        assert not known[:, -1].any() and known.any(1).all()
+        for row in range(len(known)):
+            count = int(known[row].sum())
+            assert feed["reference items"][row, -count:].tolist() == feed["items"][row][known[row]].tolist()
+            assert feed["reference timestamps"][row, -count:].tolist() == feed["timestamps"][row][known[row]].tolist()
+            assert not feed["reference items"][row, :-count].any()
+            assert not feed["reference timestamps"][row, :-count].any()
+    holes = ~known[:, :-1] & (known[:, :-1].cumsum(1) > 0)  # "unknown in middle": after the first known item
+    assert holes.any(1).all() and (feed["timestamps"][~known & (feed["items"] != 0)] > 0).all()
+    assert {num_items + 1, -1, 0} <= set(cases["unknown last"]["items"][:, -1].tolist())

@@ -16,6 +16,7 @@ from seqrec.directories import checked_output, replace_directory, staging_direct
 from seqrec.errors import ConfigError, ExportMismatchError, received_expected
 from seqrec.exporter.bundle import (MANIFEST_FILE, ONNX_FILE, PLAN_FILE, VOCAB_FILE, Bundle, graph_signature,
                                     write_manifest)
+from seqrec.exporter.custom_ops import DOMAIN, OP_TYPE
 from seqrec.exporter.graph import ScoringGraph
 from seqrec.exporter.onnx_export import export_onnx
 from seqrec.exporter.runners import OnnxRuntimeRunner
@@ -35,9 +36,10 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out: str | Path, cfg:
     ``seqrec profile`` can rebuild the graph at other sizes) or a loaded ``Checkpoint`` (``seqrec
     profile`` exports models with random weights this way, without writing them to disk).
     ``out`` must be absent, empty, or a bundle (which a valid export replaces atomically); it may not
-    be or hold the checkpoint. When parity fails the bundle is written marked invalid, to ``out``
-    if it held no bundle, else to ``OUT.failed`` beside it, leaving the earlier bundle in service;
-    then ExportMismatchError says where.
+    be, hold or lie inside the checkpoint. When parity fails the bundle is written marked invalid, to
+    ``out`` if it held no bundle, else to ``OUT.failed`` beside it, leaving the earlier bundle in
+    service; then ExportMismatchError says where. ``OUT.failed`` is held to the rule of ``out`` before
+    any work, so a failed export never deletes anything there but an earlier failed bundle.
     """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     source = None if isinstance(checkpoint, Checkpoint) else str(Path(checkpoint).resolve())
@@ -49,6 +51,8 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out: str | Path, cfg:
         check_topk_sizes(ckpt.model, cfg.top_k)
         require_tensorrt()  # fail in one line before any work when there is no GPU
     out = checked_output(out, "bundle", MANIFEST_FILE, protect=source)
+    checked_output(_failed_path(out), "bundle", MANIFEST_FILE, option="OUT.failed (where a failed export over "
+                   "a bundle goes)", protect=source)
     staging = staging_directory(out)
     try:
         return _export_into(staging, out, ckpt, cfg, window, source, echo)
@@ -79,15 +83,20 @@ def _export_into(staging: Path, out: Path, ckpt: Checkpoint, cfg: ExportConfig, 
         for line in report.lines():
             echo(line)
     ckpt.vocab.save(staging / VOCAB_FILE)
-    manifest = _manifest(ckpt, cfg, spec, window, reports, export_seconds, source)
+    manifest = _manifest(ckpt, cfg, spec, window, reports, export_seconds, source, _custom_ops(staging / ONNX_FILE))
     write_manifest(staging, manifest)
     if not manifest["valid"] and (out / MANIFEST_FILE).is_file():  # keep the bundle in service
-        failed = out.with_name(f"{out.name}.failed")
+        failed = _failed_path(out)
         replace_directory(staging, failed)
         _require_parity(reports, failed, kept=out)
     replace_directory(staging, out)
     _require_parity(reports, out, kept=None)
     return Bundle(out, manifest, ckpt.vocab)
+
+
+def _failed_path(out: Path) -> Path:
+    """Where an invalid bundle goes when ``out`` holds a bundle to keep in service."""
+    return out.with_name(f"{out.name}.failed")
 
 
 def _require_parity(reports: list, written: Path, kept: Path | None) -> None:
@@ -137,12 +146,13 @@ def _scaled(spec: ExportSpec, precision: str) -> ExportSpec:
 
 
 def _manifest(ckpt: Checkpoint, cfg: ExportConfig, spec: ExportSpec, window: int, reports: list,
-              export_seconds: float, checkpoint: str | None) -> dict:
+              export_seconds: float, checkpoint: str | None, custom_ops: list[dict]) -> dict:
     return {
         "valid": all(report.ok for report in reports),
         **graph_signature(spec.inputs, spec.outputs, cfg.top_k),
         "dynamic_axes": spec.dynamic_axes(),
         "opset": cfg.opset,
+        "custom_ops": custom_ops,
         "window": window,
         "export": cfg.to_dict(),
         "model": ckpt.model_config.to_dict(),
@@ -152,6 +162,40 @@ def _manifest(ckpt: Checkpoint, cfg: ExportConfig, spec: ExportSpec, window: int
         "export_seconds": round(export_seconds, 2),
         "versions": {**library_versions(), **_onnx_versions()},
     }
+
+
+CUSTOM_OP_RUNNERS = {  # (domain, op type) -> what runs the node; for the manifest, read before loading the graph
+    (DOMAIN, OP_TYPE): {
+        "onnxruntime": ("not plain onnxruntime, which refuses the graph ('seqrec:CprScatter(-1) is not a registered "
+                        "function/op'): a Python kernel (PyTorch) served by onnxruntime-extensions (pip install "
+                        "onnxruntime-extensions), registered with SessionOptions.register_custom_ops_library after "
+                        "the node's domain is renamed to 'ai.onnx.contrib' in memory; "
+                        "seqrec.exporter.custom_ops.register_onnxruntime_custom_ops and model_for_onnxruntime do "
+                        "both, and seqrec score --backend onnxruntime does it for this bundle"),
+        "tensorrt": ("the TensorRT plugin seqrec::CprScatter of seqrec.exporter.trt_plugin (a Triton kernel "
+                     "compiled ahead of time to PTX, found by the parser through the node's plugin_namespace and "
+                     "aot attributes), registered by seqrec's engine build; not yet verified on a GPU "
+                     "(benchmarks/gpu_check.py)"),
+    },
+}
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+def _custom_ops(onnx_path: Path) -> list[dict]:
+    """The graph's nodes outside the standard ONNX domain, one entry per (domain, op type) with what runs it: a
+    serving team reads from the manifest, before loading, whether plain ONNX Runtime can run the bundle ([]: yes)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    versions = {entry.domain: entry.version for entry in model.opset_import}
+    local = {(function.domain, function.name) for function in model.functions}  # calls of the graph's own functions
+    nodes = [node for graph in [model.graph, *model.functions] for node in graph.node
+             if node.domain not in STANDARD_DOMAINS and (node.domain, node.op_type) not in local]
+    found = sorted({(node.domain, node.op_type) for node in nodes})
+    unknown = {"onnxruntime": "no runner known to seqrec", "tensorrt": "no plugin known to seqrec"}
+    return [{"domain": domain, "op_type": op_type, "version": versions.get(domain),
+             "nodes": sum(1 for node in nodes if (node.domain, node.op_type) == (domain, op_type)),
+             "runs_on": CUSTOM_OP_RUNNERS.get((domain, op_type), unknown)} for domain, op_type in found]
 
 
 def _onnx_versions() -> dict[str, str]:

@@ -4,6 +4,9 @@ For every case the exported runner's top-K is compared with the slow PyTorch pat
 float32, ``torch.topk``). Scores must agree within the spec's tolerance; an item id may differ
 from PyTorch's at a rank only if PyTorch scores the returned item as high as its own choice there
 (a tie), so a genuinely wrong item always fails; an item returned twice, or outside 1..N, fails too.
+The cases with ids that are no known item (<= 0 or > N: a new catalogue item in the last slot, a
+hole in the middle) are compared with PyTorch's answer for the same histories with those slots
+removed (their ``reference <input>`` entries, built here row by row, not by the graph's ``compact``).
 
 A CPR head whose running logits tie at a reranker stage's boundary (the plain base partition h . E
 of a history with no known item scores every item 0) reranks whichever tied items a backend's TopK
@@ -22,7 +25,7 @@ import numpy as np
 import torch
 
 from seqrec.errors import ExportMismatchError, received_expected
-from seqrec.exporter.graph import ScoringGraph, fit_window
+from seqrec.exporter.graph import ScoringGraph
 from seqrec.exporter.runners import Runner
 from seqrec.exporter.specs import ExportSpec
 
@@ -64,8 +67,12 @@ class ParityReport:
                             if c.undefined_users else "") for c in self.cases]
 
 
+REFERENCE = "reference "  # a feed's "reference items": the histories PyTorch scores for it, when not its own
+
+
 def edge_cases(spec: ExportSpec, num_items: int, window: int, users: int, seed: int) -> dict[str, dict[str, torch.Tensor]]:
-    """Named feeds: random users, length 1, full length, longer than the window, all repeats, no known item."""
+    """Named feeds: random users, length 1, full length, longer than the window, all repeats, no known item,
+    an unknown id in the last slot, unknown ids in the middle."""
     cases = {"random users": spec.sample_inputs(num_items, users, window, seed)}
     shapes = {"length 1": (8, 1), "full length": (8, window), "longer than window": (8, window + 7)}
     for offset, (name, shape) in enumerate(shapes.items(), start=1):
@@ -74,14 +81,52 @@ def edge_cases(spec: ExportSpec, num_items: int, window: int, users: int, seed: 
     repeated = torch.randint(1, num_items + 1, (8, 1), generator=torch.Generator().manual_seed(seed + 9))
     cases["all repeats"] = _with_timestamps(spec, {"items": repeated.expand(8, window).clone()})
     cases["no known item"] = _with_timestamps(spec, {"items": torch.zeros(4, window, dtype=torch.long)})
+    cases.update(_unknown_id_cases(spec, num_items, window, seed))
     return cases
+
+
+def _unknown_id_cases(spec: ExportSpec, num_items: int, window: int, seed: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Histories longer than the window with ids that are no known item: in the last slot (a brand-new item; 0
+    there is right padding), and there plus two in the middle. Their removal brings older items into the window."""
+    gen = torch.Generator().manual_seed(seed + 10)
+    cases = {}
+    for name, length, holes in (("unknown last", window + 1, 1), ("unknown in middle", window + 3, 3)):
+        items = torch.randint(1, num_items + 1, (8, length), generator=gen)  # (B, L)
+        starts = torch.randint(0, length - holes, (8,), generator=gen)  # left padding before each history
+        items = items.masked_fill(torch.arange(length) < starts.unsqueeze(1), 0)
+        slots = torch.zeros_like(items, dtype=torch.bool)
+        for row, start in enumerate(starts.tolist()):
+            inside = torch.randperm(length - 1 - start, generator=gen)[: holes - 1] + start  # (holes - 1,)
+            slots[row, inside] = True
+        slots[:, -1] = True  # the last slot: unknown in both cases
+        cases[name] = _with_unknown_ids(spec, items, slots, num_items)
+    return cases
+
+
+def _with_unknown_ids(spec: ExportSpec, items: torch.Tensor, slots: torch.Tensor, num_items: int
+                      ) -> dict[str, torch.Tensor]:
+    """The feed of ``items`` (B, L) (known ids, left padded) whose ``slots`` (B, L) bool hold ids outside 1..N
+    instead, timestamped like their neighbours, and its reference: the same histories with those slots removed."""
+    unknown = torch.tensor([num_items + 1, -1, 0, 2**40, -(2**40), num_items + 1000, -num_items, 2**62])
+    batch, length = items.shape
+    fed = items.masked_scatter(slots, unknown[torch.arange(int(slots.sum())) % len(unknown)])  # each one in turn
+    times = (1_600_000_000 + torch.arange(1, length + 1).expand(batch, length) * 3600) * (items > 0)  # (B, L)
+    kept = ~slots & (items > 0)  # (B, L)
+    clean = torch.zeros_like(items)
+    clean_times = torch.zeros_like(times)
+    for row in range(batch):
+        count = int(kept[row].sum())
+        clean[row, length - count :] = items[row][kept[row]]
+        clean_times[row, length - count :] = times[row][kept[row]]
+    feed = {"items": fed, "timestamps": times, REFERENCE + "items": clean, REFERENCE + "timestamps": clean_times}
+    return {key: feed[key] for key in spec.inputs + tuple(REFERENCE + name for name in spec.inputs)}
 
 
 def check_parity(runner: Runner, graph: ScoringGraph, spec: ExportSpec, cases: dict[str, dict[str, torch.Tensor]],
                  reference: str = "pytorch fp32") -> ParityReport:
     report = ParityReport(runner.name, reference, spec.score_atol, spec.score_rtol)
     for name, feed in cases.items():
-        outputs = runner.infer({key: value.numpy() for key, value in feed.items()})
+        outputs = runner.infer({key: feed[key].numpy() for key in spec.inputs})
         report.cases.append(compare_case(name, graph, spec, feed, outputs))
     return report
 
@@ -100,7 +145,8 @@ def require_parity(report: ParityReport) -> None:
 @torch.no_grad()
 def compare_case(name: str, graph: ScoringGraph, spec: ExportSpec, feed: dict[str, torch.Tensor],
                  outputs: dict[str, np.ndarray]) -> CaseResult:
-    tensors = [feed[key] for key in spec.inputs]
+    length = int(feed[spec.inputs[0]].shape[1])
+    tensors = [feed.get(REFERENCE + key, feed[key]) for key in spec.inputs]  # what PyTorch's answer is for
     ref_items, ref_scores = graph.reference(*tensors)  # (B, K)
     got_items = torch.from_numpy(outputs["top_items"])
     got_scores = torch.from_numpy(outputs["top_scores"]).float()
@@ -119,7 +165,7 @@ def compare_case(name: str, graph: ScoringGraph, spec: ExportSpec, feed: dict[st
         wrong[rows] = _not_a_right_answer(graph, [tensor[rows] for tensor in tensors], got_items[rows],
                                           got_scores[rows], got_tolerance[rows]) | malformed[rows]
         diff = diff.masked_fill(undefined.unsqueeze(1), 0.0)  # rank by rank against one right answer of several
-    return CaseResult(name, int(ref_items.shape[0]), int(tensors[0].shape[1]), float(diff.max()),
+    return CaseResult(name, int(ref_items.shape[0]), length, float(diff.max()),
                       float(same.float().mean()), int(wrong.sum()), bool((diff <= tolerance).all()) and not wrong.any(),
                       int(undefined.sum()), int((~same & ~wrong).sum()))
 
@@ -127,8 +173,7 @@ def compare_case(name: str, graph: ScoringGraph, spec: ExportSpec, feed: dict[st
 def _ties(graph: ScoringGraph, tensors: list[torch.Tensor], got_items: torch.Tensor, ref_scores: torch.Tensor,
           tolerance: torch.Tensor) -> torch.Tensor:
     """Whether PyTorch scores each returned item as high as its own item at that rank (B, K)."""
-    items = fit_window(tensors[0], graph.length)
-    timestamps = fit_window(tensors[1], graph.length) if len(tensors) > 1 else None
+    items, timestamps = graph.window_inputs(*tensors)  # (B, W) each
     logits = graph.model(items, timestamps).float()  # (B, N+1)
     if graph.exclude_seen:
         logits = logits.scatter(1, items, float("-inf"))
@@ -166,8 +211,7 @@ def _partition_options(graph: ScoringGraph, tensors: list[torch.Tensor]) -> torc
     """(B, 1+R, N+1): each item's right scores, base and reranker facets (``CPRHead.partition_scores``); a
     history item (with a context partition or exclude-seen) has one, its CPR logit or -inf, in every row."""
     model = graph.model
-    items = fit_window(tensors[0], graph.length)
-    timestamps = fit_window(tensors[1], graph.length) if len(tensors) > 1 else None
+    items, timestamps = graph.window_inputs(*tensors)  # (B, W) each
     layers = model.encode_layers(items, timestamps)
     options = model.head.partition_scores(layers).float()  # (B, 1+R, N+1)
     if model.head.context_facet is None and not graph.exclude_seen:
@@ -184,11 +228,10 @@ def _tied_rerank_boundary(graph: ScoringGraph, tensors: list[torch.Tensor], spec
     """(B,) bool: the logits a reranker stage ranks tie, within the score tolerance, at the stage's size."""
     head = graph.model.head
     sizes = getattr(getattr(head, "variant", None), "rerank", ())
-    items = fit_window(tensors[0], graph.length)
+    items, timestamps = graph.window_inputs(*tensors)  # (B, W) each
     tied = torch.zeros(items.shape[0], dtype=torch.bool)
     if not sizes:
         return tied
-    timestamps = fit_window(tensors[1], graph.length) if len(tensors) > 1 else None
     for size, running in zip(sizes, head.rerank_inputs(graph.model.encode_layers(items, timestamps))):
         ranked = running.float().sort(dim=1, descending=True).values  # (B, N+1)
         if size < ranked.shape[1] - 1:  # a stage that takes every item has no boundary
