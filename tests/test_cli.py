@@ -333,3 +333,20 @@ def test_the_bf16_warning_names_the_cpu_and_the_way_out(monkeypatch, native, pre
     assert (warning is not None) == warned
     if warned:
         assert f"({torch.backends.cpu.get_cpu_capability()})" in warning and "use --precision fp32" in warning
+
+
+def test_the_refit_warning_on_the_validation_split_is_a_whole_sentence(tiny_checkpoint, synth_parquet, tmp_path):
+    """It stopped mid-sentence ("...; --split test is")."""
+    import shutil
+
+    refit = tmp_path / "refit"  # the tiny checkpoint as a --refit run records it
+    shutil.copytree(tiny_checkpoint, refit)
+    config, meta = json.loads((refit / "config.json").read_text()), json.loads((refit / "meta.json").read_text())
+    config["train"]["refit"], meta["training"]["refit"] = True, {"epochs": 1}
+    (refit / "config.json").write_text(json.dumps(config))
+    (refit / "meta.json").write_text(json.dumps(meta))
+    valid = run("eval", refit, "--data", synth_parquet, "--split", "valid")
+    assert valid.exit_code == 0, valid.output
+    assert valid.stderr.splitlines() == [
+        "warning: this checkpoint was refit on every validation item (--refit): these are training targets, not a "
+        "held-out measure; --split test is the held-out measure"]

@@ -287,7 +287,7 @@ def eval_command(checkpoint: str, data_path: str, split: str, exclude_history: b
     metrics = evaluate_checkpoint(checkpoint, data_path, split, exclude_history, by_repeat=by_repeat)
     _warn(_catalog_warning(metrics))
     _warn("this checkpoint was refit on every validation item (--refit): these are training targets, not a "
-          "held-out measure; --split test is" if metrics["trained_on_targets"] else None)
+          "held-out measure; --split test is the held-out measure" if metrics["trained_on_targets"] else None)
     if as_json:
         click.echo(json.dumps(metrics))
         return

@@ -212,3 +212,41 @@ def test_ray_init_leaves_the_callers_sigterm_handler_in_place():
         assert signal.getsignal(signal.SIGTERM) is callers
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_ray_parts_seconds_run_from_when_the_work_began_or_the_previous_part_was_committed(bundle, parts_dir,
+                                                                                              run_config, tmp_path):
+    """The driver timed a Ray part from its first rows coming back (already read and scored by an actor, out of
+    its sight) to its commit: a part of one unit showed about 0 s. The first part's clock now starts when the
+    work began, each next one's when the previous part was committed, so the parts' seconds add up to the job's."""
+    import time
+
+    import numpy as np
+
+    from seqrec.batchinfer.core import BatchScorer
+    from seqrec.batchinfer.inputs import plan_input, read_part
+    from seqrec.batchinfer.ledger import Ledger
+    from seqrec.batchinfer.model import open_model
+    from seqrec.batchinfer.ray_engine import SEQUENCE, StagedParts, _commit
+    from seqrec.batchinfer.writer import PartWriter
+
+    cfg = run_config(bundle, parts_dir)
+    model, plan, out = open_model(cfg), plan_input(cfg.input, cfg.output, False), Path(cfg.output)
+    parts = plan.parts[:2]
+    with BatchScorer(model, cfg.batch_size) as scorer:  # the rows an actor would return, numbered in input order
+        results = [pa.Table.from_batches([scorer.score(batch) for batch in read_part(part, plan, 1000)])
+                   for part in parts]
+    results[1] = results[1].append_column(SEQUENCE, pa.array(np.arange(len(results[1])) + len(results[0])))
+    results[0] = results[0].append_column(SEQUENCE, pa.array(np.arange(len(results[0]))))
+    ledger = Ledger.open(out, {"test": "ray timing"}, False)
+    writer = PartWriter(out, plan, "list", model.vocab.items.type, ledger)
+    staged, pause = StagedParts(tmp_path / "results", [part.rows for part in parts]), 0.3
+    began = time.perf_counter()
+    for index, table in enumerate(results):
+        time.sleep(pause)  # the part read and scored by the actors, out of the driver's sight
+        assert staged.add(table) == [index]
+        _commit(staged, index, parts[index], writer, began)
+    ended = time.perf_counter()
+    ledger.close()
+    seconds = [entry["seconds"] for entry in ledger.entries]
+    assert min(seconds) >= pause and sum(seconds) <= ended - began + 0.002  # ledger seconds are rounded to ms

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
@@ -33,8 +34,8 @@ def run_local(model: ScoringModel, plan: InputPlan, todo: list[InputPart], batch
     with BatchScorer(model, batch_size) as scorer:
         drain = _Drain(lambda item: writer.handle(*item), writer.abort)
         try:
-            for part, batch in stream:
-                drain.put((part, None if batch is None else scorer.score(batch)))
+            for part, batch, began in stream:  # began: when the part's reading began, its clock's start
+                drain.put((part, None if batch is None else scorer.score(batch), began))
         except Exception:
             drain.settle()  # a failed read or score: parts already complete in the queue are still committed
             raise
@@ -46,13 +47,16 @@ def run_local(model: ScoringModel, plan: InputPlan, todo: list[InputPart], batch
         drain.close()
 
 
-def _read_parts(plan: InputPlan, todo: list[InputPart], batch_rows: int) -> Iterator[tuple[InputPart, pa.RecordBatch | None]]:
-    """(part, batch) for every batch of every part, then (part, None) to close the part."""
+def _read_parts(plan: InputPlan, todo: list[InputPart],
+                batch_rows: int) -> Iterator[tuple[InputPart, pa.RecordBatch | None, float]]:
+    """(part, batch, began) for every batch of every part, then (part, None, began) to close the part;
+    ``began``: the ``time.perf_counter()`` reading when the part's reading began."""
     for part in todo:
+        began = time.perf_counter()
         for batch in read_part(part, plan, batch_rows):
             if batch.num_rows:
-                yield part, batch
-        yield part, None
+                yield part, batch, began
+        yield part, None, began
 
 
 def _background(items: Iterable) -> Iterator:

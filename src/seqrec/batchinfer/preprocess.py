@@ -26,11 +26,10 @@ import pyarrow.compute as pc
 
 from seqrec.batchinfer.inputs import seconds
 from seqrec.data import Vocabulary
+from seqrec.data.vocab import as_vocab_type
 
 REASONS = ("null_user_id", "null_history", "empty_history", "wrong_type", "all_unknown")
 DUPLICATE_USER = "duplicate_user"  # decided per part by the writer (outputs.FirstSeen), not per batch
-INTEGER_TEXT = r"^-?[0-9]{1,18}$"  # up to 18 digits: always an int64 (as Arrow parses it)
-INT64_EDGES = {r"^[0-9]{19}$": str(np.iinfo(np.int64).max), r"^-[0-9]{19}$": str(np.iinfo(np.int64).min)}  # 19: <= edge
 
 
 @dataclass
@@ -51,7 +50,7 @@ def encode_batch(batch: pa.RecordBatch, vocab: Vocabulary, timestamps: bool) -> 
     history = _as_list(batch.column("history"))
     lengths = pc.fill_null(pc.list_value_length(history), 0).to_numpy().astype(np.int64)  # (R,)
     owner = np.repeat(np.arange(len(history)), lengths)  # (T0,) row of each element
-    values, bad = _as_vocab_type(pc.list_flatten(history), vocab.raw_type)
+    values, bad = as_vocab_type(pc.list_flatten(history), vocab.raw_type)
     codes = vocab.encode(values)  # (T0,) 0 = unknown or null
     reason = np.zeros(len(history), dtype=np.int8)  # index into ("", *REASONS); later lines take precedence
     known = np.bincount(owner[codes > 0], minlength=len(history))  # (R,)
@@ -84,31 +83,6 @@ def _as_list(history: pa.Array) -> pa.Array:
         value_type = pa.string()
     target = pa.list_(value_type)
     return history if history.type == target else history.cast(target)
-
-
-def _as_vocab_type(values: pa.Array, raw_type: str) -> tuple[pa.Array, np.ndarray]:
-    """Elements in the vocabulary's id type, and which could not be (bool (T0,))."""
-    is_text = pa.types.is_string(values.type)
-    if raw_type == "string" and not is_text:
-        return values.cast(pa.string()), np.zeros(len(values), dtype=bool)
-    if raw_type == "int64" and is_text:
-        ok = pc.fill_null(_int64_text(values), True)
-        parsed = pc.if_else(ok, values, pa.scalar("0")).cast(pa.int64())
-        return parsed, ~ok.to_numpy(zero_copy_only=False)
-    if raw_type == "int64" and values.type == pa.uint64():  # above 2**63 - 1 no int64 id can match
-        ok = pc.fill_null(pc.less_equal(values, pa.scalar(np.iinfo(np.int64).max, pa.uint64())), True)
-        return pc.if_else(ok, values, pa.scalar(0, pa.uint64())).cast(pa.int64()), ~ok.to_numpy(zero_copy_only=False)
-    return values, np.zeros(len(values), dtype=bool)
-
-
-def _int64_text(values: pa.Array) -> pa.Array:
-    """bool (T0,): the string is an int64 in decimal. 19 digits are compared with the range's edge as
-    text: digit strings of one length (after the same sign) compare as their magnitudes do."""
-    ok = pc.match_substring_regex(values, INTEGER_TEXT)
-    for pattern, edge in INT64_EDGES.items():
-        within = pc.and_(pc.match_substring_regex(values, pattern), pc.less_equal(values, pa.scalar(edge)))
-        ok = pc.or_(ok, within)
-    return ok
 
 
 def _aligned_times(column: pa.Array, owner: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -160,6 +160,7 @@ def run_ray(cfg: ScoreConfig, plan: InputPlan, todo: list[InputPart], writer: Pa
     committing each part as soon as Ray has returned all its rows. A part that fails (a damaged input file)
     does not stop the others: every other part is scored and committed, then the first failure is raised."""
     ray = require_module("ray", "the ray engine", "pip install 'seqrec[ray]'")
+    began = time.perf_counter()
     staging = Path(cfg.output) / STAGING_DIR
     try:
         shutil.rmtree(staging, ignore_errors=True)
@@ -167,7 +168,7 @@ def run_ray(cfg: ScoreConfig, plan: InputPlan, todo: list[InputPart], writer: Pa
         paths, staged, units = work(ray, plan, todo, staging)
 
         def commit(index: int) -> None:
-            _commit(staged, index, todo[index], writer)
+            _commit(staged, index, todo[index], writer, began)
             if plan.form == LONG_FORM:
                 Path(paths[index]).unlink(missing_ok=True)  # the grouped copy, staged only until its part is done
 
@@ -230,12 +231,14 @@ def _rows_in(path: str) -> int | None:
         return None
 
 
-def _commit(staged: StagedParts, index: int, part: InputPart, writer: PartWriter) -> None:
-    """The rows of part ``index`` in input order through ``writer``, then the part committed."""
-    started = staged.first_seen.get(index)  # None for a part without rows
+def _commit(staged: StagedParts, index: int, part: InputPart, writer: PartWriter, began: float) -> None:
+    """The rows of part ``index`` in input order through ``writer``, then the part committed. ``began``: when
+    the job's work began. The actors read and score a part side by side with others, out of the driver's
+    sight (its first rows reach the driver only once they are scored), so the part's clock starts when the
+    previous part was committed (the writer's rule), the first part's when the work began."""
     for batch in staged.rows(index):
-        writer.handle(part, batch, started=started)
-    writer.handle(part, None, started=started)
+        writer.handle(part, batch, started=began)
+    writer.handle(part, None, started=began)
     staged.drop(index)
 
 

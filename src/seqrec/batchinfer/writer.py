@@ -26,18 +26,23 @@ class PartWriter:
         self.sink: PartSink | None = None
         self.part: InputPart | None = None
         self.started = 0.0
+        self.ended: float | None = None  # when the last part was committed (a time.perf_counter() reading)
         self.users = 0  # users scored or rejected by this run
 
     def handle(self, part: InputPart, result: pa.RecordBatch | None, started: float | None = None) -> None:
-        """``started`` (a ``time.perf_counter()`` reading): when the part's work began, if before its first
-        result reached the writer (the Ray engine stages a part's results until it has them all)."""
+        """``started`` (a ``time.perf_counter()`` reading): when the engine began the part's work (reading its
+        first batch); without it, when its first result reaches the writer. The part's clock starts then, or
+        when the previous part was committed if that is later: the engines read and score ahead while the
+        writer finishes a part, so this keeps each part's seconds its own and they add up to the job's."""
         if self.part != part:
             self.abort()
-            self.part, self.started = part, time.perf_counter() if started is None else started
+            began = time.perf_counter() if started is None else started
+            self.part, self.started = part, began if self.ended is None else max(began, self.ended)
             self.sink = PartSink(self.directory, part.name, self.layout, self.plan.user_type, self.item_type)
         if result is None:
             counts = self.sink.commit()
-            seconds = time.perf_counter() - self.started
+            self.ended = time.perf_counter()
+            seconds = self.ended - self.started
             self.ledger.record({"part": part.name, "input": part.path, "rows": part.rows, **counts,
                                 "seconds": round(seconds, 3)})
             if self.log is not None:

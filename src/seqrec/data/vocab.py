@@ -12,6 +12,8 @@ import pyarrow.parquet as pq
 from seqrec.errors import DataError, SchemaError, received_expected
 
 RawIds = pa.Array | pa.ChunkedArray | np.ndarray
+INTEGER_TEXT = r"^-?[0-9]{1,18}$"  # up to 18 digits: always an int64 (as Arrow parses it)
+INT64_EDGES = {r"^[0-9]{19}$": str(np.iinfo(np.int64).max), r"^-[0-9]{19}$": str(np.iinfo(np.int64).min)}  # 19: <= edge
 
 
 class Vocabulary:
@@ -137,6 +139,34 @@ class Vocabulary:
         if values.null_count:
             hit &= values.is_valid().to_numpy(zero_copy_only=False)
         return np.where(hit, self._order[pos] + 1, 0).astype(np.int64)
+
+
+def as_vocab_type(values: pa.Array, raw_type: str) -> tuple[pa.Array, np.ndarray]:
+    """Ids in a vocabulary's id type (``raw_type``), and which could not be (bool (T0,)): integers become
+    their decimal text for a string vocabulary; for an integer one, text that is an int64 in decimal becomes
+    it, other text and unsigned integers above the int64 range cannot (they are left as 0). How ``seqrec
+    score`` reads history items and ``seqrec eval`` an interactions file."""
+    is_text = pa.types.is_string(values.type)
+    if raw_type == "string" and not is_text:
+        return values.cast(pa.string()), np.zeros(len(values), dtype=bool)
+    if raw_type == "int64" and is_text:
+        ok = pc.fill_null(_int64_text(values), True)
+        parsed = pc.if_else(ok, values, pa.scalar("0")).cast(pa.int64())
+        return parsed, ~ok.to_numpy(zero_copy_only=False)
+    if raw_type == "int64" and values.type == pa.uint64():  # above 2**63 - 1 no int64 id can match
+        ok = pc.fill_null(pc.less_equal(values, pa.scalar(np.iinfo(np.int64).max, pa.uint64())), True)
+        return pc.if_else(ok, values, pa.scalar(0, pa.uint64())).cast(pa.int64()), ~ok.to_numpy(zero_copy_only=False)
+    return values, np.zeros(len(values), dtype=bool)
+
+
+def _int64_text(values: pa.Array) -> pa.Array:
+    """bool (T0,): the string is an int64 in decimal. 19 digits are compared with the range's edge as
+    text: digit strings of one length (after the same sign) compare as their magnitudes do."""
+    ok = pc.match_substring_regex(values, INTEGER_TEXT)
+    for pattern, edge in INT64_EDGES.items():
+        within = pc.and_(pc.match_substring_regex(values, pattern), pc.less_equal(values, pa.scalar(edge)))
+        ok = pc.or_(ok, within)
+    return ok
 
 
 def _normalise(raw: RawIds, what: str) -> pa.Array:

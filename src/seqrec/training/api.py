@@ -7,11 +7,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from seqrec.config import ModelConfig, TrainConfig, check_trainable
 from seqrec.data import (EvalExamples, UserSequences, build_sequences, leave_one_out, read_interactions,
                          split_by_name)
 from seqrec.data.sequences import known_only
+from seqrec.data.vocab import Vocabulary, as_vocab_type
 from seqrec.errors import DataError, SchemaError, received_expected
 from seqrec.training.checkpoint import Checkpoint, load_checkpoint
 from seqrec.training.evaluation import (by_repeat_metrics, rank_targets, ranks_and_repeat_shares,
@@ -34,7 +36,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, split: st
 
     With ``by_repeat`` the metrics come in three groups, ``all``, ``repeat`` (targets already in
     the user's history) and ``new``, each with the share of history items in the top 10.
-    The split is the file's own (by position, whatever the checkpoint knows). Items unknown to the
+    The split is the file's own (by position, whatever the checkpoint knows). Item ids are read in the
+    vocabulary's id type as ``seqrec score`` reads them (integers of a string vocabulary as their text, text
+    that is a decimal integer for an integer one, other text unknown to it). Items unknown to the
     checkpoint's vocabulary are left out of the histories the model reads (it has no embedding for
     them; counted in ``unknown_interactions``); a target the model cannot know, or one after a
     history without a single known item, is a miss (``unknown_targets``, ``no_known_history``).
@@ -73,18 +77,31 @@ def refit_on_validation(ckpt: Checkpoint) -> bool:
 
 
 def _sequences_for(ckpt: Checkpoint, data_path: str | Path) -> UserSequences:
-    """The file's sequences with every item kept (unknown ones beyond the vocabulary); typed errors when the
-    file's ids cannot match the vocabulary or it lacks the timestamps the model reads."""
-    table = read_interactions(data_path)
-    kind = table.schema.field("item_id").type
-    if (ckpt.vocab.raw_type == "int64") != pa.types.is_integer(kind):  # they would match nothing
-        raise SchemaError(received_expected(f"{data_path}: column 'item_id'", kind,
-                                            f"{ckpt.vocab.raw_type} ids, as the checkpoint's vocabulary holds"))
-    raw = build_sequences(table, ckpt.vocab, unknown="keep")
+    """The file's sequences with every item kept (unknown ones beyond the vocabulary), its item ids read in the
+    vocabulary's id type; a typed error when the file lacks the timestamps the model reads."""
+    table, vocab = _in_vocab_type(read_interactions(data_path), ckpt.vocab)
+    raw = build_sequences(table, vocab, unknown="keep")
     if ckpt.model.reads_timestamps() and not raw.has_times:  # scored without them, its time bias would be off
         raise SchemaError(received_expected(f"{data_path}", "interactions without timestamps",
                                             "a 'timestamp' column: the model reads timestamps"))
     return raw
+
+
+def _in_vocab_type(table: pa.Table, vocab: Vocabulary) -> tuple[pa.Table, Vocabulary]:
+    """``table`` with its item ids converted to the vocabulary's id type as ``seqrec score`` converts history
+    items (``as_vocab_type``), and the vocabulary to encode them with. Integer ids become their decimal text
+    for a string vocabulary (a RecBole import's tokens are always strings). For an integer vocabulary, text
+    that is an int64 in decimal is that integer; other text is an unknown item, each distinct id its own, so
+    the ids stay text (integers as their decimal text) and are looked up in the vocabulary's ids as text."""
+    column = table.schema.get_field_index("item_id")
+    ids = table.column(column).combine_chunks()
+    if (vocab.raw_type == "int64") == pa.types.is_integer(ids.type):
+        return table, vocab
+    values, bad = as_vocab_type(ids, vocab.raw_type)
+    if vocab.raw_type == "int64":  # "007" is 7, written "7" as the vocabulary's 7 is; "x7" stays "x7", unknown
+        values = pc.if_else(pa.array(bad), ids, values.cast(pa.string()))
+        vocab = Vocabulary(vocab.items.cast(pa.string()))  # the same indices
+    return table.set_column(column, "item_id", values), vocab
 
 
 def _subset(examples: EvalExamples, pick: np.ndarray) -> EvalExamples:
