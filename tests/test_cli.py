@@ -335,6 +335,32 @@ def test_the_bf16_warning_names_the_cpu_and_the_way_out(monkeypatch, native, pre
         assert f"({torch.backends.cpu.get_cpu_capability()})" in warning and "use --precision fp32" in warning
 
 
+def test_train_windows_option_is_recorded_and_a_bad_value_refused(synth_parquet, tmp_path):
+    """--train-windows fills TrainConfig.train_windows (default all), lands in config.json and meta.json, and the
+    epoch lines say what an epoch trains on; a value outside the choices is refused before anything runs."""
+    assert json.loads(run("train", "--print-config").output)["train"]["train_windows"] == "all"
+    out = tmp_path / "last"
+    result = run("train", "--data", synth_parquet, "--out", out, "--epochs", 1, "--dim", 16, "--max-length", 5,
+                 "--train-windows", "last")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["train"]["train_windows"] == "last"
+    counts = json.loads((out / "meta.json").read_text())["training"]["per_epoch"]
+    assert counts["train_windows"] == "last" and counts["left_out"] > 0
+    assert (f"each epoch: {counts['windows']:,} windows, {counts['targets']:,} target interactions (train_windows "
+            f"last); {counts['left_out']:,} of the training ranges' {counts['training_interactions']:,} "
+            "interactions") in result.stderr
+    every = run("train", "--data", synth_parquet, "--out", tmp_path / "all", "--epochs", 1, "--dim", 16,
+                "--max-length", 5, "--quiet")
+    assert every.exit_code == 0, every.output
+    all_counts = json.loads((tmp_path / "all" / "meta.json").read_text())["training"]["per_epoch"]
+    assert all_counts["targets"] == counts["targets"] + counts["left_out"] and all_counts["left_out"] == 0
+    bad = CliRunner().invoke(main, ["train", "--data", str(synth_parquet), "--out", str(tmp_path / "bad"),
+                                    "--train-windows", "every"])
+    assert bad.exit_code == 2  # click's usage error, as for --loss; the dataclass refuses it too (tests/training)
+    assert "Invalid value for '--train-windows': 'every' is not one of 'all', 'last'" in bad.output
+    assert not (tmp_path / "bad").exists()
+
+
 def test_the_refit_warning_on_the_validation_split_is_a_whole_sentence(tiny_checkpoint, synth_parquet, tmp_path):
     """It stopped mid-sentence ("...; --split test is")."""
     import shutil

@@ -16,7 +16,7 @@ import click
 from seqrec.config import (CPR_POOLINGS, EXPORT_FORMATS, EXPORT_PRECISIONS, HEADS, IMPORT_FORMATS, LOSSES, MODELS,
                            PC_ACTIVATIONS,
                            POINTER_OPS, POSITIONS, PRECISIONS, PROFILE_PRECISIONS, SCORE_BACKENDS, SCORE_ENGINES, SCORE_LAYOUTS,
-                           resolve_configs)
+                           TRAIN_WINDOWS, resolve_configs)
 from seqrec.errors import ConfigError, SeqrecError, received_expected
 
 
@@ -237,6 +237,10 @@ def data_stats(path: str) -> None:
               help="--head cpr: the partitions other than the base read detached encoder states and item "
                    "vectors, so their loss trains only the head's own layers (with --no-cpr-base-projection "
                    "and --cpr-base-detach the encoder trains as a softmax model's, the head a second stage)")
+@click.option("--train-windows", type=click.Choice(TRAIN_WINDOWS),
+              help="all: each user's training items cut from the end into windows of --max-length + 1, every item "
+                   "but the first a target once; last: the most recent window only (runs recorded before this "
+                   "option)  [default: all]")
 @click.option("--temperature", type=float)
 @click.option("--patience", type=int, help="epochs without validation gain before stopping")
 @click.option("--max-minutes", type=float, help="stop the selection run after this much training time (--refit "

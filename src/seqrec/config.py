@@ -19,6 +19,7 @@ MODELS = ("sasrec", "gru4rec", "hstu", "pcrec")
 HEADS = ("softmax", "cpr")
 POSITIONS = ("relative", "absolute", "both", "none")
 LOSSES = ("ce", "sampled")
+TRAIN_WINDOWS = ("all", "last")  # all: every training item a target once; last: each user's most recent window
 PRECISIONS = ("fp32", "bf16")
 IMPORT_FORMATS = ("parquet", "recbole", "sasrec", "s3rec")  # seqrec data import --format
 EXPORT_FORMATS = ("onnx", "tensorrt")
@@ -191,9 +192,12 @@ class TrainConfig(_JsonConfig):
     max_minutes: float | None = None
     refit: bool = False  # after early stopping, retrain from scratch on train + validation items, as many epochs
     eval_users: int | None = None  # validate on a fixed random subset to save time; None = all
+    train_windows: str = "all"  # all: windows of max_length + 1 cut from the end of each user's training items, every
+    # item a target once; last: the most recent window only (the runs recorded before this option existed)
 
     def __post_init__(self) -> None:
         _check_choice("loss", self.loss, LOSSES)
+        _check_choice("train_windows", self.train_windows, TRAIN_WINDOWS)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_range("epochs", self.epochs, 1)
         _check_range("batch_size", self.batch_size, 1, MAX_BATCH)

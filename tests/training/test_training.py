@@ -64,15 +64,20 @@ def test_early_stopping_keeps_best_epoch(synth_parquet, make_configs):
     assert restored == pytest.approx(history["best_valid_ndcg@10"])
 
 
-def test_windows_and_buckets_cover_every_trainable_user(synth_parquet):
+@pytest.mark.parametrize("mode", ["last", "all"])
+def test_windows_and_buckets_cover_every_trainable_user(synth_parquet, mode):
     data = prepare_data(synth_parquet)
-    windows = train_windows(data.seqs, data.split, max_length=5)
+    windows = train_windows(data.seqs, data.split, max_length=5, mode=mode)
     assert (windows.lengths <= 6).all() and (windows.lengths >= 2).all()
-    assert (windows.ends == data.split.train_end[data.split.train_end - data.seqs.offsets[:-1] >= 2]).all()
+    trainable = data.split.train_end[data.split.train_end - data.seqs.offsets[:-1] >= 2]
+    if mode == "last":  # one window per user: the most recent items
+        assert (windows.ends == trainable).all()
+    else:  # the synthetic users reach 18 training items: several windows each, the most recent among them
+        assert len(windows) > len(trainable) and set(trainable) <= set(windows.ends)
     batches = length_bucketed_batches(windows, 32, np.random.default_rng(0))
     assert sorted(np.concatenate(batches).tolist()) == list(range(len(windows.starts)))
     spread = [np.ptp(windows.lengths[b]) for b in batches]
-    assert np.median(spread) <= 1  # users of similar length share a batch
+    assert np.median(spread) <= 1  # windows of similar length share a batch
 
 
 def test_checkpoint_round_trip(tiny_checkpoint, synth_parquet):

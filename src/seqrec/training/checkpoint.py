@@ -103,9 +103,11 @@ def _vocabulary(directory: Path, model_config: ModelConfig) -> Vocabulary:
 
 
 def _configs(directory: Path, config: dict) -> tuple[ModelConfig, TrainConfig]:
-    """The model and training configs of config.json; CheckpointError naming the file when malformed."""
+    """The model and training configs of config.json; CheckpointError naming the file when malformed. A config
+    without ``train_windows`` was written before that option, by runs that trained on each user's last window."""
     try:
-        return ModelConfig.from_dict(config["model"]), TrainConfig.from_dict(config["train"])
+        train = {"train_windows": "last", **config["train"]}  # written before the option: it trained on the last window
+        return ModelConfig.from_dict(config["model"]), TrainConfig.from_dict(train)
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(received_expected(f"{directory / CONFIG_FILE}", f"a malformed config ({err!r})",
                                                 "the 'model' and 'train' sections seqrec train writes")) from err

@@ -17,10 +17,10 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from seqrec.config import ModelConfig, TrainConfig, check_trainable
+from seqrec.config import TRAIN_WINDOWS, ModelConfig, TrainConfig, check_trainable
 from seqrec.data import (EvalExamples, Split, UserSequences, Vocabulary, build_sequences, leave_one_out, pad_left,
                          read_interactions, table_fingerprint)
-from seqrec.errors import DataError, TrainingDivergedError, received_expected
+from seqrec.errors import ConfigError, DataError, TrainingDivergedError, received_expected
 from seqrec.models import SequentialRecommender, build_model
 from seqrec.models.heads import causal_histories
 from seqrec.training.checkpoint import Checkpoint, checked_checkpoint_output, save_checkpoint
@@ -122,7 +122,8 @@ def fit(model: SequentialRecommender, data: TrainingData, cfg: TrainConfig, prog
     optimizer = make_optimizer(model, cfg)
     rng = np.random.default_rng(cfg.seed)
     valid = _validation_subset(data.split.valid, cfg.eval_users, rng)
-    windows = train_windows(data.seqs, data.split, model.cfg.max_length)
+    windows = train_windows(data.seqs, data.split, model.cfg.max_length, cfg.train_windows)
+    _report(progress, f"each epoch: {windows.describe()}")
     best = {"ndcg@10": -1.0, "epoch": 0, "state": None}
     started, losses = time.perf_counter(), []
     stopped = None
@@ -156,9 +157,10 @@ def fit(model: SequentialRecommender, data: TrainingData, cfg: TrainConfig, prog
         model.load_state_dict(best["state"])
     seconds = time.perf_counter() - started
     _report(progress, f"trained {len(losses)} epochs in {seconds:.0f}s ({STOP_REASONS[reason]}); best valid "
-                      f"ndcg@10 {best['ndcg@10']:.4f} at epoch {best['epoch']}")
+                      f"ndcg@10 {best['ndcg@10']:.4f} at epoch {best['epoch']}; each epoch: {windows.describe()}")
     summary = {"epochs": len(losses), "best_epoch": best["epoch"], "best_valid_ndcg@10": best["ndcg@10"],
-               "seconds": round(seconds, 1), "losses": [round(x, 5) for x in losses], "stopped_by": reason}
+               "seconds": round(seconds, 1), "losses": [round(x, 5) for x in losses], "stopped_by": reason,
+               "per_epoch": windows.summary()}
     return summary if stopped is None else {**summary, "stopped": stopped}
 
 
@@ -194,7 +196,8 @@ def fit_epochs(model: SequentialRecommender, seqs: UserSequences, split: Split, 
     """Train for exactly ``epochs`` epochs on ``split``'s training items, nothing held out to stop on."""
     optimizer = make_optimizer(model, cfg)
     rng = np.random.default_rng(cfg.seed)
-    windows = train_windows(seqs, split, model.cfg.max_length)
+    windows = train_windows(seqs, split, model.cfg.max_length, cfg.train_windows)
+    _report(progress, f"refit, each epoch: {windows.describe()}")
     started, losses = time.perf_counter(), []
     for epoch in range(1, epochs + 1):
         losses.append(train_epoch(model, optimizer, seqs, windows, cfg, rng, progress, epoch))
@@ -202,35 +205,72 @@ def fit_epochs(model: SequentialRecommender, seqs: UserSequences, split: Split, 
         _report(progress, f"refit epoch {epoch:3d}/{epochs}  loss {losses[-1]:.4f}  "
                           f"[{time.perf_counter() - started:.0f}s]")
     seconds = time.perf_counter() - started
-    _report(progress, f"refit on training + validation items: {epochs} epochs in {seconds:.0f}s")
-    return {"epochs": epochs, "seconds": round(seconds, 1), "losses": [round(x, 5) for x in losses]}
+    _report(progress, f"refit on training + validation items: {epochs} epochs in {seconds:.0f}s; each epoch: "
+                      f"{windows.describe()}")
+    return {"epochs": epochs, "seconds": round(seconds, 1), "losses": [round(x, 5) for x in losses],
+            "per_epoch": windows.summary()}
 
 
 @dataclass
 class TrainWindows:
-    """Per trainable user, the slice [start, end) of ``seqs.items`` holding max_length + 1 items."""
+    """Training samples: slices [start, end) of ``seqs.items`` of 2 to max_length + 1 items, each a causal pass
+    whose every item but the first is a target; ``mode`` says how they were cut (``train_windows``)."""
 
-    starts: np.ndarray  # (U',)
-    ends: np.ndarray  # (U',)
+    starts: np.ndarray  # (W,)
+    ends: np.ndarray  # (W,)
+    mode: str = "all"
+    interactions: int = 0  # items in the users' training ranges
+    left_out: int = 0  # of those, the ones older than every window (0 with mode "all")
+
+    def __len__(self) -> int:
+        return len(self.starts)
 
     @property
     def lengths(self) -> np.ndarray:
         return self.ends - self.starts
 
+    def summary(self) -> dict:
+        """What one epoch trains on, for the progress lines and meta.json."""
+        return {"train_windows": self.mode, "windows": len(self), "targets": int((self.lengths - 1).sum()),
+                "training_interactions": self.interactions, "left_out": self.left_out}
 
-def train_windows(seqs: UserSequences, split: Split, max_length: int) -> TrainWindows:
-    """The most recent max_length + 1 training items of each user with at least two."""
-    ends = split.train_end
-    starts = np.maximum(seqs.offsets[:-1], ends - (max_length + 1))
-    keep = ends - starts >= 2
-    if not keep.any():
+    def describe(self) -> str:
+        counts = self.summary()
+        line = f"{counts['windows']:,} windows, {counts['targets']:,} target interactions (train_windows {self.mode})"
+        if self.mode == "last":
+            line += (f"; {self.left_out:,} of the training ranges' {self.interactions:,} interactions "
+                     f"({self.left_out / max(self.interactions, 1):.1%}) are older than each user's last window and "
+                     "left out (train_windows all trains on them)")
+        return line
+
+
+def train_windows(seqs: UserSequences, split: Split, max_length: int, mode: str = "all") -> TrainWindows:
+    """Each user's training range [start, train_end) cut from its end into windows of max_length + 1 items.
+
+    ``all``: every window, the oldest one shorter when the range does not divide evenly, so every item of the
+    range but the first is the target of exactly one slot of one window (a window's first item is its first
+    input only, the target of the window before it). ``last``: only the most recent window of each user (the
+    windows of runs before ``train_windows`` existed). Users with fewer than two training items have none.
+    """
+    if mode not in TRAIN_WINDOWS:
+        raise ConfigError(received_expected("train_windows", repr(mode), f"one of {', '.join(TRAIN_WINDOWS)}"))
+    offsets, ends = seqs.offsets[:-1], split.train_end  # (U,) each
+    counts = np.where(ends - offsets >= 2, (ends - offsets - 2) // max_length + 1, 0)  # (U,) ceil((n - 1) / M)
+    if mode == "last":
+        counts = np.minimum(counts, 1)
+    if not counts.any():
         raise DataError(received_expected("training sequences", "no user with 2 or more training items",
                                           "users with at least 4 interactions (2 train + valid + test)"))
-    return TrainWindows(starts[keep], ends[keep])
+    users = np.repeat(np.arange(len(counts)), counts)  # (W,) windows of a user together, the most recent first
+    back = np.arange(len(users)) - np.repeat(np.cumsum(counts) - counts, counts)  # (W,) 0 = the most recent
+    window_ends = ends[users] - back * max_length  # (W,)
+    window_starts = np.maximum(offsets[users], window_ends - (max_length + 1))  # (W,)
+    left_out = int((window_starts - offsets[users]).sum()) if mode == "last" else 0
+    return TrainWindows(window_starts, window_ends, mode, int((ends - offsets).clip(0).sum()), left_out)
 
 
 def length_bucketed_batches(windows: TrainWindows, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Users sorted by length (random among equals) cut into batches, batch order shuffled."""
+    """Windows sorted by length (random among equals) cut into batches, batch order shuffled."""
     order = np.lexsort((rng.random(len(windows.starts)), windows.lengths))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
@@ -241,17 +281,19 @@ def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer, 
                 epoch: int) -> float:
     model.train()
     batches = length_bucketed_batches(windows, cfg.batch_size, rng)
-    bar = tqdm(batches, desc=f"epoch {epoch}", disable=None if progress else True, leave=False, unit="batch")
     total, count = 0.0, 0
-    for inputs, timestamps, targets in _padded_batches(seqs, windows, bar, model.cfg.max_length, cfg.device):
-        loss = _batch_loss(model, inputs, timestamps, targets, cfg)
-        value = _finite_value(loss, cfg, epoch, count + 1)  # before the step: a bad batch leaves the weights alone
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total, count = total + value, count + 1
-        if count % 20 == 0:
-            bar.set_postfix(loss=f"{total / count:.4f}")
+    with tqdm(total=len(windows), desc=f"epoch {epoch}", disable=None if progress else True, leave=False,
+              unit="window", unit_scale=True) as bar:  # windows done of the epoch's windows
+        for inputs, timestamps, targets in _padded_batches(seqs, windows, batches, model.cfg.max_length, cfg.device):
+            loss = _batch_loss(model, inputs, timestamps, targets, cfg)
+            value = _finite_value(loss, cfg, epoch, count + 1)  # before the step: a bad batch leaves the weights alone
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, count = total + value, count + 1
+            bar.update(len(inputs))
+            if count % 20 == 0:
+                bar.set_postfix(loss=f"{total / count:.4f}")
     return total / max(count, 1)
 
 
