@@ -376,3 +376,71 @@ def test_the_refit_warning_on_the_validation_split_is_a_whole_sentence(tiny_chec
     assert valid.stderr.splitlines() == [
         "warning: this checkpoint was refit on every validation item (--refit): these are training targets, not a "
         "held-out measure; --split test is the held-out measure"]
+
+
+def test_a_sigterm_between_the_renames_of_a_replacement_waits_until_both_are_done(tmp_path, monkeypatch):
+    """Replacing a bundle or checkpoint renames the old one away, then the new one in; a SIGTERM between the two
+    used to leave neither at --out (the command's clean-up then deleted the new one)."""
+    from pathlib import Path
+
+    from seqrec.cli import Terminated, _take_sigterm_as_interrupt
+    from seqrec.directories import replace_directory, staging_directory
+
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "manifest.json").write_text("old")
+    staging = staging_directory(out)
+    (staging / "manifest.json").write_text("new")
+    real_rename = Path.rename
+
+    def rename(self, target):
+        moved = real_rename(self, target)
+        if self == out:  # the old one is away, the new one not yet in
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here unless it is deferred
+        return moved
+
+    monkeypatch.setattr(Path, "rename", rename)
+    previous = _take_sigterm_as_interrupt()
+    try:
+        with pytest.raises(Terminated):
+            replace_directory(staging, out)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (out / "manifest.json").read_text() == "new"
+
+
+def test_a_sigterm_while_the_last_part_commits_stops_the_writer_before_the_job_leaves(monkeypatch):
+    """run_local waits for the writer thread in close(); an interrupt there left the thread writing alone while
+    the command exited (a half-written part or ledger line)."""
+    from seqrec.batchinfer import local
+    from seqrec.cli import Terminated, _take_sigterm_as_interrupt
+
+    class Scorer:
+        def __init__(self, model, batch_size): ...
+        def __enter__(self): return self
+        def __exit__(self, *exc): return False
+        def score(self, batch): return batch
+
+    class SlowWriter:
+        events: list[str] = []
+
+        def handle(self, part, result, began):
+            if result is None:
+                self.events.append("commit started")
+                os.kill(os.getpid(), signal.SIGTERM)  # while the job waits for this commit in close()
+                time.sleep(0.5)  # a part's commit: flush, rename, ledger line
+                self.events.append("commit finished")
+
+        def abort(self):
+            self.events.append("abort")
+
+    monkeypatch.setattr(local, "BatchScorer", Scorer)
+    monkeypatch.setattr(local, "read_part", lambda part, plan, rows: iter([pa.record_batch({"a": [1]})]))
+    previous = _take_sigterm_as_interrupt()
+    try:
+        with pytest.raises(Terminated):
+            local.run_local(None, None, ["part-0"], 1, SlowWriter())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert SlowWriter.events == ["commit started", "commit finished", "abort"]  # the job left after the writer

@@ -91,6 +91,8 @@ class _Drain:
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.handle, self.on_abort = handle, on_abort
+        self.done = threading.Event()  # set when the worker has returned: waited on instead of thread.join(),
+        # which, once interrupted by Ctrl-C or SIGTERM, returns at once on the next call while the thread still runs
         self.thread = threading.Thread(target=self._work, name="seqrec-writer", daemon=True)
         self.thread.start()
 
@@ -99,8 +101,12 @@ class _Drain:
             raise self.error or RuntimeError("writer stopped")
 
     def close(self) -> None:
-        _put(self.handoff, _END, self.stop)
-        self.thread.join()
+        try:
+            _put(self.handoff, _END, self.stop)
+            self.done.wait()
+        except BaseException:  # Ctrl-C or SIGTERM while the last part commits: stop the writer before leaving
+            self.abort()
+            raise
         if self.error is not None:
             self.on_abort()
             raise self.error
@@ -109,12 +115,12 @@ class _Drain:
         """Let the worker handle what it was given, then abort what is left open; its own error is
         dropped (the caller is raising the error that stopped the work)."""
         _put(self.handoff, _END, self.stop)
-        self.thread.join()
+        self.done.wait()
         self.on_abort()
 
     def abort(self) -> None:
         self.stop.set()
-        self.thread.join()
+        self.done.wait()
         self.on_abort()
 
     def _work(self) -> None:
@@ -130,6 +136,8 @@ class _Drain:
         except BaseException as error:  # re-raised by put() or close() in the calling thread
             self.error = error
             self.stop.set()
+        finally:
+            self.done.set()
 
 
 def _put(handoff: queue.Queue, item: object, stop: threading.Event) -> bool:
