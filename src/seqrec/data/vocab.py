@@ -145,7 +145,8 @@ def as_vocab_type(values: pa.Array, raw_type: str) -> tuple[pa.Array, np.ndarray
     """Ids in a vocabulary's id type (``raw_type``), and which could not be (bool (T0,)): integers become
     their decimal text for a string vocabulary; for an integer one, text that is an int64 in decimal becomes
     it, other text and unsigned integers above the int64 range cannot (they are left as 0). How ``seqrec
-    score`` reads history items and ``seqrec eval`` an interactions file."""
+    score`` reads history items and ``seqrec eval`` an interactions file (whose reader has already refused
+    unsigned ids beyond int64)."""
     is_text = pa.types.is_string(values.type)
     if raw_type == "string" and not is_text:
         return values.cast(pa.string()), np.zeros(len(values), dtype=bool)

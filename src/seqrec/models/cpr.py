@@ -46,6 +46,7 @@ from torch import nn
 
 from seqrec.config import ModelConfig, parse_cpr_variant
 from seqrec.kernels import cpr_scatter
+from seqrec.kernels.reference.pt_cpr_scatter import occurrence_sums
 from seqrec.models.heads import catalog_candidates, causal_histories, mask_padding, select_rows
 
 WINDOW = 3  # Mi reads h_t, h_t-1, h_t-2
@@ -342,8 +343,7 @@ def slot_means(ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, t
     reaches no other id: ``same @ values`` would add 0 * inf = NaN from every slot.
     """
     same = (ids.unsqueeze(2) == ids.unsqueeze(1)) & (ids > 0).unsqueeze(1)  # (M, L, L)
-    spread = values.to(torch.promote_types(values.dtype, torch.float32)).unsqueeze(1)  # (M, 1, L)
-    means = torch.where(same, spread, 0).sum(2) / same.sum(2).clamp_min(1)  # (M, L)
+    means = occurrence_sums(same, values) / same.sum(2).clamp_min(1)  # (M, L)
     return means, first_slots(ids, same)
 
 

@@ -38,7 +38,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, split: st
     the user's history) and ``new``, each with the share of history items in the top 10.
     The split is the file's own (by position, whatever the checkpoint knows). Item ids are read in the
     vocabulary's id type as ``seqrec score`` reads them (integers of a string vocabulary as their text, text
-    that is a decimal integer for an integer one, other text unknown to it). Items unknown to the
+    that is a decimal integer for an integer one, other text unknown to it; the file's reader, as training's,
+    refuses unsigned ids beyond int64). Items unknown to the
     checkpoint's vocabulary are left out of the histories the model reads (it has no embedding for
     them; counted in ``unknown_interactions``); a target the model cannot know, or one after a
     history without a single known item, is a miss (``unknown_targets``, ``no_known_history``).

@@ -24,7 +24,7 @@ from seqrec.errors import ConfigError, DataError, TrainingDivergedError, receive
 from seqrec.models import SequentialRecommender, build_model
 from seqrec.models.heads import causal_histories
 from seqrec.training.checkpoint import Checkpoint, checked_checkpoint_output, save_checkpoint
-from seqrec.training.evaluation import evaluate, scored_batches
+from seqrec.training.evaluation import evaluate, ranges_to_indices, scored_batches
 from seqrec.training.losses import draw_negatives, full_cross_entropy, sampled_softmax
 
 
@@ -261,8 +261,8 @@ def train_windows(seqs: UserSequences, split: Split, max_length: int, mode: str 
     if not counts.any():
         raise DataError(received_expected("training sequences", "no user with 2 or more training items",
                                           "users with at least 4 interactions (2 train + valid + test)"))
-    users = np.repeat(np.arange(len(counts)), counts)  # (W,) windows of a user together, the most recent first
-    back = np.arange(len(users)) - np.repeat(np.cumsum(counts) - counts, counts)  # (W,) 0 = the most recent
+    users, back = ranges_to_indices(np.zeros_like(counts), counts)  # (W,) each: a user's windows together, back
+    # 0 the most recent
     window_ends = ends[users] - back * max_length  # (W,)
     window_starts = np.maximum(offsets[users], window_ends - (max_length + 1))  # (W,)
     left_out = int((window_starts - offsets[users]).sum()) if mode == "last" else 0
