@@ -284,7 +284,7 @@ def test_sigterm_wrapped_by_torch_onnx_export_still_exits_143(tiny_checkpoint, t
     """torch.onnx.export wraps an interrupt in its own error; the one rebuilt from it keeps its kind."""
     import torch
 
-    from seqrec.cli import Terminated
+    from seqrec.interrupts import Terminated
 
     def export(*args, **kwargs):
         raise RuntimeError("Failed to export the model with torch.export") from Terminated()
@@ -383,7 +383,7 @@ def test_a_sigterm_between_the_renames_of_a_replacement_waits_until_both_are_don
     used to leave neither at --out (the command's clean-up then deleted the new one)."""
     from pathlib import Path
 
-    from seqrec.cli import Terminated, _take_sigterm_as_interrupt
+    from seqrec.interrupts import Terminated, take_sigterm_as_interrupt
     from seqrec.directories import replace_directory, staging_directory
 
     out = tmp_path / "bundle"
@@ -401,7 +401,8 @@ def test_a_sigterm_between_the_renames_of_a_replacement_waits_until_both_are_don
         return moved
 
     monkeypatch.setattr(Path, "rename", rename)
-    previous = _take_sigterm_as_interrupt()
+    previous = signal.getsignal(signal.SIGTERM)
+    take_sigterm_as_interrupt()
     try:
         with pytest.raises(Terminated):
             replace_directory(staging, out)
@@ -414,7 +415,7 @@ def test_a_sigterm_while_the_last_part_commits_stops_the_writer_before_the_job_l
     """run_local waits for the writer thread in close(); an interrupt there left the thread writing alone while
     the command exited (a half-written part or ledger line)."""
     from seqrec.batchinfer import local
-    from seqrec.cli import Terminated, _take_sigterm_as_interrupt
+    from seqrec.interrupts import Terminated, take_sigterm_as_interrupt
 
     class Scorer:
         def __init__(self, model, batch_size): ...
@@ -437,7 +438,8 @@ def test_a_sigterm_while_the_last_part_commits_stops_the_writer_before_the_job_l
 
     monkeypatch.setattr(local, "BatchScorer", Scorer)
     monkeypatch.setattr(local, "read_part", lambda part, plan, rows: iter([pa.record_batch({"a": [1]})]))
-    previous = _take_sigterm_as_interrupt()
+    previous = signal.getsignal(signal.SIGTERM)
+    take_sigterm_as_interrupt()
     try:
         with pytest.raises(Terminated):
             local.run_local(None, None, ["part-0"], 1, SlowWriter())

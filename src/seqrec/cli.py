@@ -18,6 +18,7 @@ from seqrec.config import (CPR_POOLINGS, EXPORT_FORMATS, EXPORT_PRECISIONS, HEAD
                            POINTER_OPS, POSITIONS, PRECISIONS, PROFILE_PRECISIONS, SCORE_BACKENDS, SCORE_ENGINES, SCORE_LAYOUTS,
                            TRAIN_WINDOWS, resolve_configs)
 from seqrec.errors import ConfigError, SeqrecError, received_expected
+from seqrec.interrupts import Terminated, handlers_restored, take_sigterm_as_interrupt
 
 
 class CommaList(click.ParamType):
@@ -42,14 +43,14 @@ class CommaList(click.ParamType):
 AFTER_INTERRUPT = "seqrec.after_interrupt"  # ctx.meta key: () -> str, what Ctrl-C leaves behind
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``timeout``, ``kill``, a scheduler stopping a job) taken as Ctrl-C is: the same clean-up of
-    staging directories and half-written parts, then exit 143 instead of 130."""
-
-
 class SeqrecGroup(click.Group):
     def invoke(self, ctx: click.Context):
-        previous = _take_sigterm_as_interrupt()
+        with handlers_restored(signal.SIGTERM) as settable:  # SIGTERM as Ctrl-C, for this command only
+            if settable:
+                take_sigterm_as_interrupt()
+            return self._invoke_reporting_errors(ctx)
+
+    def _invoke_reporting_errors(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except SeqrecError as error:
@@ -65,22 +66,6 @@ class SeqrecGroup(click.Group):
             click.echo(f"Error: out of memory ({str(error).splitlines()[0] if str(error) else type(error).__name__}): "
                        "run with smaller sizes (batch, catalog, users)", err=True)
             sys.exit(1)
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-
-
-def _take_sigterm_as_interrupt():
-    """Raise ``Terminated`` on the first SIGTERM (a second one kills at once, as by default); returns the
-    handler it replaced, or None where none can be set (not the main thread, as under some test runners)."""
-    def terminate(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        raise Terminated
-
-    try:
-        return signal.signal(signal.SIGTERM, terminate)
-    except ValueError:  # signal only works in the main thread
-        return None
 
 
 def _allocation_failure(error: RuntimeError) -> bool:

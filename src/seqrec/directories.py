@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import tempfile
-import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from seqrec.errors import ConfigError, received_expected
+from seqrec.interrupts import interrupts_deferred
 
 
 def checked_output(out: str | Path, what: str, marker: str, option: str = "--out",
@@ -91,23 +88,3 @@ def replace_directory(staging: Path, out: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         staging.rename(out)
-
-
-@contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Ctrl-C and SIGTERM received inside the block take effect when it ends (the signal is raised again then,
-    for whatever handler was in place); in a thread other than the main one, where no handler runs, nothing
-    changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if received:
-            signal.raise_signal(received[0])

@@ -200,14 +200,14 @@ def test_ray_init_leaves_the_callers_sigterm_handler_in_place():
 
     from ray._private.utils import set_sigterm_handler
 
-    from seqrec.batchinfer.ray_engine import _sigterm_kept
+    from seqrec.interrupts import handlers_restored
 
     def callers(signum, frame):
         pass
 
     previous = signal.signal(signal.SIGTERM, callers)
     try:
-        with _sigterm_kept():
+        with handlers_restored(signal.SIGTERM):
             set_sigterm_handler(lambda signum, frame: None)
         assert signal.getsignal(signal.SIGTERM) is callers
     finally:

@@ -39,7 +39,6 @@ import re
 import shutil
 import signal
 import socket
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,6 +59,7 @@ from seqrec import errors
 from seqrec.config import ScoreConfig
 from seqrec.errors import ConfigError, DataError, SeqrecError, received_expected
 from seqrec.exporter.onnx_export import require_module
+from seqrec.interrupts import handlers_restored
 
 CPUS_PER_ACTOR = 0.5
 CONNECT_SECONDS = 10  # for something to answer at --address before ray.init is asked to join it
@@ -114,7 +114,7 @@ def ray_cluster(cfg: ScoreConfig) -> Iterator[None]:
     if started_here:
         try:
             _check_reachable(cfg.address)
-            with _sigterm_kept():
+            with handlers_restored(signal.SIGTERM):  # ray.init installs sys.exit(15) for it; keep the CLI's
                 ray.init(address=cfg.address, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as err:
             where = f"--address {cfg.address!r}" if cfg.address else "a local Ray cluster"
@@ -126,20 +126,6 @@ def ray_cluster(cfg: ScoreConfig) -> Iterator[None]:
     finally:
         if started_here:
             ray.shutdown()
-
-
-@contextmanager
-def _sigterm_kept() -> Iterator[None]:
-    """ray.init replaces the SIGTERM handler with sys.exit(15); keep the caller's (the CLI takes SIGTERM as
-    Ctrl-C: the job stops the same clean way and exits 143)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    handler = signal.getsignal(signal.SIGTERM)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, handler)
 
 
 def _check_reachable(address: str | None) -> None:
