@@ -58,6 +58,11 @@ def test_ray_engine_writes_what_the_local_engine_writes(local_ray, bundle, input
     # history, and the user whose rows come back at the end of a log part is one user (the part is sorted)
     assert summary["users_scored"] == expected["users_scored"] and summary["engine"] == "ray"
     assert not (Path(distributed.output) / "_staging").exists()
+    entries = [entry for entry in map(json.loads, (Path(distributed.output) / LEDGER_FILE).read_text().splitlines())
+               if "part" in entry]
+    for entry in entries:  # the actors' seconds on each part (none on the part without users), at most theirs in all
+        assert (entry["actor_seconds"] > 0) == (entry["part"] != "part-empty.parquet"), entry
+    assert sum(entry["actor_seconds"] for entry in entries) <= 2 * summary["wall_seconds"]
 
 
 @pytest.mark.slow
@@ -153,6 +158,30 @@ def test_staged_parts_of_unknown_size_learn_it_when_their_first_rows_come_back(t
     assert staged.unseen() == [2, 3] and staged.incomplete() == [2, 3]
     staged.sizes[2] = 0  # its grouped file has no rows: complete
     assert staged.incomplete() == [3]
+
+
+def test_staged_parts_add_up_the_actors_seconds_of_each_parts_rows(tmp_path):
+    """Ray's actors score parts side by side, out of the driver's sight, so a part's wall clock says little of
+    its cost (parts that finish together take about 0 s each): every result row carries its share of its
+    actor's seconds, and a part's are summed over however Ray cut its rows into tables."""
+    from seqrec.batchinfer.ray_engine import ACTOR_SECONDS, SEQUENCE, StagedParts
+
+    staged = StagedParts(tmp_path, [3, 2])
+    rows = pa.table({"user_id": [10, 11, 20, 12, 21], SEQUENCE: [0, 1, 3, 2, 4],
+                     ACTOR_SECONDS: [0.5, 0.5, 2.0, 0.25, 1.0]})
+    assert staged.add(rows.slice(0, 3)) == [] and staged.add(rows.slice(3)) == [0, 1]
+    assert staged.actor_seconds.tolist() == [1.25, 3.0]
+    assert [batch.schema.names for batch in staged.rows(0)] == [["user_id"]] * 2  # neither column reaches the output
+
+
+def test_a_ray_parts_line_shows_the_actors_seconds_and_rate():
+    from seqrec.batchinfer.writer import part_line
+
+    counts = {"users_scored": 1000, "rejected": {"empty_history": 20}}
+    assert part_line(3, 8, "a.parquet", counts, 0.01) == "part 3/8 a.parquet: 1,000 scored, 20 rejected in 0.0 s " \
+        "(102,000 users/s)"
+    assert part_line(3, 8, "a.parquet", counts, 0.01, actor_seconds=5.1) == "part 3/8 a.parquet: 1,000 scored, " \
+        "20 rejected in 5.1 actor-seconds (200 users/s per actor)"
 
 
 @pytest.mark.parametrize("numbers, message", [([[0, 1], [3], [2, 2]], r"row 2 twice"),

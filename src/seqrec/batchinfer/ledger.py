@@ -9,7 +9,9 @@
   the job line with their new digests, and the last job line is the one later resumes must match;
 - ``{"part": name, "input": path, "rows": .., "users_scored": .., "rejected": {reason: n},
   "unknown_items_dropped": .., "users_without_items": .., "seconds": ..}`` after a part's output and rejects were renamed
-  into place: a part is finished exactly when its line is complete;
+  into place: a part is finished exactly when its line is complete. ``seconds`` is the part's share of the
+  job's wall time (they add up to it); under Ray, whose actors score parts side by side, the line also
+  holds ``actor_seconds``, the seconds the actors spent reading and scoring the part;
 - last, ``{"finished": true}`` once ``_rejects.parquet`` and ``_summary.json`` are written.
 
 A kill between a part's rename and its ledger line only means the part is scored again and the

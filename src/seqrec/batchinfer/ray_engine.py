@@ -47,6 +47,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from seqrec.batchinfer.core import BatchScorer
@@ -66,6 +67,7 @@ CONNECT_SECONDS = 10  # for something to answer at --address before ray.init is 
 DEFAULT_ACTORS = 2
 GROUPED_ROWS = 8192  # input rows per batch (and row group) while a Ray task groups a long log
 SEQUENCE = "_seq"  # global input order of a result row
+ACTOR_SECONDS = "_actor_seconds"  # a result row's share of the seconds its actor spent reading and scoring its batch
 UNIT_SCHEMA = pa.schema([("path", pa.string()), ("row_group", pa.int64()), ("first", pa.int64())])
 UNIT_FAILURE_LOGGER = "ray.data._internal.execution.streaming_executor_state"  # logs a unit it goes on without
 _ACTOR_ERROR = re.compile(r"^seqrec\.errors\.(\w+): (.+)$", re.MULTILINE)  # in a Ray task's traceback text
@@ -92,6 +94,9 @@ class RayScorer:
         return pa.concat_tables([self.score_unit(**unit) for unit in units.to_pylist()])
 
     def score_unit(self, path: str, row_group: int, first: int) -> pa.Table:
+        """The unit's result rows, each with its ``_seq`` and its share of the actor's seconds on its batch
+        (reading included): the driver adds these up per part, since it cannot see when an actor works."""
+        began = time.perf_counter()
         reader = pq.ParquetFile(path)
         results = []  # a unit has rows: row groups without any are not units
         batches = reader.iter_batches(batch_size=self.batch_rows, row_groups=[row_group], columns=self.columns,
@@ -99,8 +104,10 @@ class RayScorer:
         for batch in readable(batches, path, row_group):
             result = self.scorer.score(batch)
             numbers = pa.array(np.arange(first, first + batch.num_rows, dtype=np.int64))
-            results.append(result.append_column(SEQUENCE, numbers))
-            first += batch.num_rows
+            ended = time.perf_counter()
+            shares = pa.array(np.full(batch.num_rows, (ended - began) / batch.num_rows))  # (rows,) float64
+            results.append(result.append_column(SEQUENCE, numbers).append_column(ACTOR_SECONDS, shares))
+            first, began = first + batch.num_rows, ended
         return pa.Table.from_batches(results)
 
 
@@ -221,10 +228,11 @@ def _commit(staged: StagedParts, index: int, part: InputPart, writer: PartWriter
     """The rows of part ``index`` in input order through ``writer``, then the part committed. ``began``: when
     the job's work began. The actors read and score a part side by side with others, out of the driver's
     sight (its first rows reach the driver only once they are scored), so the part's clock starts when the
-    previous part was committed (the writer's rule), the first part's when the work began."""
+    previous part was committed (the writer's rule), the first part's when the work began. Parts that finish
+    together so get about 0 s each; the seconds the actors spent on the part go with it as ``actor_seconds``."""
     for batch in staged.rows(index):
         writer.handle(part, batch, started=began)
-    writer.handle(part, None, started=began)
+    writer.handle(part, None, started=began, actor_seconds=float(staged.actor_seconds[index]))
     staged.drop(index)
 
 
@@ -346,6 +354,7 @@ class StagedParts:
         self.directory, self.sizes, self.size_of = directory, list(sizes), size_of
         self.starts = np.concatenate([[0], np.cumsum(sizes if bounds is None else bounds, dtype=np.int64)])  # (P + 1,)
         self.received = np.zeros(len(sizes), dtype=np.int64)  # (P,)
+        self.actor_seconds = np.zeros(len(sizes))  # (P,) the actors' seconds on each part's rows so far
         self.first_seen: dict[int, float] = {}  # part index -> when its first row reached the driver
         self.committed: set[int] = set()
         self.pieces = 0
@@ -371,6 +380,8 @@ class StagedParts:
             pq.write_table(piece, folder / f"{self.pieces:08d}.parquet")
             self.pieces += 1
             self.first_seen.setdefault(index, time.perf_counter())
+            if ACTOR_SECONDS in piece.column_names:
+                self.actor_seconds[index] += pc.sum(piece.column(ACTOR_SECONDS)).as_py() or 0.0
             before, self.received[index] = self.received[index], self.received[index] + piece.num_rows
             if self.sizes[index] is None:
                 self.sizes[index] = self.size_of(index)
@@ -483,4 +494,5 @@ class _LastFile:
     def rows(self, path: Path, offset: int, count: int) -> pa.RecordBatch:
         if path != self.path:
             self.path, self.table = path, pq.read_table(path, memory_map=True)
-        return self.table.slice(offset, count).drop_columns([SEQUENCE]).combine_chunks().to_batches()[0]
+        extra = [name for name in (SEQUENCE, ACTOR_SECONDS) if name in self.table.column_names]
+        return self.table.slice(offset, count).drop_columns(extra).combine_chunks().to_batches()[0]

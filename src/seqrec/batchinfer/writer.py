@@ -29,11 +29,14 @@ class PartWriter:
         self.ended: float | None = None  # when the last part was committed (a time.perf_counter() reading)
         self.users = 0  # users scored or rejected by this run
 
-    def handle(self, part: InputPart, result: pa.RecordBatch | None, started: float | None = None) -> None:
+    def handle(self, part: InputPart, result: pa.RecordBatch | None, started: float | None = None,
+               actor_seconds: float | None = None) -> None:
         """``started`` (a ``time.perf_counter()`` reading): when the engine began the part's work (reading its
         first batch); without it, when its first result reaches the writer. The part's clock starts then, or
         when the previous part was committed if that is later: the engines read and score ahead while the
-        writer finishes a part, so this keeps each part's seconds its own and they add up to the job's."""
+        writer finishes a part, so this keeps each part's seconds its own and they add up to the job's.
+        ``actor_seconds`` (with the commit, Ray only): the seconds Ray's actors spent reading and scoring the
+        part, side by side with other parts; recorded beside ``seconds``, and the part's line shows it."""
         if self.part != part:
             self.abort()
             began = time.perf_counter() if started is None else started
@@ -43,10 +46,12 @@ class PartWriter:
             counts = self.sink.commit()
             self.ended = time.perf_counter()
             seconds = self.ended - self.started
+            actors = {} if actor_seconds is None else {"actor_seconds": round(actor_seconds, 3)}
             self.ledger.record({"part": part.name, "input": part.path, "rows": part.rows, **counts,
-                                "seconds": round(seconds, 3)})
+                                "seconds": round(seconds, 3), **actors})
             if self.log is not None:
-                self.log(part_line(len(self.ledger.entries), len(self.plan.parts), part.name, counts, seconds))
+                self.log(part_line(len(self.ledger.entries), len(self.plan.parts), part.name, counts, seconds,
+                                   actor_seconds))
             self.sink = self.part = None
             return
         self.sink.write(result)
@@ -61,9 +66,13 @@ class PartWriter:
         self.sink = self.part = None
 
 
-def part_line(done: int, parts: int, name: str, counts: dict, seconds: float) -> str:
-    """``part 3/30 a.parquet: 1,000 scored, 2 rejected in 5.1 s (196 users/s)``."""
+def part_line(done: int, parts: int, name: str, counts: dict, seconds: float,
+              actor_seconds: float | None = None) -> str:
+    """``part 3/30 a.parquet: 1,000 scored, 2 rejected in 5.1 s (196 users/s)``; under Ray, whose actors score
+    parts side by side (so parts finishing together take about 0 s of the job's time each), the actors' time:
+    ``... rejected in 5.1 actor-seconds (196 users/s per actor)``."""
     users = counts["users_scored"] + sum(counts["rejected"].values())
-    rate = users / seconds if seconds > 0 else 0.0
+    spent, unit, per = (seconds, "s", "") if actor_seconds is None else (actor_seconds, "actor-seconds", " per actor")
+    rate = users / spent if spent > 0 else 0.0
     return (f"part {done}/{parts} {name}: {counts['users_scored']:,} scored, {sum(counts['rejected'].values()):,} "
-            f"rejected in {seconds:.1f} s ({rate:,.0f} users/s)")
+            f"rejected in {spent:.1f} {unit} ({rate:,.0f} users/s{per})")
