@@ -16,12 +16,13 @@ from seqrec.interrupts import interrupts_deferred
 
 
 def checked_output(out: str | Path, what: str, marker: str, option: str = "--out",
-                   protect: str | None = None) -> Path:
+                   protect: str | None = None, own: tuple[str, ...] | None = None) -> Path:
     """``out`` as an absolute path a run may replace: absent, an empty directory, or a ``what`` (a
-    directory holding ``marker``); never ``protect`` (an input), a directory holding it, or a path inside it
-    (a later run that replaces ``protect`` whole, as training replaces a checkpoint, would delete it; and a
-    directory of data read at any depth would read it). ConfigError otherwise, so that nothing else at that
-    path is ever deleted. Checked before any work."""
+    directory holding ``marker``) holding nothing but the entries named in ``own`` (when given: a bundle
+    or notes a user put inside a checkpoint would go with it); never ``protect`` (an input), a directory
+    holding it, or a path inside it (a later run that replaces ``protect`` whole, as training replaces a
+    checkpoint, would delete it; and a directory of data read at any depth would read it). ConfigError
+    otherwise, so that nothing else at that path is ever deleted. Checked before any work."""
     out = Path(out).resolve()
     if protect is not None:
         protected = Path(protect).resolve()
@@ -38,7 +39,20 @@ def checked_output(out: str | Path, what: str, marker: str, option: str = "--out
         raise ConfigError(received_expected(f"{option} '{out}'", f"a directory that is not a {what} (no {marker}); "
                                             "it is not replaced", f"an absent or empty directory, or a {what} to "
                                             "replace"))
+    if own is not None and out.is_dir():
+        _check_only_own_entries(out, what, option, own)
     return out
+
+
+def _check_only_own_entries(out: Path, what: str, option: str, own: tuple[str, ...]) -> None:
+    """ConfigError when the ``what`` at ``out`` holds entries it never writes: replacing it would delete them."""
+    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in own)
+    if foreign:
+        named = ", ".join(f"'{name}'" for name in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
+                                                                  else "")
+        raise ConfigError(received_expected(f"{option} '{out}'", f"a {what} that also holds {named}, which replacing "
+                                            "it would delete", f"a {what} holding only its own files "
+                                            f"({', '.join(own)}): move the others out, or choose another {option}"))
 
 
 def staging_directory(out: Path, option: str = "--out") -> Path:

@@ -210,6 +210,22 @@ def test_out_must_be_a_bundle_an_empty_directory_or_absent(tiny_checkpoints, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "empty", "notes"]
 
 
+def test_a_bundle_holding_anything_else_is_not_replaced(tiny_checkpoints, tmp_path):
+    """An export replaces a bundle whole: whatever else a user keeps in it (a README for the serving team, a
+    second model) is named and the export refused before any work; a bundle of its own files alone is replaced."""
+    checkpoint = tiny_checkpoints("sasrec", "softmax")
+    out = tmp_path / "bundle"
+    export_checkpoint(checkpoint, out, ExportConfig(validation_users=8), echo=lambda s: None)
+    (out / "README.txt").write_text("for the serving team")
+    with pytest.raises(ConfigError, match=r"--out '.*bundle' \| received a bundle that also holds 'README.txt', "
+                                          r"which replacing it would delete"):
+        export_checkpoint(checkpoint, out, ExportConfig(validation_users=8), echo=lambda s: None)
+    assert (out / "README.txt").read_text() == "for the serving team"
+    (out / "README.txt").unlink()
+    export_checkpoint(checkpoint, out, ExportConfig(validation_users=8, top_k=5), echo=lambda s: None)
+    assert load_bundle(out).manifest["export"]["top_k"] == 5
+
+
 def test_custom_pointer_op_is_refused_where_the_graph_has_no_history_scatter(tiny_checkpoints, tmp_path):
     cases = [("softmax", False, "head 'softmax'"), ("cpr", True, "head 'cpr', variant 'CPR:20\\+Mi', exclude_seen True")]
     for head, exclude_seen, received in cases:

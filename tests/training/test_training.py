@@ -248,6 +248,23 @@ def test_training_never_loses_what_out_held(synth_parquet, tiny_checkpoint, tmp_
     assert sorted(path.name for path in tmp_path.iterdir()) == ["kept", "notes"]  # no staging left behind
 
 
+def test_a_checkpoint_holding_anything_of_the_users_is_not_replaced(synth_parquet, tiny_checkpoint, tmp_path,
+                                                                     make_configs, monkeypatch):
+    """Training replaces a checkpoint whole: a bundle exported into it (before export refused that) or notes put
+    beside its files would go with it. Such a checkpoint is refused before any training, naming what it holds."""
+    kept = tmp_path / "kept"
+    shutil.copytree(tiny_checkpoint, kept)
+    (kept / "bundle").mkdir()
+    (kept / "bundle" / "manifest.json").write_text("{}")
+    (kept / "notes.txt").write_text("keep")
+    monkeypatch.setattr(loop, "fit", lambda *args, **kwargs: pytest.fail("trained before checking --out"))
+    with pytest.raises(ConfigError, match=r"--out '.*kept' \| received a checkpoint that also holds 'bundle', "
+                                          r"'notes.txt', which replacing it would delete, expected a checkpoint "
+                                          r"holding only its own files \(config.json, weights.safetensors"):
+        train(synth_parquet, kept, *make_configs())
+    assert (kept / "bundle" / "manifest.json").read_text() == "{}" and (kept / "notes.txt").read_text() == "keep"
+
+
 def test_scores_that_stop_being_finite_are_divergence_not_a_result(synth_parquet, tmp_path, make_configs):
     """A huge step can leave finite-looking losses and weights whose scores are NaN: NDCG 0.0 would still
     have beaten the initial best and been saved. Now it is divergence: nothing to keep, nothing saved."""

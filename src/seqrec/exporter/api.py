@@ -14,8 +14,8 @@ import torch
 from seqrec.config import ExportConfig
 from seqrec.directories import checked_output, replace_directory, staging_directory
 from seqrec.errors import ConfigError, ExportMismatchError, received_expected
-from seqrec.exporter.bundle import (MANIFEST_FILE, ONNX_FILE, PLAN_FILE, VOCAB_FILE, Bundle, graph_signature,
-                                    write_manifest)
+from seqrec.exporter.bundle import (BUNDLE_FILES, MANIFEST_FILE, ONNX_FILE, PLAN_FILE, VOCAB_FILE, Bundle,
+                                    graph_signature, write_manifest)
 from seqrec.exporter.custom_ops import DOMAIN, OP_TYPE
 from seqrec.exporter.graph import ScoringGraph
 from seqrec.exporter.onnx_export import export_onnx
@@ -50,7 +50,7 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out: str | Path, cfg:
 
         check_topk_sizes(ckpt.model, cfg.top_k)
         require_tensorrt()  # fail in one line before any work when there is no GPU
-    out = checked_output(out, "bundle", MANIFEST_FILE, protect=source)
+    out = checked_output(out, "bundle", MANIFEST_FILE, protect=source, own=BUNDLE_FILES)
     checked_output(_failed_path(out), "bundle", MANIFEST_FILE, option="OUT.failed (where a failed export over "
                    "a bundle goes)", protect=source)
     staging = staging_directory(out)

@@ -21,6 +21,7 @@ MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
 VOCAB_FILE = "vocab.parquet"
+BUNDLE_FILES = (MANIFEST_FILE, ONNX_FILE, f"{ONNX_FILE}.data", PLAN_FILE, VOCAB_FILE)  # .data: a graph over 2 GB
 BUNDLE_VERSION = 1
 
 

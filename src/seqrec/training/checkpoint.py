@@ -25,6 +25,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 VOCAB_FILE = "vocab.parquet"
 META_FILE = "meta.json"
+CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, META_FILE)  # all a checkpoint holds
 
 
 @dataclass
@@ -40,7 +41,8 @@ def checked_checkpoint_output(directory: str | Path, protect: str | None = None)
     """``directory`` as a path training may replace (absent, empty, or a checkpoint, not holding ``protect``, the
     training data); ConfigError otherwise, before any training, so a bad ``--out`` costs nothing and nothing else
     there is ever deleted."""
-    directory = checked_output(directory, "checkpoint", WEIGHTS_FILE, protect=protect)  # config.json: too common
+    directory = checked_output(directory, "checkpoint", WEIGHTS_FILE, protect=protect,  # config.json: too common
+                               own=CHECKPOINT_FILES)
     if directory.parent.exists() and not directory.parent.is_dir():
         raise ConfigError(received_expected(f"--out '{directory}'", f"a path under the file '{directory.parent}'",
                                             "a directory this user can create and write"))
