@@ -191,6 +191,26 @@ def test_demo_refuses_a_bad_option_before_writing_anything(tmp_path):
     assert result.exit_code == 1 and result.output.startswith("Error: --out '") and "(NotADirectoryError)" in result.output
 
 
+def test_a_demo_rerun_refuses_before_any_work_where_its_outputs_hold_a_users_files(tmp_path):
+    """A rerun replaces its checkpoint, bundle and scored output whole: a user's file in scored/ was deleted, and
+    one in bundle/ stopped the demo at its export after data and checkpoint had been rewritten."""
+    demo = tmp_path / "demo"
+    (demo / "scored" / "sub").mkdir(parents=True)
+    (demo / ".seqrec-demo").write_text("an earlier demo")
+    (demo / "scored" / "_ledger.jsonl").write_text("")
+    (demo / "scored" / "sub" / "mine.txt").write_text("keep")
+    result = run("demo", "--out", demo, "--users", 300, "--epochs", 1)
+    assert result.exit_code == 1 and "an earlier demo whose scored/ also holds 'sub'" in result.output, result.output
+    (demo / "scored" / "sub" / "mine.txt").unlink()
+    (demo / "scored" / "sub").rmdir()
+    (demo / "bundle").mkdir()
+    (demo / "bundle" / "manifest.json").write_text("{}")
+    (demo / "bundle" / "notes.txt").write_text("keep")
+    result = run("demo", "--out", demo, "--users", 300, "--epochs", 1)
+    assert result.exit_code == 1 and "a bundle that also holds 'notes.txt'" in result.output, result.output
+    assert not (demo / "interactions.parquet").exists() and (demo / "bundle" / "notes.txt").read_text() == "keep"
+
+
 def test_train_cpr_head_then_eval_by_repeat(synth_parquet, tmp_path):
     out = tmp_path / "cpr"
     result = run("train", "--data", synth_parquet, "--out", out, "--head", "cpr", "--cpr-variant", "CPR:20,5+Mi",

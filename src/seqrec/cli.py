@@ -309,7 +309,7 @@ def _catalog_warning(metrics: dict) -> str | None:
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="bundle directory to write")
 @click.option("--format", "format_", type=click.Choice(EXPORT_FORMATS), default="onnx", show_default=True)
 @click.option("--top-k", type=int, default=10, show_default=True)
-@click.option("--exclude-seen", is_flag=True, help="never return an item of the input history")
+@click.option("--exclude-seen", is_flag=True, help="never return an item of the history window (the last --max-length items the model sees)")
 @click.option("--precision", type=click.Choice(EXPORT_PRECISIONS), default="fp32", show_default=True)
 @click.option("--pointer-op", type=click.Choice(POINTER_OPS), default="standard", show_default=True,
               help="CPR history scatter as standard ONNX ops, or as one seqrec-domain node")
@@ -346,7 +346,7 @@ def export_command(checkpoint: str, out: str, format_: str, **options) -> None:
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="torch backend: bf16 autocasts the matrix products")
 @click.option("--print-config", is_flag=True, help="print the resolved config as JSON and exit")
-@click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--quiet", is_flag=True, help="no progress bar, and no line per finished part without a terminal")
 def score_command(model: str, input_: str, print_config: bool, quiet: bool, **options) -> None:
     """Score users' histories with a bundle or checkpoint MODEL: top-K per user, one output part per input part."""
     from seqrec.batchinfer import score
@@ -403,7 +403,7 @@ def profile_command(model: str, print_config: bool, **options) -> None:
 @click.option("--epochs", type=int, default=15, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo_command(out: str, **options) -> None:
-    """Synthetic data -> train -> evaluate -> export -> score, on this machine, in about a minute."""
+    """Synthetic data -> train -> evaluate -> export -> score, on this machine, in a few minutes."""
     from seqrec.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(out=out, **options), echo=click.echo)

@@ -15,9 +15,15 @@ from seqrec.batchinfer import score
 from seqrec.config import ExportConfig, ScoreConfig, resolve_configs
 from seqrec.exporter import export_checkpoint
 from seqrec.data import SynthConfig, generate_interactions, interaction_stats, write_interactions
+from seqrec.batchinfer.ledger import LEDGER_FILE, STAGING_DIR
+from seqrec.batchinfer.outputs import REJECTS_DIR, REJECTS_FILE, TEMP_SUFFIX
+from seqrec.batchinfer.summary import SUMMARY_FILE
 from seqrec.directories import checked_output, unusable_path
+from seqrec.errors import ConfigError, received_expected
+from seqrec.exporter.bundle import BUNDLE_FILES, MANIFEST_FILE
 from seqrec.training import evaluate_checkpoint, train
 from seqrec.training.evaluation import ranges_to_indices
+from seqrec.training.checkpoint import checked_checkpoint_output
 from seqrec.training.loop import prepare_data
 from seqrec.training.metrics import ranking_metrics
 
@@ -35,6 +41,8 @@ class DemoConfig:
 
 
 DEMO_MARKER = ".seqrec-demo"
+SCORED_ENTRIES = (LEDGER_FILE, STAGING_DIR, SUMMARY_FILE, REJECTS_FILE, REJECTS_DIR, "interactions.parquet")  # the
+# scoring job's files for its one input part (the demo's interactions.parquet)
 
 
 def run_demo(cfg: DemoConfig, echo=print) -> dict[str, Any]:
@@ -42,6 +50,7 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict[str, Any]:
     check, score every user with the exported bundle; write everything to ``cfg.out``."""
     started = time.perf_counter()
     out = checked_output(cfg.out, "demo output", DEMO_MARKER)  # a demo's own directory is replaced part by part
+    _check_replaceable(out)
     model_cfg, train_cfg = resolve_configs(cfg.model, cfg.head, {"epochs": cfg.epochs, "seed": cfg.seed,
                                                                   "patience": 3})  # bad options: before any write
     synth = SynthConfig(users=cfg.users, items=cfg.items, repeat_prob=cfg.repeat_prob, seed=cfg.seed)  # ... these too
@@ -73,6 +82,25 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict[str, Any]:
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     echo(f"done in {summary['seconds']}s; summary in {out / 'demo_summary.json'}")
     return summary
+
+
+def _check_replaceable(out: Path) -> None:
+    """ConfigError, before any work, where an earlier demo's checkpoint, bundle or scored output holds anything
+    a demo does not write: each is replaced whole, so a user's file there would be deleted (or, in the bundle,
+    would stop the demo at its export, after the data and checkpoint were rewritten)."""
+    checked_checkpoint_output(out / "checkpoint")
+    checked_output(out / "bundle", "bundle", MANIFEST_FILE, own=BUNDLE_FILES)
+    scored = out / "scored"
+    if scored.is_dir():
+        foreign = sorted(entry.name for entry in scored.iterdir()
+                         if entry.name not in SCORED_ENTRIES and not entry.name.endswith(TEMP_SUFFIX))
+        if foreign:
+            raise ConfigError(received_expected(f"--out '{out}'", f"an earlier demo whose scored/ also holds "
+                                                f"{', '.join(repr(name) for name in foreign[:5])}, which the demo "
+                                                "would delete", "a demo's own files only: move the others out"))
+    elif scored.exists():
+        raise ConfigError(received_expected(f"--out '{out}'", "an earlier demo whose scored is a file",
+                                            "a demo's own scored/ directory"))
 
 
 def popularity_baseline(data_path: str | Path, split: str = "test") -> dict[str, float]:
