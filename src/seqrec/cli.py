@@ -235,7 +235,7 @@ def data_stats(path: str) -> None:
               help="after early stopping picks the epoch count, train a fresh model on every item but each "
                    "user's test item for that many epochs (what a production model should see)")
 @click.option("--seed", type=int)
-@click.option("--device", type=str)
+@click.option("--device", type=str, help="cpu, cuda or cuda:N (a GPU this machine has)  [default: cpu]")
 @click.option("--precision", type=click.Choice(PRECISIONS), help="bf16 autocasts the matrix products")
 @click.option("--print-config", is_flag=True, help="print the resolved configs as JSON and exit")
 @click.option("--quiet", is_flag=True, help="no progress bar and no epoch lines (stderr); the result's JSON line "
