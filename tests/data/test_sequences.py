@@ -46,6 +46,16 @@ def test_unknown_items_raise_are_dropped_or_kept_beyond_the_vocabulary() -> None
     np.testing.assert_array_equal(at, [0, 1, 1, 1, 1, 2])  # position p of kept -> position at[p] of known
 
 
+def test_an_unknown_unknown_mode_is_refused() -> None:
+    """unknown="skip" silently behaved as "raise"."""
+    table = pa.table({"user_id": [1, 1], "item_id": [7, 7], "timestamp": [1, 2]})
+    vocab = Vocabulary.from_items(np.array([7]))
+    for bad in ("skip", "Drop", ""):
+        with pytest.raises(ConfigError, match=rf"build_sequences unknown \| received '{bad}', expected one of raise, "
+                                              r"drop, keep"):
+            build_sequences(table, vocab, unknown=bad)
+
+
 def test_pad_left_truncates_pads_and_right_aligns() -> None:
     flat = np.arange(1, 11)  # 1..10
     starts = np.array([0, 3, 3, 9])

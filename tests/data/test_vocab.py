@@ -79,3 +79,16 @@ def test_load_not_parquet(tmp_path) -> None:
     path.write_bytes(b"nope")
     with pytest.raises(DataError, match=r"vocabulary file '.*' \| received an unreadable path"):
         Vocabulary.load(path)
+
+
+def test_decode_takes_1d_integer_indices_only() -> None:
+    """decode(np.array([1.7])) decoded item 1, and a 2-D array was flattened."""
+    vocab = Vocabulary.from_items(pa.array(["x", "y"]))
+    for bad in (np.array([1.7]), np.array([1.0, 2.0]), np.array([True, False]), ["1"]):
+        with pytest.raises(SchemaError, match=r"indices to decode \| received dtype \S+, expected an integer dtype"):
+            vocab.decode(bad)
+    for bad in (np.array([[1, 2]]), np.int64(1)):
+        with pytest.raises(DataError, match=r"indices to decode \| received an array of shape \(.*\), expected a 1-D"):
+            vocab.decode(bad)
+    assert vocab.decode(np.array([2, 1], dtype=np.uint8)).to_pylist() == ["y", "x"]
+    assert vocab.decode([]).to_pylist() == [] and vocab.decode([1]).to_pylist() == ["x"]

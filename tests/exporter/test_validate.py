@@ -50,6 +50,21 @@ def another_right_answer(graph: ScoringGraph, items: torch.Tensor) -> dict[str, 
     return {"top_items": top_items.numpy(), "top_scores": top_scores.numpy()}
 
 
+def test_the_torch_runner_takes_arrays_of_any_strides():
+    """A reversed view (negative strides), which ONNX Runtime takes, failed in torch.from_numpy."""
+    from seqrec.exporter.runners import TorchRunner
+
+    class Echo(torch.nn.Module):
+        def forward(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return items, items.float()  # (B, L) each
+
+    items = np.arange(12, dtype=np.int64).reshape(3, 4)
+    with TorchRunner(Echo(), ("items",)) as runner:
+        for view in (items[:, ::-1], items[::-1], items.T.copy().T):
+            outputs = runner.infer({"items": view})
+            np.testing.assert_array_equal(outputs["top_items"], view)
+
+
 def test_another_right_answer_of_tied_users_passes(plain_base):
     graph, spec = plain_base
     feed = feed_of(graph)

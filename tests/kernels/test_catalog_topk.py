@@ -9,6 +9,11 @@ tensors, where each tile's sort costs Python time, so its cases are tiny.
 
 from __future__ import annotations
 
+import copy
+import threading
+import time
+
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -16,7 +21,7 @@ from hypothesis import strategies as st
 
 from seqrec.errors import ConfigError
 from seqrec.kernels import catalog_topk, register_catalog_topk_opaque
-from seqrec.kernels.blocked_catalog_topk import Tiling, blocked_catalog_topk
+from seqrec.kernels.blocked_catalog_topk import TableCache, Tiling, blocked_catalog_topk
 from seqrec.kernels.catalog_topk import choose_kernel
 from seqrec.kernels.reference import pt_catalog_topk
 from seqrec.kernels.triton import triton_available
@@ -139,6 +144,49 @@ def test_blocked_norm_order_follows_the_table():
     assert_same_topk(blocked_catalog_topk(queries, other, 30, exclude, tiling), queries, other, 30, exclude)
     plain = Tiling(item_tile=256, group=4, by_norm=False)
     assert_same_topk(blocked_catalog_topk(queries, table, 30, exclude, plain), queries, table, 30, exclude)
+
+
+@pytest.mark.parametrize("kernel", ["blocked", "int8"])
+def test_weights_replaced_through_data_are_followed(kernel):
+    """``param.data = new`` keeps the object and its version, and once the old storage is freed the allocator
+    may hand its address to the new one: a stale norm order (or int8 copy) then scored the old table. Two
+    storages over one NumPy buffer stand for that reuse without depending on the allocator."""
+    buffer = np.random.default_rng(0).standard_normal((3001, 16), dtype=np.float32)
+    weight, queries = torch.nn.Parameter(torch.from_numpy(buffer)), torch.randn(4, 16)
+    catalog_topk(queries, weight, 5, kernel=kernel)  # caches this table's norm order
+    buffer[:] = np.random.default_rng(1).standard_normal((3001, 16), dtype=np.float32)
+    weight.data = torch.from_numpy(buffer)  # another storage at the address the cache saw, same version
+    assert_same_topk(catalog_topk(queries, weight, 5, kernel=kernel), queries, weight.detach(), 5)
+
+
+def test_table_cache_builds_once_for_threads_sharing_it():
+    """Threads asking for one table at once wait for a single build and all get its value."""
+    builds, table = [], torch.randn(50, 4)
+
+    def build(items: torch.Tensor) -> tuple:
+        builds.append(items)
+        time.sleep(0.05)  # releases the GIL: without a lock the other thread starts its own build
+        return (items, len(builds))
+
+    cache, got, start = TableCache(build), [], threading.Barrier(2)
+
+    def work() -> None:
+        start.wait()
+        got.append(cache.get(table))
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1 and got[0] is got[1]
+
+
+def test_table_cache_copies_empty():
+    cache = TableCache(lambda table: table.sum())
+    table = torch.ones(3, 2)
+    assert cache.get(table) == 6
+    assert copy.deepcopy(cache).get(table) == 6
 
 
 @pytest.mark.parametrize("kernel", ["blocked", "int8"])
@@ -275,6 +323,15 @@ def test_the_reference_scores_a_block_of_users_at_a_time():
     assert_same_topk(actual, queries, table, 10, exclude)
 
 
+def test_meta_tensors_give_the_output_shapes():
+    """Meta tensors hold no values: "auto" took the blocked path beyond one tile, which read them (its NaN check)."""
+    queries, table = torch.empty(3, 8, device="meta"), torch.empty(Tiling().item_tile + 2, 8, device="meta")
+    exclude = torch.empty(3, 4, dtype=torch.long, device="meta")
+    assert choose_kernel("auto", queries, table, 5, exclude) == "pytorch"
+    scores, ids = catalog_topk(queries, table, 5, exclude)
+    assert scores.shape == ids.shape == (3, 5) and scores.is_meta and ids.dtype == torch.long
+
+
 def test_auto_chooses_by_device_and_catalog_size():
     queries, table, _ = make_inputs(3, 100, 4, 0)
     assert choose_kernel("auto", queries, table, 5, None) == "pytorch"  # one tile: nothing to gain
@@ -369,6 +426,18 @@ def test_public_op_errors():
     with pytest.raises(ConfigError, match=r"catalog_topk kernel \| received 'cuda', expected one of auto, "
                                           r"pytorch, blocked, int8, triton"):
         catalog_topk(queries, table, 2, kernel="cuda")
+
+
+@pytest.mark.parametrize("kernel", ["pytorch", "blocked", "int8"])
+def test_any_integer_k_is_taken_as_an_int(kernel):
+    queries, table, exclude = make_inputs(3, 40, 4, 5)
+    expected = catalog_topk(queries, table, 4, exclude, kernel=kernel)
+    for k in (np.int64(4), np.int32(4), torch.tensor(4)):
+        scores, ids = catalog_topk(queries, table, k, exclude, kernel=kernel)
+        assert scores.shape == (3, 4) and torch.equal(ids, expected[1])
+    for bad_k in (np.bool_(True), torch.tensor(4.0), np.int64(41)):
+        with pytest.raises(ValueError, match=r"catalog_topk k \| received"):
+            catalog_topk(queries, table, bad_k, kernel=kernel)
 
 
 def test_tiling_errors():

@@ -233,6 +233,30 @@ def test_public_op_errors():
             cpr_scatter(logits, beyond, values, kernel=kernel)
 
 
+def test_public_op_refuses_what_it_would_compute_wrongly():
+    """Integer logits or values truncated the means, bool values counted as 0/1, a width-0 logits crashed
+    with an IndexError deep inside, ids on another device failed later with an unrelated error."""
+    logits, ids, values, _ = make_inputs(3, 5, 11)
+    for name, call in (("logits", lambda: cpr_scatter(logits.long(), ids, values)),
+                       ("values", lambda: cpr_scatter(logits, ids, values.long())),
+                       ("values", lambda: cpr_scatter(logits, ids, values > 0))):
+        with pytest.raises(TypeError, match=rf"cpr_scatter {name} dtype \| received torch\.\w+, expected a floating"):
+            call()
+    with pytest.raises(ValueError, match=r"cpr_scatter logits width \| received 0, expected at least 1 column"):
+        cpr_scatter(logits[:, :0], torch.zeros_like(ids), values)
+    with pytest.raises(ValueError, match=r"cpr_scatter devices \| received \['cpu', 'meta'\], expected logits, "
+                                         r"ids and values on one device"):
+        cpr_scatter(logits, ids.to("meta"), values)
+    assert cpr_scatter(logits, ids, values.double()).dtype == logits.dtype  # mixed float dtypes stay allowed
+
+
+def test_meta_tensors_give_the_output_shape():
+    """Meta tensors hold no values: the id range check (``int(ids.max())``) crashed on them."""
+    logits, ids, values, _ = (t.to("meta") for t in make_inputs(3, 5, 11))
+    out = cpr_scatter(logits, ids, values, kernel="pytorch")
+    assert out.shape == (3, 11) and out.is_meta
+
+
 def test_opaque_op_checks_ids_as_the_public_op_does():
     op = register_cpr_scatter_opaque()
     logits, values = torch.zeros(2, 5), torch.ones(2, 3)
@@ -273,7 +297,7 @@ def test_launcher_errors():
     with pytest.raises(TypeError, match=r"cpr_scatter triton logits dtype \| received torch.float64, "
                                         r"expected torch.float32, torch.bfloat16 or torch.float16"):
         launch_cpr_scatter_fwd(logits.double(), ids, values)
-    with pytest.raises(TypeError, match=r"cpr_scatter triton values dtype \| received torch.int64"):
+    with pytest.raises(TypeError, match=r"cpr_scatter values dtype \| received torch.int64"):  # the shared check
         launch_cpr_scatter_fwd(logits, ids, ids)
     with pytest.raises(ValueError, match=r"cpr_scatter triton ids layout \| received strides \(1, 3\), "
                                          r"expected a contiguous tensor"):
@@ -281,7 +305,7 @@ def test_launcher_errors():
     with pytest.raises(ValueError, match=r"cpr_scatter triton history length \| received 4097, expected at most "
                                          r"4096 \(use kernel='pytorch'\)"):
         launch_cpr_scatter_fwd(logits, ids.new_zeros(3, 4097), values.new_zeros(3, 4097))
-    with pytest.raises(ValueError, match=r"cpr_scatter triton devices \| received \['cpu', 'meta'\]"):
+    with pytest.raises(ValueError, match=r"cpr_scatter devices \| received \['cpu', 'meta'\]"):  # the shared check
         launch_cpr_scatter_fwd(logits.cpu(), ids.cpu(), values.to("meta"))
 
 

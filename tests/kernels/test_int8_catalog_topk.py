@@ -120,6 +120,17 @@ def test_a_finite_table_whose_norms_overflow_float32():
     assert quantized.finite and 1e19 < quantized.max_norm < 1e21 and quantize_queries(queries, quantized).bounded.all()
 
 
+def test_products_that_overflow_rescore_to_nan_as_the_reference():
+    """Finite inputs whose float32 products overflow: inf - inf is NaN (ranked first) in the reference; the
+    rescoring loop compiled with fastmath=True (no NaN, no inf assumed) gave inf and -inf and lost item 3."""
+    queries = torch.tensor([[1e20, 1e20]])
+    table = torch.tensor([[0.0, 0.0], [3e20, -3e20], [1e19, 1e19], [-1e19, 2e19]])
+    scores, ids = catalog_topk(queries, table, 3, kernel="int8")
+    expected_scores, expected_ids = catalog_topk(queries, table, 3, kernel="pytorch")
+    torch.testing.assert_close(scores, expected_scores, equal_nan=True)  # [[nan, nan, inf]]
+    assert set(ids[0, :2].tolist()) == set(expected_ids[0, :2].tolist()) == {1, 3} and ids[0, 2] == 2
+
+
 def test_rows_without_a_finite_bound_take_the_blocked_path(monkeypatch):
     """Whatever makes the bound inf (here a table whose largest norm is set to inf), those rows are scored
     by the blocked path, not with a slack that wraps round in int64."""

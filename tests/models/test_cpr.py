@@ -285,6 +285,15 @@ def test_custom_pointer_op_top_k_equals_standard(variant, pooling):
     assert torch.equal(custom[1], standard[1])
 
 
+def test_an_unknown_pointer_op_is_refused():
+    """pointer_op="Custom" ran silently as "standard"."""
+    net = cpr_model("CP")
+    items = histories_with_repeats(2, 6, seed=1)
+    for bad in ("Custom", "", "triton"):
+        with pytest.raises(ConfigError, match=rf"pointer_op \| received '{bad}', expected one of standard, custom"):
+            net.top_k(items, 3, pointer_op=bad)
+
+
 def test_rerank_inputs_are_the_running_logits_of_each_stage():
     net = big_cpr_model("CPR:60,20,7")
     items = torch.randint(1, 504, (5, 10), generator=torch.Generator().manual_seed(8))

@@ -139,6 +139,20 @@ def test_any_integer_dtype_of_ids_scores_as_int64(head):
 
 @pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("kernel", ["matmul", "fused"])
+def test_a_numpy_integer_k_is_an_int(head, kernel):
+    """check_k takes any integer (np.int64 from an array of k's): every path below it must too."""
+    import numpy as np
+
+    net = tiny_model("sasrec", head=head)
+    net.head.topk_kernel = kernel
+    items = random_histories(3, 9)
+    for exclude_seen in (False, True):
+        assert all(torch.equal(a, b) for a, b in zip(net.top_k(items, np.int64(3), exclude_seen),
+                                                     net.top_k(items, 3, exclude_seen)))
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("kernel", ["matmul", "fused"])
 def test_rows_shorter_than_k_end_in_item_zero_whatever_the_path(head, kernel):
     """With exclude_seen a user with nearly the whole catalog in the window has fewer than k items left:
     the rest of the row is id 0 with -inf on every path (no excluded id comes back)."""

@@ -211,6 +211,35 @@ def test_a_broken_checkpoint_is_one_typed_error(tiny_checkpoint, tmp_path):
         load_checkpoint(malformed)
 
 
+def test_a_device_this_machine_lacks_is_a_config_error_not_the_weights(tiny_checkpoint):
+    """load_checkpoint(device='cuda') without CUDA blamed the weights ('pin_memory=True requires a CUDA ...')."""
+    absent = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(ConfigError, match=re.escape(f"device | received '{absent}', expected cpu, or one of the")):
+        load_checkpoint(tiny_checkpoint, device=absent)
+    with pytest.raises(ConfigError, match=re.escape("device | received 'gpu', expected cpu, cuda or cuda:N")):
+        load_checkpoint(tiny_checkpoint, device="gpu")
+
+
+@pytest.mark.parametrize("section,key,value", [("model", "model", "gpt9"), ("model", "colour", "red"),
+                                               ("train", "colour", "red")])
+def test_an_unknown_model_or_key_in_config_json_names_the_file(tiny_checkpoint, tmp_path, section, key, value):
+    """A ConfigError from the config classes is not a ValueError: it escaped without naming config.json."""
+    edited = shutil.copytree(tiny_checkpoint, tmp_path / "edited")
+    config = json.loads((edited / "config.json").read_text())
+    config[section][key] = value
+    (edited / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config.json \| received a malformed config \(ConfigError\("):
+        load_checkpoint(edited)
+
+
+@pytest.mark.parametrize("by_repeat", [False, True])
+def test_a_batch_size_below_one_is_a_config_error(tiny_checkpoint, synth_parquet, by_repeat):
+    """batch_size=0 was a bare 'ValueError: range() arg 3 must not be zero'."""
+    for bad in (0, -4):
+        with pytest.raises(ConfigError, match=rf"evaluation batch_size \| received {bad}, expected an integer >= 1"):
+            evaluate_checkpoint(tiny_checkpoint, synth_parquet, batch_size=bad, by_repeat=by_repeat)
+
+
 def test_a_vocabulary_of_another_size_is_refused(tiny_checkpoint, tmp_path):
     """A vocab.parquet copied from another checkpoint loaded silently and mapped ids to the wrong items."""
     from seqrec.data import Vocabulary

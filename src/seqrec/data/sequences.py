@@ -48,14 +48,21 @@ class UserSequences:
         return not np.array_equal(self.timestamps, positions)
 
 
+UNKNOWN_ITEMS = ("raise", "drop", "keep")  # what build_sequences does with an item missing from the vocabulary
+
+
 def build_sequences(table: pa.Table, vocab: Vocabulary, *, unknown: str = "raise") -> UserSequences:
     """Group ``table`` by user (users sorted) and order each user's items by timestamp.
 
     The sort is stable: interactions with equal timestamps keep their file order. An item missing
     from ``vocab`` raises DataError (``unknown="raise"``), is dropped (``"drop"``), or is kept under
     an index beyond the vocabulary, N + 1, N + 2, ... one per distinct raw id (``"keep"``), so that
-    evaluation can split by position and still tell which items the model cannot know.
+    evaluation can split by position and still tell which items the model cannot know. Any other
+    ``unknown`` is a ConfigError.
     """
+    if unknown not in UNKNOWN_ITEMS:
+        raise ConfigError(received_expected("build_sequences unknown", repr(unknown),
+                                            f"one of {', '.join(UNKNOWN_ITEMS)}"))
     table = validate_interactions(table, source="interactions")
     users = table.column("user_id").combine_chunks()
     unique = pc.unique(users)

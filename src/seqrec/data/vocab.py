@@ -120,8 +120,8 @@ class Vocabulary:
         return pc.fill_null(pc.add(found.cast(pa.int64()), 1), 0).to_numpy()
 
     def decode(self, idx: np.ndarray) -> pa.Array:
-        """Raw ids of dense indices ``idx`` (1-D); index 0 decodes to null."""
-        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        """Raw ids of dense indices ``idx`` (1-D, integers); index 0 decodes to null."""
+        idx = _checked_indices(np.asarray(idx))
         if idx.size and (idx.min() < 0 or idx.max() > len(self)):
             raise DataError(received_expected("indices to decode",
                                               f"values in [{idx.min()}, {idx.max()}]",
@@ -189,3 +189,13 @@ def _normalise(raw: RawIds, what: str) -> pa.Array:
     if pa.types.is_null(raw.type):
         return raw.cast(pa.int64())
     raise SchemaError(received_expected(what, raw.type, "integer or string ids"))
+
+
+def _checked_indices(idx: np.ndarray) -> np.ndarray:
+    """``idx`` as int64 (I,): SchemaError for a non-integer dtype (1.7 was truncated to 1), DataError for
+    another number of dimensions (a 2-D array was flattened). An empty list (float64 in NumPy) passes."""
+    if idx.ndim != 1:
+        raise DataError(received_expected("indices to decode", f"an array of shape {idx.shape}", "a 1-D array"))
+    if idx.dtype.kind not in "iu" and idx.size:
+        raise SchemaError(received_expected("indices to decode", f"dtype {idx.dtype}", "an integer dtype"))
+    return idx.astype(np.int64, copy=False)

@@ -81,7 +81,8 @@ class TorchRunner(Runner):
 
     @torch.inference_mode()
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        tensors = [torch.from_numpy(feed[name]).to(self.device) for name in self.inputs]
+        # torch.from_numpy refuses negative strides (items[:, ::-1]), which ONNX Runtime takes: copy those
+        tensors = [torch.from_numpy(np.ascontiguousarray(feed[name])).to(self.device) for name in self.inputs]
         top_items, top_scores = self.graph(*tensors)
         return {"top_items": top_items.cpu().numpy(), "top_scores": top_scores.float().cpu().numpy()}
 

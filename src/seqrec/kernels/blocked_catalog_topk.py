@@ -41,8 +41,9 @@ The first tile then holds the highest-norm items, the k-th score after it is hig
 arbitrary tile, and the last tiles (small norms) rarely have a group above it. Exactness does not
 depend on the order. The sorted copy, its item ids and each item's position (N + 1 rows: D floats
 and two int64) are built on the first call for a table and cached for the last table seen, keyed on
-the tensor object (held, so its id cannot be reused), its ``_version`` (in-place updates such as
-an optimizer step), storage, shape and stride: one extra copy of the table in memory (256 MB at
+the tensor object and its storage (both held, so neither id nor address can be reused), its
+``_version`` (in-place updates such as an optimizer step), offset, shape, stride, dtype and device
+(``TableCache``): one extra copy of the table in memory (256 MB at
 N = 1M, D = 64), no term in B x N. Exclusions are mapped to positions once per block.
 
 Measured on this project's 2-core machine (D = 64, B = 512, k = 110, a (B, 50) exclusion, random
@@ -83,6 +84,7 @@ the reference's time at 2k with k = 160 (the first tile's k x group candidates c
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -139,25 +141,47 @@ class NormOrder(NamedTuple):
 
 class TableCache:
     """One value derived from the last items table seen (a model scores with its own table), rebuilt
-    when the table changes: another tensor object (held here, so its id cannot pass to another), an
-    in-place update (``_version``, as after an optimizer step), another storage, shape or stride.
+    when the table changes: another tensor object (held here, so its id cannot pass to another),
+    another storage (held too, so its address cannot pass to another: ``param.data = new`` keeps the
+    object and its version), an in-place update (``_version``, as after an optimizer step), another
+    offset, shape, stride, dtype or device. Holding the storage keeps a replaced table's memory
+    alive until the next call with a changed table.
 
-    Not seen: writes that bypass the version counter (through ``.data``, a NumPy view, or inside
-    ``torch.inference_mode`` on a table made there, which has no counter); such a table needs a new
-    tensor object (``clone()``) to be re-read.
+    Not seen: writes that bypass the version counter into the same storage (through ``.data``, a
+    NumPy view, or inside ``torch.inference_mode`` on a table made there, which has no counter);
+    such a table needs a new tensor object (``clone()``) to be re-read.
+
+    ``get`` holds a lock, build included: threads sharing a cache build a table once and never read
+    an entry another thread is replacing. A copy (``copy.deepcopy`` of a model) starts empty.
     """
 
     def __init__(self, build: Callable[[torch.Tensor], Any]) -> None:
         self._build = build
-        self._entry: tuple[torch.Tensor, tuple, Any] | None = None
+        self._lock = threading.Lock()
+        self._entry: tuple[torch.Tensor, torch.UntypedStorage, tuple, Any] | None = None
 
     def get(self, items_table: torch.Tensor) -> Any:
-        counter = None if items_table.is_inference() else items_table._version  # inference tensors have none
-        version = (counter, items_table.data_ptr(), tuple(items_table.shape), items_table.stride())
-        if self._entry is None or self._entry[0] is not items_table or self._entry[1] != version:
-            self._entry = None  # one table at a time: free the old value before building the new one
-            self._entry = (items_table, version, self._build(items_table))
-        return self._entry[2]
+        storage = items_table.untyped_storage()
+        key = _table_key(items_table, storage)
+        with self._lock:
+            if self._entry is None or self._entry[0] is not items_table or self._entry[2] != key:
+                self._entry = None  # one table at a time: free the old value before building the new one
+                self._entry = (items_table, storage, key, self._build(items_table))  # held: key[1] stays unique
+            return self._entry[3]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_build": self._build}  # a lock does not copy; the copy rebuilds its entry
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["_build"])
+
+
+def _table_key(items_table: torch.Tensor, storage: torch.UntypedStorage) -> tuple:
+    """What must match for a cached value to stand: version counter, storage (the address of its
+    StorageImpl, unique while the cache holds it), layout, dtype, device."""
+    counter = None if items_table.is_inference() else items_table._version  # inference tensors have none
+    return (counter, storage._cdata, items_table.storage_offset(), tuple(items_table.shape), items_table.stride(),
+            items_table.dtype, items_table.device)
 
 
 def _build_norm_order(items_table: torch.Tensor) -> NormOrder:

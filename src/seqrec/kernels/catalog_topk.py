@@ -23,10 +23,21 @@ float32 on the CPU, needs numba; the CPU fast path); "triton" runs the Triton ke
 tensors under TRITON_INTERPRET=1 for tests; k + S at most ``MAX_TRITON_CANDIDATES``); "auto" picks
 Triton on CUDA, on the CPU the int8 path when the catalog spans more than one tile (the blocked
 path if numba is missing or the inputs are not float32), and the reference for smaller catalogs
-(one tile: its blocks of users hold no more scores than the blocked path's tile buffer).
+(one tile: its blocks of users hold no more scores than the blocked path's tile buffer) and for
+tensors on the "meta" device (shapes only: the other paths read values).
 
 NaN scores (a NaN in a query or an item row, inf - inf in a product) rank above every number, as
 ``torch.topk`` ranks them in the reference, on every path.
+
+Cached copy of the table: the "blocked" and "int8" paths (so "auto" on the CPU for catalogs over one
+tile) build a prepared copy of ``items_table`` on the first call (its rows sorted by norm; for "int8"
+also an int8 copy) and keep it, with a reference to the table and its storage, until a call with
+another table: one extra table in memory, and a replaced table's storage stays alive until then. It
+is rebuilt when the table is another tensor object, has another storage (``param.data = new``
+included), was updated in place through autograd's version counter (``mul_``, an optimizer step),
+or has another offset, shape, stride, dtype or device. Writes that bypass the version counter into
+the same storage (through ``tensor.data``, a NumPy view, or under ``torch.inference_mode`` on a
+table made there) are not seen: pass ``items_table.clone()`` after such writes.
 
 Registered operators, as for ``cpr_scatter``:
 
@@ -43,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import operator
 
 import torch
 
@@ -58,7 +70,7 @@ KERNELS = ("auto", "pytorch", "blocked", "int8", "triton")
 def catalog_topk(queries: torch.Tensor, items_table: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
                  kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """queries (B, D), items_table (N+1, D), k <= N, exclude (B, S) int64 or None -> scores (B, k), ids (B, k)."""
-    check_catalog_topk_inputs(queries, items_table, k, exclude)
+    k = check_catalog_topk_inputs(queries, items_table, k, exclude)
     chosen = choose_kernel(kernel, queries, items_table, k, exclude)
     with torch.no_grad(), _without_autocast(queries.device):
         if chosen == "triton":
@@ -73,8 +85,8 @@ def catalog_topk(queries: torch.Tensor, items_table: torch.Tensor, k: int, exclu
 
 
 def check_catalog_topk_inputs(queries: torch.Tensor, items_table: torch.Tensor, k: int,
-                              exclude: torch.Tensor | None) -> None:
-    """The checks every implementation shares: shapes, dtypes, devices and the range of k."""
+                              exclude: torch.Tensor | None) -> int:
+    """The checks every implementation shares: shapes, dtypes, devices and the range of k; returns k as an int."""
     excluded = "None" if exclude is None else tuple(exclude.shape)
     if (queries.dim() != 2 or items_table.dim() != 2 or queries.shape[1] != items_table.shape[1]
             or items_table.shape[0] == 0 or (exclude is not None and (exclude.dim() != 2
@@ -90,10 +102,19 @@ def check_catalog_topk_inputs(queries: torch.Tensor, items_table: torch.Tensor, 
     devices = {str(t.device) for t in (queries, items_table, exclude) if t is not None}
     if len(devices) > 1:
         raise ValueError(received_expected("catalog_topk devices", sorted(devices), "all inputs on one device"))
-    catalog = items_table.shape[0] - 1
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= catalog:
+    return checked_k(k, items_table.shape[0] - 1)
+
+
+def checked_k(k: int, catalog: int) -> int:
+    """k as a Python int (any integer type: int, np.int64, a 0-d integer tensor), in 0..catalog; ValueError else."""
+    try:
+        index = operator.index(k) if not isinstance(k, bool) else None
+    except TypeError:
+        index = None
+    if index is None or not 0 <= index <= catalog:
         raise ValueError(received_expected("catalog_topk k", repr(k), f"an int in 0..{catalog}, the catalog size N "
                                            "(items_table has N+1 rows, row 0 the padding item)"))
+    return index
 
 
 def choose_kernel(kernel: str, queries: torch.Tensor, items_table: torch.Tensor, k: int,
@@ -107,6 +128,8 @@ def choose_kernel(kernel: str, queries: torch.Tensor, items_table: torch.Tensor,
         check_int8_can_run(queries, items_table)
     if kernel != "auto":
         return kernel
+    if queries.is_meta:  # shapes only: the tiled paths read values (NaN checks, the int8 scales)
+        return "pytorch"
     if queries.is_cuda and triton_available() and _triton_refusal(queries, items_table, k, exclude) is None:
         return "triton"
     if queries.is_cuda or items_table.shape[0] <= Tiling().item_tile:
@@ -184,7 +207,7 @@ def _opaque_forward(queries: torch.Tensor, items_table: torch.Tensor, k: int,
 
 def _fake_forward(queries: torch.Tensor, items_table: torch.Tensor, k: int,
                   exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    check_catalog_topk_inputs(queries, items_table, k, exclude)
+    k = check_catalog_topk_inputs(queries, items_table, k, exclude)
     dtype = torch.promote_types(queries.dtype, items_table.dtype)
     scores = queries.new_empty((queries.shape[0], k), dtype=dtype)  # (B, k)
     return scores, queries.new_empty((queries.shape[0], k), dtype=torch.long)  # (B, k)

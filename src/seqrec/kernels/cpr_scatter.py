@@ -43,19 +43,31 @@ def cpr_scatter(logits: torch.Tensor, ids: torch.Tensor, values: torch.Tensor,
 
 
 def check_cpr_scatter_inputs(logits: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> None:
-    """The checks every implementation shares: shapes and the ids' dtype."""
+    """The checks every implementation shares: shapes, dtypes and devices."""
     if logits.dim() != 2 or ids.dim() != 2 or values.shape != ids.shape or ids.shape[0] != logits.shape[0]:
         raise ValueError(received_expected("cpr_scatter shapes", f"logits {tuple(logits.shape)}, ids "
                                            f"{tuple(ids.shape)}, values {tuple(values.shape)}",
                                            "logits (M, N+1), ids (M, S), values (M, S)"))
+    if logits.shape[1] == 0:  # column 0, the padding item, is always there (the reference keeps it)
+        raise ValueError(received_expected("cpr_scatter logits width", logits.shape[1],
+                                           "at least 1 column (N+1: the padding item and N items)"))
     if ids.dtype != torch.int64:
         raise TypeError(received_expected("cpr_scatter ids dtype", ids.dtype, "torch.int64"))
+    for name, tensor in (("logits", logits), ("values", values)):  # means of integers were truncated
+        if not tensor.is_floating_point():
+            raise TypeError(received_expected(f"cpr_scatter {name} dtype", tensor.dtype, "a floating dtype"))
+    devices = {str(tensor.device) for tensor in (logits, ids, values)}
+    if len(devices) > 1:
+        raise ValueError(received_expected("cpr_scatter devices", sorted(devices),
+                                           "logits, ids and values on one device"))
 
 
 def check_cpr_scatter_ids(ids: torch.Tensor, columns: int) -> None:
     """Ids beyond the catalog are a ValueError, checked where it costs no device sync and no trace
-    break: eager CPU tensors. (On CUDA the Triton kernels skip such ids, as negative ids, padding.)"""
-    if ids.is_cuda or ids.numel() == 0 or torch.compiler.is_compiling() or torch.jit.is_tracing():
+    break: eager CPU tensors. (On CUDA the Triton kernels skip such ids, as negative ids, padding;
+    meta tensors hold no values.)"""
+    if (ids.is_cuda or ids.is_meta or ids.numel() == 0 or torch.compiler.is_compiling()
+            or torch.jit.is_tracing()):
         return
     largest = int(ids.max())
     if largest >= columns:

@@ -15,7 +15,7 @@ from typing import Any
 
 import safetensors.torch
 
-from seqrec.config import SCHEMA_VERSION, ModelConfig, TrainConfig
+from seqrec.config import SCHEMA_VERSION, ModelConfig, TrainConfig, _check_device_name, _check_device_present
 from seqrec.data import Vocabulary
 from seqrec.directories import checked_output, replace_directory, staging_directory
 from seqrec.errors import CheckpointError, ConfigError, received_expected
@@ -69,6 +69,10 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
 
 
 def load_checkpoint(directory: str | Path, device: str = "cpu") -> Checkpoint:
+    """The checkpoint in ``directory``, its model on ``device`` in eval mode. ConfigError for a device this
+    machine lacks (before anything is read), CheckpointError naming the file for a missing or malformed one."""
+    _check_device_name(device)
+    _check_device_present(device)
     directory = Path(directory)
     _require_files(directory)
     config = _read_json(directory / CONFIG_FILE)
@@ -110,7 +114,7 @@ def _configs(directory: Path, config: dict) -> tuple[ModelConfig, TrainConfig]:
     try:
         train = {"train_windows": "last", **config["train"]}  # written before the option: it trained on the last window
         return ModelConfig.from_dict(config["model"]), TrainConfig.from_dict(train)
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, ConfigError) as err:  # ConfigError: an unknown key or model name
         raise CheckpointError(received_expected(f"{directory / CONFIG_FILE}", f"a malformed config ({err!r})",
                                                 "the 'model' and 'train' sections seqrec train writes")) from err
 

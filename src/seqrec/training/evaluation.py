@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Iterator
 
 import numpy as np
 import torch
 
 from seqrec.data import EvalExamples, UserSequences, pad_left
+from seqrec.errors import ConfigError, received_expected
 from seqrec.models import SequentialRecommender
 from seqrec.training.metrics import CUTOFFS, ranking_metrics, target_ranks
 
@@ -102,7 +104,9 @@ def target_in_history(items: np.ndarray, examples: EvalExamples) -> np.ndarray:
 
 def scored_batches(model: SequentialRecommender, seqs: UserSequences, examples: EvalExamples, batch_size: int,
                    exclude_history: bool, device: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, slice]]:
-    """Full-catalog logits (B, N+1) and targets (B,) per batch of examples, in eval mode."""
+    """Full-catalog logits (B, N+1) and targets (B,) per batch of examples, in eval mode; ConfigError for a
+    batch_size below 1 (every evaluation entry point scores through here)."""
+    check_batch_size(batch_size)
     was_training = model.training
     model.eval()
     for lo in range(0, len(examples.targets), batch_size):
@@ -117,6 +121,12 @@ def scored_batches(model: SequentialRecommender, seqs: UserSequences, examples: 
             logits = mask_history(logits, seqs.items, starts, ends)
         yield logits, torch.from_numpy(examples.targets[batch]).to(device), batch
     model.train(was_training)
+
+
+def check_batch_size(batch_size: int) -> None:
+    """An integer >= 1 (0 was a bare 'range() arg 3 must not be zero')."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ConfigError(received_expected("evaluation batch_size", repr(batch_size), "an integer >= 1"))
 
 
 def mask_history(logits: torch.Tensor, items: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> torch.Tensor:

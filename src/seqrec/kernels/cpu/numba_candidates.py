@@ -110,10 +110,18 @@ def finish_rows(values, positions, counts, k, slacks):  # pragma: no cover - com
             counts[row], _ = _keep_within_slack(values[row], positions[row], counts[row], k, slacks[row])
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+# Only "reassoc": it lets LLVM vectorise the sum (another order, as the module docstring allows). Not
+# fastmath=True: its "nnan"/"ninf" let LLVM assume no NaN or inf, and an overflowing product (inf - inf)
+# came out inf or -inf instead of the reference's NaN (which ranks first), so an item was lost. Not
+# "contract" either: a fused multiply-add does not round the product, so inf + (a finite -3e40) stayed
+# inf where the reference's rounded products give inf - inf = NaN.
+RESCORE_FASTMATH = {"reassoc"}
+
+
+@njit(parallel=True, cache=True, fastmath=RESCORE_FASTMATH)
 def rescore(queries, rows, positions, counts, out):  # pragma: no cover - compiled
     """out (M, C) float32: the exact dot product of each query with its candidates' rows of the
-    (norm-ordered) float32 table, -inf past each row's count."""
+    (norm-ordered) float32 table, -inf past each row's count; NaN and inf as IEEE arithmetic gives them."""
     width = out.shape[1]
     dim = queries.shape[1]
     for row in prange(out.shape[0]):
