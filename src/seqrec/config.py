@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -89,6 +90,17 @@ class _JsonConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
+    def _check_integer_fields(self) -> None:
+        """Every ``int`` field an integer (NumPy's too, stored as int): a float or bool width or count was
+        accepted and failed deep inside torch (``dim=8.0``: "empty(): argument 'size' ... got float")."""
+        for item in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, item.name)
+            if item.type not in ("int", "int | None") or value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ConfigError(received_expected(item.name, repr(value), "an integer"))
+            setattr(self, item.name, int(value))
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
@@ -147,6 +159,7 @@ class ModelConfig(_JsonConfig):
     pc_activation: str = "tanh"  # PCRec: f in the prediction mu = theta f(s)
 
     def __post_init__(self) -> None:
+        self._check_integer_fields()
         _check_choice("model", self.model, MODELS)
         _check_choice("head", self.head, HEADS)
         _check_choice("positions", self.positions, POSITIONS)
@@ -196,6 +209,7 @@ class TrainConfig(_JsonConfig):
     # item a target once; last: the most recent window only (the runs recorded before this option existed)
 
     def __post_init__(self) -> None:
+        self._check_integer_fields()
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("train_windows", self.train_windows, TRAIN_WINDOWS)
         _check_choice("precision", self.precision, PRECISIONS)
@@ -229,6 +243,7 @@ class ExportConfig(_JsonConfig):
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self._check_integer_fields()
         _check_choice("format", self.format, EXPORT_FORMATS)
         _check_choice("precision", self.precision, EXPORT_PRECISIONS)
         _check_choice("pointer_op", self.pointer_op, POINTER_OPS)
@@ -259,6 +274,7 @@ class ScoreConfig(_JsonConfig):
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self._check_integer_fields()
         if self.backend is not None:
             _check_choice("backend", self.backend, SCORE_BACKENDS)
         _check_choice("layout", self.layout, SCORE_LAYOUTS)
@@ -293,6 +309,7 @@ class ProfileConfig(_JsonConfig):
     seed: int = 0  # histories and the random weights of other catalog sizes
 
     def __post_init__(self) -> None:
+        self._check_integer_fields()
         self.backends = _check_choices("backends", self.backends, SCORE_BACKENDS)
         self.precisions = _check_choices("precisions", self.precisions, PROFILE_PRECISIONS)
         self.batch_sizes = _check_sizes("batch_sizes", self.batch_sizes, MAX_BATCH)

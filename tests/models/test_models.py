@@ -176,3 +176,22 @@ def test_an_empty_batch_gives_empty_results(model, head):
         for exclude_seen in (False, True):
             for scores, ids in (net.top_k(empty, 5, exclude_seen), net.top_k_reference(empty, 5, exclude_seen)):
                 assert scores.shape == ids.shape == (0, 5)
+
+
+def test_integer_settings_given_as_floats_or_bools_are_refused_by_name():
+    """A float width reached torch as "empty(): argument 'size' ... got float"; a float batch size or top-K was
+    accepted and failed later. NumPy integers are integers, stored as int."""
+    import numpy as np
+
+    from seqrec.config import ExportConfig, ScoreConfig, TrainConfig
+
+    cases = [(lambda: ModelConfig(num_items=5, dim=8.0), r"dim \| received 8.0, expected an integer"),
+             (lambda: ModelConfig(num_items=5, max_length=2.5), r"max_length \| received 2.5"),
+             (lambda: TrainConfig(batch_size=2.5), r"batch_size \| received 2.5"),
+             (lambda: ExportConfig(top_k=True), r"top_k \| received True"),
+             (lambda: ScoreConfig(model="m", input="i", output="o", actors=1.0), r"actors \| received 1.0")]
+    for make, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            make()
+    cfg = ModelConfig(num_items=np.int64(5), dim=np.int32(8))
+    assert type(cfg.num_items) is int and type(cfg.dim) is int and cfg.to_dict()["dim"] == 8
