@@ -286,12 +286,12 @@ def test_custom_pointer_op_top_k_equals_standard(variant, pooling):
 
 
 def test_an_unknown_pointer_op_is_refused():
-    """pointer_op="Custom" ran silently as "standard"."""
-    net = cpr_model("CP")
+    """pointer_op="Custom" ran silently as "standard", with either head."""
     items = histories_with_repeats(2, 6, seed=1)
-    for bad in ("Custom", "", "triton"):
-        with pytest.raises(ConfigError, match=rf"pointer_op \| received '{bad}', expected one of standard, custom"):
-            net.top_k(items, 3, pointer_op=bad)
+    for net in (cpr_model("CP"), build_model(ModelConfig(num_items=40, dim=16, layers=1, max_length=8))):
+        for bad in ("Custom", "", "triton"):
+            with pytest.raises(ConfigError, match=rf"pointer_op \| received '{bad}', expected one of standard, custom"):
+                net.top_k(items, 3, pointer_op=bad)
 
 
 def test_rerank_inputs_are_the_running_logits_of_each_stage():

@@ -12,7 +12,7 @@ import numbers
 import torch
 from torch import nn
 
-from seqrec.config import ModelConfig
+from seqrec.config import POINTER_OPS, ModelConfig, _check_choice
 from seqrec.errors import ConfigError, ModelInputError, received_expected
 from seqrec.models.cpr import CPRHead
 from seqrec.models.gru4rec import GRU4RecEncoder
@@ -92,6 +92,7 @@ class SequentialRecommender(nn.Module):
         rest of it is id 0 with -inf, whichever head or candidate kernel (and in exported graphs).
         """
         check_k(k, self.cfg.num_items)
+        _check_choice("pointer_op", pointer_op, POINTER_OPS)  # the softmax head has no scatter, but a typo is one
         items = checked_items(items, self.cfg.num_items)
         layers = self._encode_checked(items, timestamps)
         scores, ids = self.head.top_k(layers, items[:, -self.cfg.max_length :], k, exclude_seen, pointer_op)
