@@ -44,6 +44,17 @@ def test_parts_come_from_a_file_a_directory_or_a_glob(tmp_path):
         plan_input(str(tmp_path / "in"), tmp_path / "in", False)
 
 
+def test_a_parquet_part_without_the_extension_is_named_not_skipped(tmp_path):
+    """Its users would not be scored, and the job would say nothing of them; a glob can pick such parts."""
+    write(tmp_path / "in" / "a.parquet", user_id=[1], history=[[1000]])
+    write(tmp_path / "in" / "000001_0", user_id=[2], history=[[1000]])
+    with pytest.raises(DataError, match=r"input '.*in' \| received Parquet files not named \*\.parquet "
+                                        r"\('000001_0'\), which would be skipped"):
+        plan_input(str(tmp_path / "in"), tmp_path / "out", False)
+    assert [p.name for p in plan_input(str(tmp_path / "in" / "*"), tmp_path / "out", False).parts] == [
+        "000001_0", "a.parquet"]
+
+
 def test_a_directory_whose_parts_lie_in_subfolders_names_them_and_the_glob(tmp_path):
     write(tmp_path / "nest" / "day=1" / "a.parquet", user_id=[1], history=[[1000]])
     write(tmp_path / "nest" / "day=2" / "b.parquet", user_id=[2], history=[[1001]])

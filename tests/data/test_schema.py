@@ -178,6 +178,21 @@ def test_read_parquet_file_and_directory(tmp_path) -> None:
     assert read_interactions(tmp_path / "parts").to_pydict() == table.to_pydict()
 
 
+def test_a_parquet_part_without_the_extension_is_named_not_skipped(tmp_path) -> None:
+    """A directory of parts was read as its *.parquet files only: a Hive part such as '000000_0' (Parquet
+    without the extension) was skipped, and its users with it, without a word. Notes and markers stay skipped."""
+    table = pa.table({"user_id": [1, 1, 2], "item_id": ["a", "b", "c"], "timestamp": [3, 1, 2]})
+    (tmp_path / "parts" / "day=2").mkdir(parents=True)
+    pq.write_table(table.slice(0, 2), tmp_path / "parts" / "part-0.parquet")
+    (tmp_path / "parts" / "README.txt").write_text("not a part")
+    (tmp_path / "parts" / "_SUCCESS").write_text("")
+    assert read_interactions(tmp_path / "parts").num_rows == 2
+    pq.write_table(table.slice(2), tmp_path / "parts" / "day=2" / "000000_0")
+    with pytest.raises(DataError, match=r"parquet input '.*parts' \| received Parquet files not named \*\.parquet "
+                                        r"\('day=2/000000_0'\), which would be skipped, expected every part named"):
+        read_interactions(tmp_path / "parts")
+
+
 def test_read_not_a_parquet_file(tmp_path) -> None:
     path = tmp_path / "log.parquet"
     path.write_text("user_id,item_id\n1,2\n")

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from seqrec.data.schema import floor_seconds, whole_numbers
+from seqrec.data.schema import floor_seconds, refuse_unnamed_parts, whole_numbers
 from seqrec.errors import DataError, SchemaError, received_expected
 
 LIST_FORM, LONG_FORM = "list", "long"
@@ -271,6 +271,8 @@ def _resolve(pattern: str) -> list[str]:
                                           "a glob"))
     path = Path(pattern)
     if path.is_dir():
+        refuse_unnamed_parts(path, False, f"input '{pattern}'", "every part named *.parquet (names starting with _ "
+                             "or . are skipped), or a glob that picks the parts")
         found = [str(p) for p in path.glob("*.parquet") if not p.name.startswith(("_", "."))]
     elif path.is_file():
         found = [str(path)]
