@@ -18,7 +18,7 @@ from seqrec.data import SynthConfig, generate_interactions, interaction_stats, w
 from seqrec.batchinfer.ledger import LEDGER_FILE, STAGING_DIR
 from seqrec.batchinfer.outputs import REJECTS_DIR, REJECTS_FILE, TEMP_SUFFIX
 from seqrec.batchinfer.summary import SUMMARY_FILE
-from seqrec.directories import checked_output, unusable_path
+from seqrec.directories import checked_output, foreign_entries, named_entries, unusable_path
 from seqrec.errors import ConfigError, received_expected
 from seqrec.exporter.bundle import BUNDLE_FILES, MANIFEST_FILE
 from seqrec.training import evaluate_checkpoint, train
@@ -92,12 +92,11 @@ def _check_replaceable(out: Path) -> None:
     checked_output(out / "bundle", "bundle", MANIFEST_FILE, own=BUNDLE_FILES)
     scored = out / "scored"
     if scored.is_dir():
-        foreign = sorted(entry.name for entry in scored.iterdir()
-                         if entry.name not in SCORED_ENTRIES and not entry.name.endswith(TEMP_SUFFIX))
+        foreign = [name for name in foreign_entries(scored, SCORED_ENTRIES) if not name.endswith(TEMP_SUFFIX)]
         if foreign:
             raise ConfigError(received_expected(f"--out '{out}'", f"an earlier demo whose scored/ also holds "
-                                                f"{', '.join(repr(name) for name in foreign[:5])}, which the demo "
-                                                "would delete", "a demo's own files only: move the others out"))
+                                                f"{named_entries(foreign)}, which the demo would delete",
+                                                "a demo's own files only: move the others out"))
     elif scored.exists():
         raise ConfigError(received_expected(f"--out '{out}'", "an earlier demo whose scored is a file",
                                             "a demo's own scored/ directory"))

@@ -44,12 +44,21 @@ def checked_output(out: str | Path, what: str, marker: str, option: str = "--out
     return out
 
 
+def foreign_entries(directory: Path, own: tuple[str, ...]) -> list[str]:
+    """The names in ``directory`` that are not in ``own``, sorted."""
+    return sorted(entry.name for entry in directory.iterdir() if entry.name not in own)
+
+
+def named_entries(names: list[str]) -> str:
+    """``'a', 'b'`` (the first five, then how many more) for an error line."""
+    return ", ".join(f"'{name}'" for name in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
 def _check_only_own_entries(out: Path, what: str, option: str, own: tuple[str, ...]) -> None:
     """ConfigError when the ``what`` at ``out`` holds entries it never writes: replacing it would delete them."""
-    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in own)
+    foreign = foreign_entries(out, own)
     if foreign:
-        named = ", ".join(f"'{name}'" for name in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
-                                                                  else "")
+        named = named_entries(foreign)
         raise ConfigError(received_expected(f"{option} '{out}'", f"a {what} that also holds {named}, which replacing "
                                             "it would delete", f"a {what} holding only its own files "
                                             f"({', '.join(own)}): move the others out, or choose another {option}"))

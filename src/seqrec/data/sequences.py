@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from seqrec.data.schema import validate_interactions
+from seqrec.config import _check_choice
 from seqrec.data.vocab import Vocabulary
 from seqrec.errors import ConfigError, DataError, received_expected
 
@@ -60,9 +61,7 @@ def build_sequences(table: pa.Table, vocab: Vocabulary, *, unknown: str = "raise
     evaluation can split by position and still tell which items the model cannot know. Any other
     ``unknown`` is a ConfigError.
     """
-    if unknown not in UNKNOWN_ITEMS:
-        raise ConfigError(received_expected("build_sequences unknown", repr(unknown),
-                                            f"one of {', '.join(UNKNOWN_ITEMS)}"))
+    _check_choice("build_sequences unknown", unknown, UNKNOWN_ITEMS)
     table = validate_interactions(table, source="interactions")
     users = table.column("user_id").combine_chunks()
     unique = pc.unique(users)

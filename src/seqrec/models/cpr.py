@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqrec.config import POINTER_OPS, ModelConfig, _check_choice, parse_cpr_variant
+from seqrec.config import ModelConfig, parse_cpr_variant
 from seqrec.kernels import cpr_scatter
 from seqrec.kernels.reference.pt_cpr_scatter import occurrence_sums
 from seqrec.models.heads import catalog_candidates, causal_histories, mask_padding, select_rows
@@ -145,10 +145,9 @@ class CPRHead(nn.Module):
         history's own base logits are appended (first slot of each item) because they still decide
         which items the reranker stages take: the top-k_R of the whole catalog lies in the union.
         ``pointer_op="custom"`` computes the history means with the ``cpr_scatter`` op (one custom
-        node in an ONNX export) instead of standard ops; the result is the same. Any other
-        ``pointer_op`` is a ConfigError.
+        node in an ONNX export) instead of standard ops; the result is the same (the model's ``top_k``,
+        every caller's way in, refuses any other ``pointer_op``).
         """
-        _check_choice("pointer_op", pointer_op, POINTER_OPS)
         queries = self.head_input(layers)  # (B, L, W)
         query, base_query = queries[:, -1], self.base_query(queries[:, -1])  # (B, W), (B, D)
         seen = items if (self.context_facet is not None or exclude_seen) else None
