@@ -101,9 +101,12 @@ def catalog_candidates(query: torch.Tensor, table: torch.Tensor, count: int, exc
     head's ``topk_kernel`` (see the module docstring).
     """
     if not uses_catalog_topk(kernel):
-        logits = mask_padding(query @ table.T)  # [B, D] x [D, N+1] -> [B, N+1]
-        if exclude is not None:
-            logits = logits.scatter(1, exclude, float("-inf"))
+        logits = query @ table.T  # [B, D] x [D, N+1] -> [B, N+1]
+        if exclude is None:
+            logits = mask_padding(logits)
+        else:  # padding is one more exclusion: one scatter over (B, N+1), not two
+            padding = torch.zeros_like(exclude[:, :1])  # (B, 1)
+            logits = logits.scatter(1, torch.cat([padding, exclude], dim=1), float("-inf"))
         return logits.topk(count, dim=1)  # (B, count) each
     if torch.compiler.is_compiling():
         return register_catalog_topk_opaque()(query, table, count, exclude)
@@ -131,6 +134,12 @@ def causal_histories(items: torch.Tensor) -> torch.Tensor:
 
 def mask_padding(logits: torch.Tensor) -> torch.Tensor:
     """Item 0 is padding and never a result: its column becomes -inf (in place: callers pass
-    fresh products, and no backward needs the value it overwrites)."""
+    fresh products, and no backward needs the value it overwrites).
+
+    Traced, it is a scatter of one column: ``index_fill`` on the last dimension exports to ONNX as
+    a transpose of the whole (B, N+1) matrix, a ScatterND and a transpose back, which took half of
+    ONNX Runtime's time on a 100k-item catalog (``benchmarks/score.py``)."""
+    if torch.compiler.is_compiling():
+        return logits.scatter(-1, logits.new_zeros((*logits.shape[:-1], 1), dtype=torch.long), float("-inf"))
     zero = torch.zeros(1, dtype=torch.long, device=logits.device)
     return logits.index_fill_(-1, zero, float("-inf"))
