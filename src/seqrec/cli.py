@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from seqrec.config import (CPR_POOLINGS, EXPORT_FORMATS, EXPORT_PRECISIONS, HEADS, IMPORT_FORMATS, LOSSES, MODELS,
+from seqrec.config import (CATALOG_BLOCK, CPR_POOLINGS, EXPORT_FORMATS, EXPORT_PRECISIONS, HEADS, IMPORT_FORMATS, LOSSES, MODELS,
                            PC_ACTIVATIONS,
                            POINTER_OPS, POSITIONS, PRECISIONS, PROFILE_PRECISIONS, SCORE_BACKENDS, SCORE_ENGINES, SCORE_LAYOUTS,
                            TRAIN_WINDOWS, resolve_configs)
@@ -315,6 +315,9 @@ def _catalog_warning(metrics: dict) -> str | None:
               help="CPR history scatter as standard ONNX ops, or as one seqrec-domain node")
 @click.option("--max-length", type=int, help="history window of the graph (default: the model's)")
 @click.option("--validation-users", type=int, default=200, show_default=True)
+@click.option("--catalog-block", type=int, default=CATALOG_BLOCK, show_default=True,
+              help="items the graph scores at once: a larger catalog is scored block by block, so a batch holds "
+                   "(batch, block) scores, never (batch, items)")
 def export_command(checkpoint: str, out: str, format_: str, **options) -> None:
     """Export a checkpoint to a scoring bundle (items -> top-K), validated against PyTorch."""
     from seqrec.config import ExportConfig

@@ -228,6 +228,9 @@ class TrainConfig(_JsonConfig):
         _check_device_name(self.device)
 
 
+CATALOG_BLOCK = 262_144  # items an exported graph scores at once: 512 MiB of fp32 scores for 512 users
+
+
 @dataclass
 class ExportConfig(_JsonConfig):
     """What ``seqrec export`` builds: a scoring graph (items -> top-K) and how it is checked."""
@@ -241,9 +244,11 @@ class ExportConfig(_JsonConfig):
     opset: int = 18
     validation_users: int = 200  # random users checked against PyTorch, beside the edge cases
     seed: int = 0
+    catalog_block: int = CATALOG_BLOCK  # items the graph scores at once: it holds (batch, block) scores
 
     def __post_init__(self) -> None:
         self._check_integer_fields()
+        _check_range("catalog_block", self.catalog_block, 1)
         _check_choice("format", self.format, EXPORT_FORMATS)
         _check_choice("precision", self.precision, EXPORT_PRECISIONS)
         _check_choice("pointer_op", self.pointer_op, POINTER_OPS)

@@ -41,22 +41,72 @@ def test_export_validates_and_writes_a_valid_bundle(exported, model, head, exclu
     assert load_bundle(out).vocab.decode(np.array([1])).to_pylist() == [1000]
 
 
+def catalog_products(graph) -> tuple[list, set[str]]:
+    """(the nodes reading the item table, the outputs of the products with it: Gemm or MatMul nodes reading the
+    table or a Slice of it)."""
+    table = "model.head.item_embedding.weight"
+    readers = [node for node in graph.node if table in node.input]
+    views = {table} | {node.output[0] for node in readers if node.op_type == "Slice"}
+    products = {node.output[0] for node in graph.node if node.op_type in ("Gemm", "MatMul") and set(node.input) & views}
+    return readers, products
+
+
 @pytest.mark.parametrize("model,head,exclude_seen", [(m, h, False) for m, h in PAIRS] + [(m, h, True) for m, h in EXCLUDING])
-def test_the_catalog_scores_are_never_transposed_or_scattered_by_position(exported, model, head, exclude_seen):
-    """Padding and seen items reach the (batch, N+1) scores as one ScatterElements: an index_fill on the
-    last dimension exported as Transpose + ScatterND + Transpose of the whole matrix (half of ONNX
-    Runtime's time at 100k items)."""
+def test_the_catalog_is_scored_as_stored_and_its_scores_never_transposed_or_scattered_by_position(
+        exported, model, head, exclude_seen):
+    """The product reads the table as stored (Gemm; a Transpose of it is a copy that ONNX Runtime folds at load, or
+    beyond 1 GB recomputes every call), and padding and seen items reach the (batch, N+1) scores as one
+    ScatterElements: an index_fill on the last dimension exported as Transpose + ScatterND + Transpose of the
+    whole matrix (half of ONNX Runtime's time at 100k items)."""
     import onnx
 
     out, _ = exported(model, head, exclude_seen=exclude_seen)
     graph = onnx.load(str(out / "model.onnx")).graph
     assert not [node.name for node in graph.node if node.op_type == "ScatterND"]
-    weight = "model.head.item_embedding.weight"
-    products = {node.output[0] for node in graph.node if node.op_type == "MatMul"
-                and any(weight in name or name.startswith("permute") for name in node.input)}
-    assert products, "no catalog product found in the graph"
+    table_readers, products = catalog_products(graph)
+    assert {node.op_type for node in table_readers} <= {"Gather", "Gemm", "MatMul", "Slice"}
+    assert len(products) == 1
     readers = {node.op_type for node in graph.node if set(node.input) & products}
-    assert readers <= {"ScatterElements", "TopK", "Div", "Add"}, readers
+    assert readers <= {"ScatterElements", "TopK"}, readers
+
+
+@pytest.mark.parametrize("head,exclude_seen", [("softmax", False), ("softmax", True), ("cpr", False), ("cpr", True)])
+def test_a_catalog_larger_than_the_block_is_scored_block_by_block_and_holds_parity(tiny_checkpoints, tmp_path, head,
+                                                                                   exclude_seen):
+    """700 items of 16 values: more than the exporter's optimizer folds, so the blocks are Slices of the one
+    stored table, as for any real catalog (a tiny table's slices would be folded into copies)."""
+    import onnx
+
+    out = tmp_path / "bundle"
+    lines: list[str] = []
+    config = ExportConfig(top_k=7, validation_users=40, exclude_seen=exclude_seen, catalog_block=128)
+    bundle = export_checkpoint(tiny_checkpoints("sasrec", head, num_items=700), out, config, echo=lines.append)
+    assert bundle.manifest["valid"] and bundle.manifest["export"]["catalog_block"] == 128
+    graph = onnx.load(str(out / "model.onnx")).graph
+    _, products = catalog_products(graph)
+    assert len(products) == 6  # 701 rows (padding and 700 items) in blocks of 128
+    tables = [init.name for init in graph.initializer if len(init.dims) == 2 and init.dims[0] >= 128]
+    assert tables == ["model.head.item_embedding.weight"]  # stored once
+    assert all(line.startswith("  ok") for line in lines[1:]), lines
+    assert_blocks_stay_slices_of_the_table_in_onnxruntime(out, tmp_path / "optimized.onnx")
+
+
+def assert_blocks_stay_slices_of_the_table_in_onnxruntime(bundle, optimized_path) -> None:
+    """The runner's session keeps the blocks as Slices of the one table: folded, each would be a copy made at load."""
+    import onnx
+
+    class Recording(OnnxRuntimeRunner):
+        def session_options(self, ort):
+            options = super().session_options(ort)
+            options.optimized_model_filepath = str(optimized_path)
+            return options
+
+    with Recording(bundle / "model.onnx", ("items",)):
+        pass
+    graph = onnx.load(str(optimized_path)).graph
+    tables = [init.name for init in graph.initializer if len(init.dims) == 2 and init.dims[0] >= 128]
+    assert tables == ["model.head.item_embedding.weight"]
+    assert len(catalog_products(graph)[1]) == 6
 
 
 @pytest.mark.parametrize("model", list(ENCODERS))
@@ -252,16 +302,19 @@ def test_custom_pointer_op_is_refused_where_the_graph_has_no_history_scatter(tin
                               ExportConfig(pointer_op="custom", exclude_seen=exclude_seen), echo=lambda s: None)
 
 
-def test_tensorrt_topk_limit_counts_the_candidates_not_the_window(tiny_checkpoints):
+def test_tensorrt_topk_limit_counts_the_candidates_and_the_window_only_by_block(tiny_checkpoints):
     from seqrec.exporter.tensorrt import check_topk_sizes
     from seqrec.training import load_checkpoint
 
-    softmax = load_checkpoint(tiny_checkpoints("sasrec", "softmax")).model
-    check_topk_sizes(softmax, 3840)  # the window (12) never enters a TopK
+    softmax = load_checkpoint(tiny_checkpoints("sasrec", "softmax")).model  # 300 items
+    check_topk_sizes(softmax, 3840, window=12, catalog_block=301)  # the window (12) never enters a TopK
     cpr = load_checkpoint(tiny_checkpoints("sasrec", "cpr")).model  # CPR:20+Mi
-    check_topk_sizes(cpr, 3820)
+    check_topk_sizes(cpr, 3820, window=12, catalog_block=301)
     with pytest.raises(ConfigError, match=r"received 3841, expected <= 3840"):
-        check_topk_sizes(cpr, 3821)
+        check_topk_sizes(cpr, 3821, window=12, catalog_block=301)
+    check_topk_sizes(cpr, 3807, window=12, catalog_block=300)  # by block: + padding + the window
+    with pytest.raises(ConfigError, match=r"\+ 1 \+ the window, per catalog block\) \| received 3841"):
+        check_topk_sizes(cpr, 3808, window=12, catalog_block=300)
 
 
 def test_bad_export_options_are_typed_errors(tiny_checkpoints, tmp_path):
@@ -269,6 +322,13 @@ def test_bad_export_options_are_typed_errors(tiny_checkpoints, tmp_path):
         export_checkpoint(tiny_checkpoints("sasrec", "softmax"), tmp_path / "b", ExportConfig(max_length=99))
     with pytest.raises(ConfigError, match=r"top_k \| received 5000"):
         ExportConfig(top_k=5000)
+    with pytest.raises(ConfigError, match=r"catalog_block \| received 0, expected >= 1"):
+        ExportConfig(catalog_block=0)
+    from seqrec.errors import ModelInputError
+
+    model = load_checkpoint(tiny_checkpoints("sasrec", "softmax")).model
+    with pytest.raises(ModelInputError, match=r"catalog_block \| received 2.5, expected an integer >= 1"):
+        model.top_k(torch.ones(1, 3, dtype=torch.long), 2, catalog_block=2.5)
 
 
 @pytest.mark.parametrize("model", ["sasrec", "gru4rec"])  # the node belongs to the head; two encoders suffice

@@ -1,5 +1,7 @@
 """Every registered encoder: padding is nothing, batch-mates do not matter, no future leakage."""
 
+import functools
+
 import pytest
 import torch
 
@@ -152,15 +154,16 @@ def test_a_numpy_integer_k_is_an_int(head, kernel):
 
 
 @pytest.mark.parametrize("head", HEADS)
-@pytest.mark.parametrize("kernel", ["matmul", "fused"])
+@pytest.mark.parametrize("kernel", ["matmul", "matmul by blocks of 5", "fused"])
 def test_rows_shorter_than_k_end_in_item_zero_whatever_the_path(head, kernel):
     """With exclude_seen a user with nearly the whole catalog in the window has fewer than k items left:
     the rest of the row is id 0 with -inf on every path (no excluded id comes back)."""
     net = tiny_model("sasrec", head=head, max_length=40)
-    net.head.topk_kernel = kernel
+    net.head.topk_kernel, _, block = kernel.partition(" by blocks of ")
+    top_k = functools.partial(net.top_k, catalog_block=int(block)) if block else net.top_k
     items = torch.arange(1, 36).view(1, 35).repeat(2, 1)  # items 1..35 seen, 36 and 37 left
     items[1, :30] = 0  # the second user has seen 5
-    for scores, ids in (net.top_k(items, 8, exclude_seen=True), net.top_k_reference(items, 8, exclude_seen=True)):
+    for scores, ids in (top_k(items, 8, exclude_seen=True), net.top_k_reference(items, 8, exclude_seen=True)):
         assert sorted(ids[0, :2].tolist()) == [36, 37] and ids[0, 2:].eq(0).all()
         assert scores[0, 2:].eq(float("-inf")).all() and scores[1].isfinite().all()
 

@@ -49,6 +49,43 @@ def test_fused_top_k_equals_matmul_top_k(head, overrides, exclude_seen):
             assert torch.equal(ids, expected_ids), kernel
 
 
+@pytest.mark.parametrize("head,overrides", HEADS, ids=[f"{h}-{o}" for h, o in HEADS])
+@pytest.mark.parametrize("exclude_seen", [False, True])
+@pytest.mark.parametrize("block", [997, 13])  # 997 divides no catalog here; 13 < top 15 + its exclusions
+def test_matmul_top_k_by_catalog_block_equals_the_whole_catalog_at_once(head, overrides, exclude_seen, block):
+    net = catalog_model(head, **overrides)
+    net.head.topk_kernel = "matmul"
+    items = histories()
+    with torch.no_grad():
+        expected_scores, expected_ids = net.top_k_reference(items, 15, exclude_seen)
+        scores, ids = net.top_k(items, 15, exclude_seen, catalog_block=block)
+    torch.testing.assert_close(scores, expected_scores, rtol=1e-5, atol=1e-5)
+    assert torch.equal(ids, expected_ids)
+
+
+def catalog_wide_nodes(program: torch.export.ExportedProgram) -> list[str]:
+    """Computed nodes with a dimension of the catalog's size N + 1 (the table itself is an input, not one)."""
+    return [node.name for node in program.graph.nodes if node.op == "call_function"
+            and isinstance(node.meta.get("val"), torch.Tensor) and CATALOG + 1 in node.meta["val"].shape]
+
+
+@pytest.mark.parametrize("head", ["softmax", "cpr"])
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_a_traced_graph_scored_by_block_never_holds_catalog_wide_scores(head, exclude_seen):
+    net = catalog_model(head, cpr_variant="CPR:20+Mi")
+    items = histories()
+    with torch.no_grad():
+        eager = ScoringGraph(net, top_k=10, exclude_seen=exclude_seen, length=10)(items)
+        programs = {block: torch.export.export(ScoringGraph(net, 10, exclude_seen, 10, catalog_block=block), (items,))
+                    for block in (CATALOG + 1, 4_096)}
+    assert catalog_wide_nodes(programs[CATALOG + 1])  # at once: (B, N+1) scores
+    assert not catalog_wide_nodes(programs[4_096])
+    for program in programs.values():
+        traced = program.module()(items)
+        assert torch.equal(traced[0], eager[0])
+        torch.testing.assert_close(traced[1], eager[1], rtol=1e-5, atol=1e-5)
+
+
 def test_fused_top_k_with_grad_enabled():
     net = catalog_model("softmax")  # its embedding table requires grad; top_k selects without gradient
     net.head.topk_kernel = "fused"

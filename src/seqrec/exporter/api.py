@@ -48,7 +48,7 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out: str | Path, cfg:
     if cfg.format == "tensorrt":
         from seqrec.exporter.tensorrt import check_topk_sizes, require_tensorrt
 
-        check_topk_sizes(ckpt.model, cfg.top_k)
+        check_topk_sizes(ckpt.model, cfg.top_k, window, cfg.catalog_block)
         require_tensorrt()  # fail in one line before any work when there is no GPU
     out = checked_output(out, "bundle", MANIFEST_FILE, protect=source, own=BUNDLE_FILES)
     checked_output(_failed_path(out), "bundle", MANIFEST_FILE, option="OUT.failed (where a failed export over "
@@ -63,7 +63,8 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out: str | Path, cfg:
 def _export_into(staging: Path, out: Path, ckpt: Checkpoint, cfg: ExportConfig, window: int, source: str | None,
                  echo: Callable[[str], None]) -> Bundle:
     spec = _scaled(spec_of_model(ckpt.model), cfg.precision)
-    graph = ScoringGraph(_in_precision(ckpt.model, cfg.precision), cfg.top_k, cfg.exclude_seen, window, cfg.pointer_op)
+    graph = ScoringGraph(_in_precision(ckpt.model, cfg.precision), cfg.top_k, cfg.exclude_seen, window, cfg.pointer_op,
+                         cfg.catalog_block)
     reference = ScoringGraph(ckpt.model, cfg.top_k, cfg.exclude_seen, window)
     started = time.perf_counter()
     export_onnx(graph, spec, spec.sample_inputs(ckpt.model_config.num_items, 3, window, cfg.seed),

@@ -11,7 +11,8 @@ and fails on ids above N; TensorRT's reads out of bounds). Then every history is
 to the graph's window, so the encoder always sees a fixed length (padding is nothing, so this
 changes no score) and no symbolic length reaches the encoder. Then the head's exact top-K runs
 (``SequentialRecommender.top_k``: for CPR the top-(k_R + K + L) base candidates plus the history
-items, never a (B, N) scatter). Outputs: ``top_items`` (B, K) int64 and ``top_scores`` (B, K)
+items, never a (B, N) scatter; a catalog of more than ``catalog_block`` items is scored that many at a
+time, so the graph never holds (B, N) scores). Outputs: ``top_items`` (B, K) int64 and ``top_scores`` (B, K)
 float32, best first.
 """
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqrec.config import CATALOG_BLOCK
 from seqrec.models import SequentialRecommender
 
 OUTPUT_NAMES = ("top_items", "top_scores")
@@ -28,10 +30,11 @@ OUTPUT_NAMES = ("top_items", "top_scores")
 
 class ScoringGraph(nn.Module):
     def __init__(self, model: SequentialRecommender, top_k: int, exclude_seen: bool, length: int,
-                 pointer_op: str = "standard") -> None:
+                 pointer_op: str = "standard", catalog_block: int = CATALOG_BLOCK) -> None:
         super().__init__()
         self.pointer_op = pointer_op
         self.model = model.eval()
+        self.catalog_block = catalog_block
         self.top_k = top_k
         self.exclude_seen = exclude_seen
         self.length = length
@@ -40,7 +43,8 @@ class ScoringGraph(nn.Module):
     def forward(self, items: torch.Tensor, timestamps: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         items, timestamps = self.window_inputs(items, timestamps)  # (B, W) each
-        scores, top_items = self.model.top_k(items, self.top_k, self.exclude_seen, timestamps, self.pointer_op)
+        scores, top_items = self.model.top_k(items, self.top_k, self.exclude_seen, timestamps, self.pointer_op,
+                                             self.catalog_block)
         return top_items, scores.float()
 
     @torch.no_grad()

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqrec.config import ModelConfig, parse_cpr_variant
+from seqrec.config import CATALOG_BLOCK, ModelConfig, parse_cpr_variant
 from seqrec.kernels import cpr_scatter
 from seqrec.kernels.reference.pt_cpr_scatter import occurrence_sums
 from seqrec.models.heads import catalog_candidates, causal_histories, mask_padding, select_rows
@@ -134,7 +134,7 @@ class CPRHead(nn.Module):
         return logits
 
     def top_k(self, layers: list[torch.Tensor], items: torch.Tensor, k: int, exclude_seen: bool = False,
-              pointer_op: str = "standard") -> tuple[torch.Tensor, torch.Tensor]:
+              pointer_op: str = "standard", catalog_block: int = CATALOG_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
         """The exact top-k of ``logits`` (+ seen-item exclusion) from few candidates (DESIGN.md).
 
         History items get their CPR logits (or, excluded, none); reranked items lie in the top-(k1 +
@@ -153,7 +153,7 @@ class CPRHead(nn.Module):
         seen = items if (self.context_facet is not None or exclude_seen) else None
         count = min(sum(self.variant.rerank) + k, self.item_embedding.num_embeddings - 1)
         scores, candidates = catalog_candidates(base_query, self.item_embedding.weight, count, seen,
-                                                self.topk_kernel)  # (B, C) base logits and items, seen left out
+                                                self.topk_kernel, catalog_block)  # (B, C), seen left out
         if seen is not None:  # their base logits too, for the reranker stages: columns C .. C + L
             candidates = torch.cat([candidates, items], dim=1)  # (B, C + L)
             history_base = _score(base_query, self.item_embedding(items)).to(scores.dtype)  # (B, L)

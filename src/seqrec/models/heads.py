@@ -20,8 +20,10 @@ embedding (HSTU's recipe, used with a small training temperature).
 ``top_k`` takes its catalog candidates (the best items of h E^T, seen items left out where asked)
 in one of two ways, set per head by ``head.topk_kernel``:
 
-- "matmul": the (B, N + 1) product, -inf at padding and exclusions, ``topk``. Standard ops only:
-  what an ONNX export must hold (MatMul + TopK; ONNX Runtime and TensorRT run them natively).
+- "matmul": the product with the catalog, -inf at padding and exclusions, ``topk``. Standard ops only:
+  what an ONNX export must hold (Gemm + TopK; ONNX Runtime and TensorRT run them natively). A catalog
+  of more than ``catalog_block`` items (``top_k``'s argument, ``seqrec export --catalog-block``) is
+  scored one block at a time, so a graph holds (B, block) scores at once, not (B, N + 1).
 - "fused": ``seqrec.kernels.catalog_topk``, which never holds (B, N + 1) scores (blocked on the
   CPU, Triton on CUDA); traced (torch.export / torch.compile), it is one opaque
   ``seqrec::catalog_topk_opaque`` node that only PyTorch can run.
@@ -38,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqrec.config import CATALOG_BLOCK
 from seqrec.errors import ConfigError, received_expected
 from seqrec.kernels import catalog_topk, register_catalog_topk_opaque
 from seqrec.kernels.blocked_catalog_topk import TableCache
@@ -62,10 +65,10 @@ class SoftmaxHead(nn.Module):
         return mask_padding(hidden @ self._unit(self.item_embedding.weight).T)  # [M, D] x [D, N+1] -> [M, N+1]
 
     def top_k(self, layers: list[torch.Tensor], items: torch.Tensor, k: int, exclude_seen: bool = False,
-              pointer_op: str = "standard") -> tuple[torch.Tensor, torch.Tensor]:
+              pointer_op: str = "standard", catalog_block: int = CATALOG_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self._unit(layers[-1][:, -1])  # (B, D)
         exclude = items if exclude_seen else None
-        return catalog_candidates(hidden, self._scored_table(), k, exclude, self.topk_kernel)
+        return catalog_candidates(hidden, self._scored_table(), k, exclude, self.topk_kernel, catalog_block)
 
     def sampled_logits(self, layers: list[torch.Tensor], items: torch.Tensor, rows: torch.Tensor | None,
                        targets: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,23 +97,49 @@ class SoftmaxHead(nn.Module):
 
 
 def catalog_candidates(query: torch.Tensor, table: torch.Tensor, count: int, exclude: torch.Tensor | None,
-                       kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
+                       kernel: str, block: int = CATALOG_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``count`` best items of query (B, D) . table (N+1, D): scores (B, count), ids (B, count).
 
     Padding (id 0) and each row's ``exclude`` (B, S) ids are never among them; ``kernel`` is a
-    head's ``topk_kernel`` (see the module docstring).
+    head's ``topk_kernel`` and ``block`` the ``catalog_block`` of ``top_k`` (see the module docstring).
     """
     if not uses_catalog_topk(kernel):
-        logits = query @ table.T  # [B, D] x [D, N+1] -> [B, N+1]
-        if exclude is None:
-            logits = mask_padding(logits)
-        else:  # padding is one more exclusion: one scatter over (B, N+1), not two
-            padding = torch.zeros_like(exclude[:, :1])  # (B, 1)
-            logits = logits.scatter(1, torch.cat([padding, exclude], dim=1), float("-inf"))
-        return logits.topk(count, dim=1)  # (B, count) each
+        padding = query.new_zeros((query.shape[0], 1), dtype=torch.long)  # (B, 1): one more exclusion
+        exclusions = padding if exclude is None else torch.cat([padding, exclude], dim=1)  # (B, E)
+        if table.shape[0] <= block:
+            return _catalog_candidates_at_once(query, table, count, exclusions)
+        return _catalog_candidates_by_block(query, table, count, exclusions, block)
     if torch.compiler.is_compiling():
         return register_catalog_topk_opaque()(query, table, count, exclude)
     return catalog_topk(query, table, count, exclude)
+
+
+def _catalog_candidates_at_once(query: torch.Tensor, table: torch.Tensor, count: int, exclusions: torch.Tensor
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N+1) scores, one scatter of -inf at the exclusions (B, E), ``topk``. ``F.linear`` is a Gemm
+    that reads the table as it is stored; ``query @ table.T`` exported a Transpose of the table, which
+    ONNX Runtime folds into a copy at load, or beyond 1 GB recomputes at every call."""
+    logits = F.linear(query, table).scatter(1, exclusions, float("-inf"))  # (B, N+1)
+    return logits.topk(count, dim=1)  # (B, count) each
+
+
+def _catalog_candidates_by_block(query: torch.Tensor, table: torch.Tensor, count: int, exclusions: torch.Tensor,
+                                 block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same answer, scoring ``block`` items at a time: a block's best eligible ``count`` lie among its
+    best count + E (at most E exclusions fall in it), so each block keeps those, voids its excluded ones
+    by comparison (no scatter into the block), and keeps its best ``count``; the best ``count`` of all the
+    blocks' are the answer. A static unrolled loop: the exclusion width E and the table are fixed."""
+    scores, ids = [], []
+    for start in range(0, table.shape[0], block):
+        part = table[start:start + block]  # (n, D)
+        wide = F.linear(query, part).topk(min(count + exclusions.shape[1], part.shape[0]), dim=1)  # (B, w) each
+        part_ids = wide.indices + start  # (B, w)
+        excluded = (part_ids.unsqueeze(-1) == exclusions.unsqueeze(1)).any(-1)  # (B, w)
+        best = wide.values.masked_fill(excluded, float("-inf")).topk(min(count, part_ids.shape[1]), dim=1)
+        scores.append(best.values)
+        ids.append(part_ids.gather(1, best.indices))  # (B, <= count)
+    best = torch.cat(scores, dim=1).topk(count, dim=1)  # (B, count)
+    return best.values, torch.cat(ids, dim=1).gather(1, best.indices)
 
 
 def uses_catalog_topk(kernel: str) -> bool:

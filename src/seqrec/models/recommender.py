@@ -12,7 +12,7 @@ import numbers
 import torch
 from torch import nn
 
-from seqrec.config import POINTER_OPS, ModelConfig, _check_choice
+from seqrec.config import CATALOG_BLOCK, POINTER_OPS, ModelConfig, _check_choice
 from seqrec.errors import ConfigError, ModelInputError, received_expected
 from seqrec.models.cpr import CPRHead
 from seqrec.models.gru4rec import GRU4RecEncoder
@@ -84,18 +84,22 @@ class SequentialRecommender(nn.Module):
 
 
     def top_k(self, items: torch.Tensor, k: int, exclude_seen: bool = False,
-              timestamps: torch.Tensor | None = None, pointer_op: str = "standard") -> tuple[torch.Tensor, torch.Tensor]:
+              timestamps: torch.Tensor | None = None, pointer_op: str = "standard",
+              catalog_block: int = CATALOG_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
         """items (B, L) left padded -> the k best next items (B, K) and their logits (B, K), best first.
 
         Equal to ``forward`` + ``topk`` (ties aside); ``exclude_seen`` drops the items of the model's
         window (the last ``max_length`` of ``items``). Where a row has fewer than k eligible items, the
         rest of it is id 0 with -inf, whichever head or candidate kernel (and in exported graphs).
+        ``catalog_block``: items the standard-op path (what an export traces) scores at once.
         """
         check_k(k, self.cfg.num_items)
         _check_choice("pointer_op", pointer_op, POINTER_OPS)  # the softmax head has no scatter, but a typo is one
+        check_catalog_block(catalog_block)
         items = checked_items(items, self.cfg.num_items)
         layers = self._encode_checked(items, timestamps)
-        scores, ids = self.head.top_k(layers, items[:, -self.cfg.max_length :], k, exclude_seen, pointer_op)
+        scores, ids = self.head.top_k(layers, items[:, -self.cfg.max_length :], k, exclude_seen, pointer_op,
+                                      catalog_block)
         return scores, void_ineligible(scores, ids)
 
     def top_k_reference(self, items: torch.Tensor, k: int, exclude_seen: bool = False,
@@ -152,6 +156,11 @@ def check_k(k: int, num_items: int) -> None:
     """k best items of a catalog of N: 1 <= k <= N (beyond N only padding or repeats would fill the row)."""
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= num_items:
         raise ModelInputError(received_expected("k", repr(k), f"an integer in 1..{num_items} (the catalog size)"))
+
+
+def check_catalog_block(block: int) -> None:
+    if isinstance(block, bool) or not isinstance(block, numbers.Integral) or block < 1:
+        raise ModelInputError(received_expected("catalog_block", repr(block), "an integer >= 1 (items scored at once)"))
 
 
 def build_model(cfg: ModelConfig, initialise: bool = True) -> SequentialRecommender:
