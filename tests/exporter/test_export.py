@@ -479,6 +479,15 @@ def test_tensorrt_engine_matches_pytorch(tiny_checkpoints, tmp_path, model, head
 
 
 @requires_tensorrt
+@pytest.mark.parametrize("head,exclude_seen", [("softmax", True), ("cpr", False)])
+def test_tensorrt_engine_of_a_catalog_scored_by_blocks_matches_pytorch(tiny_checkpoints, tmp_path, head, exclude_seen):
+    config = ExportConfig(format="tensorrt", validation_users=40, exclude_seen=exclude_seen, catalog_block=128)
+    bundle = export_checkpoint(tiny_checkpoints("sasrec", head, num_items=700), tmp_path / "bundle", config,
+                               echo=lambda s: None)
+    assert [r["backend"] for r in bundle.manifest["parity"]] == ["onnxruntime", "tensorrt"] and bundle.manifest["valid"]
+
+
+@requires_tensorrt
 def test_tensorrt_engine_runs_the_custom_pointer_op(tiny_checkpoints, tmp_path):
     config = ExportConfig(format="tensorrt", pointer_op="custom", validation_users=40)
     bundle = export_checkpoint(tiny_checkpoints("sasrec", "cpr"), tmp_path / "bundle", config, echo=lambda s: None)
