@@ -316,8 +316,8 @@ def _catalog_warning(metrics: dict) -> str | None:
 @click.option("--max-length", type=int, help="history window of the graph (default: the model's)")
 @click.option("--validation-users", type=int, default=200, show_default=True)
 @click.option("--catalog-block", type=int, default=CATALOG_BLOCK, show_default=True,
-              help="items the graph scores at once: a larger catalog is scored block by block, so a batch holds "
-                   "(batch, block) scores, never (batch, items)")
+              help="rows of the item table (items + the padding row) the graph scores at once: a larger table is "
+                   "scored block by block, so a batch holds (batch, block) scores, never (batch, items)")
 def export_command(checkpoint: str, out: str, format_: str, **options) -> None:
     """Export a checkpoint to a scoring bundle (items -> top-K), validated against PyTorch."""
     from seqrec.config import ExportConfig

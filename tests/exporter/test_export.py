@@ -306,15 +306,21 @@ def test_tensorrt_topk_limit_counts_the_candidates_and_the_window_only_by_block(
     from seqrec.exporter.tensorrt import check_topk_sizes
     from seqrec.training import load_checkpoint
 
-    softmax = load_checkpoint(tiny_checkpoints("sasrec", "softmax")).model  # 300 items
-    check_topk_sizes(softmax, 3840, window=12, catalog_block=301)  # the window (12) never enters a TopK
-    cpr = load_checkpoint(tiny_checkpoints("sasrec", "cpr")).model  # CPR:20+Mi
-    check_topk_sizes(cpr, 3820, window=12, catalog_block=301)
+    big = load_checkpoint(tiny_checkpoints("sasrec", "softmax", num_items=5000)).model
+    check_topk_sizes(big, 3840, window=12, catalog_block=5001)  # whole: the window (12) never enters a TopK
+    cpr = load_checkpoint(tiny_checkpoints("sasrec", "cpr", num_items=5000)).model  # CPR:20+Mi
+    check_topk_sizes(cpr, 3820, window=12, catalog_block=5001)
     with pytest.raises(ConfigError, match=r"received 3841, expected <= 3840"):
-        check_topk_sizes(cpr, 3821, window=12, catalog_block=301)
-    check_topk_sizes(cpr, 3807, window=12, catalog_block=300)  # by block: + padding + the window
+        check_topk_sizes(cpr, 3821, window=12, catalog_block=5001)
+    tiny = load_checkpoint(tiny_checkpoints("sasrec", "cpr")).model  # 300 items: never more candidates than that
+    check_topk_sizes(tiny, 3821, window=12, catalog_block=301)
+    check_topk_sizes(big, 3839, window=12, catalog_block=4000)  # by block: + padding
+    with pytest.raises(ConfigError, match=r"\+ 1, per catalog block\) \| received 3841"):
+        check_topk_sizes(big, 3840, window=12, catalog_block=4000)
+    check_topk_sizes(big, 3827, window=12, catalog_block=4000, exclude_seen=True)  # + padding + the window
     with pytest.raises(ConfigError, match=r"\+ 1 \+ the window, per catalog block\) \| received 3841"):
-        check_topk_sizes(cpr, 3808, window=12, catalog_block=300)
+        check_topk_sizes(big, 3828, window=12, catalog_block=4000, exclude_seen=True)
+    check_topk_sizes(big, 3840, window=12, catalog_block=1000, exclude_seen=True)  # no block takes more than its rows
 
 
 def test_bad_export_options_are_typed_errors(tiny_checkpoints, tmp_path):
@@ -451,6 +457,22 @@ def test_fp16_export_of_an_l2_normalised_head(tiny_checkpoints, tmp_path):
                       echo=lambda line: None)
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["valid"] and all(case["wrong_items"] == 0 for case in manifest["parity"][0]["cases"])
+
+
+@pytest.mark.parametrize("catalog_block", [128, 1024])
+def test_an_l2_normalised_head_exports_its_unit_table_as_a_constant(tiny_checkpoints, tmp_path, catalog_block):
+    """Normalising the whole table in the graph ran at every call once ONNX Runtime stopped folding constants
+    (1.3-2.7x slower): the graph now stores the unit table; nothing computes with the raw table but lookups."""
+    import onnx
+
+    ckpt = tiny_checkpoints("sasrec", "softmax", l2_normalize=True, num_items=700)
+    bundle = export_checkpoint(ckpt, tmp_path / "b", ExportConfig(top_k=7, validation_users=40,
+                                                                  catalog_block=catalog_block), echo=lambda line: None)
+    assert bundle.manifest["valid"]
+    graph = onnx.load(str(tmp_path / "b" / "model.onnx")).graph
+    assert {node.op_type for node in graph.node if "model.head.item_embedding.weight" in node.input} == {"Gather"}
+    tables = {init.name for init in graph.initializer if list(init.dims) == [701, 16]}
+    assert len(tables) == 2  # the weights (lookups) and their unit rows (scoring)
 
 
 def test_bf16_needs_tensorrt(tiny_checkpoints, tmp_path):

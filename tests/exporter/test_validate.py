@@ -187,3 +187,13 @@ def test_a_case_compared_a_few_users_at_a_time_gives_the_report_of_all_at_once(p
         assert reports[users].top_k_agreement == pytest.approx(reports[6].top_k_agreement, abs=1e-6)
     assert reports[6].users == 6 and reports[6].undefined_users == 3
     assert reports[6].ok == (wrong_user is None) and (reports[6].wrong_items > 0) == (wrong_user is not None)
+
+
+def test_a_nan_score_difference_in_any_group_stays_nan_in_the_merged_report():
+    from seqrec.exporter.validate import CaseResult, merged_cases
+
+    good = CaseResult("c", 3, 5, 7e-7, 1.0, 0, True)
+    bad = CaseResult("c", 2, 5, float("nan"), 1.0, 0, False)
+    for parts in ([good, bad], [bad, good]):
+        merged = merged_cases(parts)
+        assert np.isnan(merged.max_abs_diff) and not merged.ok and merged.users == 5

@@ -48,7 +48,7 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out: str | Path, cfg:
     if cfg.format == "tensorrt":
         from seqrec.exporter.tensorrt import check_topk_sizes, require_tensorrt
 
-        check_topk_sizes(ckpt.model, cfg.top_k, window, cfg.catalog_block)
+        check_topk_sizes(ckpt.model, cfg.top_k, window, cfg.catalog_block, cfg.exclude_seen)
         require_tensorrt()  # fail in one line before any work when there is no GPU
     out = checked_output(out, "bundle", MANIFEST_FILE, protect=source, own=BUNDLE_FILES)
     checked_output(_failed_path(out), "bundle", MANIFEST_FILE, option="OUT.failed (where a failed export over "

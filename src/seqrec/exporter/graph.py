@@ -18,6 +18,8 @@ float32, best first.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,6 +37,8 @@ class ScoringGraph(nn.Module):
         self.pointer_op = pointer_op
         self.model = model.eval()
         self.catalog_block = catalog_block
+        export_table = getattr(model.head, "export_table", None)  # a constant of the graph, not a per-call step
+        self.register_buffer("scored_table", export_table() if export_table else None, persistent=False)
         self.top_k = top_k
         self.exclude_seen = exclude_seen
         self.length = length
@@ -43,8 +47,10 @@ class ScoringGraph(nn.Module):
     def forward(self, items: torch.Tensor, timestamps: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         items, timestamps = self.window_inputs(items, timestamps)  # (B, W) each
-        scores, top_items = self.model.top_k(items, self.top_k, self.exclude_seen, timestamps, self.pointer_op,
-                                             self.catalog_block)
+        fixed = self.model.head.scoring_table(self.scored_table) if self.scored_table is not None else nullcontext()
+        with fixed:
+            scores, top_items = self.model.top_k(items, self.top_k, self.exclude_seen, timestamps, self.pointer_op,
+                                                 self.catalog_block)
         return top_items, scores.float()
 
     @torch.no_grad()

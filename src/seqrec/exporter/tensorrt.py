@@ -131,15 +131,19 @@ class TensorRTRunner(Runner):
         return {name: tensor.cpu().numpy() for name, tensor in outputs.items()}
 
 
-def check_topk_sizes(model: torch.nn.Module, top_k: int, window: int, catalog_block: int) -> None:
+def check_topk_sizes(model: torch.nn.Module, top_k: int, window: int, catalog_block: int,
+                     exclude_seen: bool = False) -> None:
     """ConfigError, before any work, when the graph's largest TopK would exceed TensorRT's: the catalog step
     takes sum(k_R) + K candidates (the reranker stages and the final top-K take fewer), and where the catalog is
-    scored by blocks each block first takes that many plus its possible exclusions (padding and the window)."""
+    scored by blocks each block first takes that many plus its possible exclusions (padding, and the window
+    where seen items are excluded or a CPR context partition scores them), at most the block's rows."""
     variant = getattr(model.head, "variant", None)
-    candidates = top_k + (sum(variant.rerank) if variant is not None else 0)
+    candidates = min(top_k + (sum(variant.rerank) if variant is not None else 0), model.cfg.num_items)
     what = "top_k + the reranker k's"
     if model.cfg.num_items + 1 > catalog_block:
-        candidates, what = candidates + 1 + window, what + " + 1 + the window, per catalog block"
+        history = exclude_seen or bool(variant is not None and variant.context)
+        candidates = min(candidates + 1 + (window if history else 0), catalog_block)
+        what += " + 1" + (" + the window" if history else "") + ", per catalog block"
     if candidates > TOPK_LIMIT:
         raise ConfigError(received_expected(f"TopK size in the graph ({what})", candidates,
                                             f"<= {TOPK_LIMIT} for TensorRT"))
@@ -148,7 +152,7 @@ def check_topk_sizes(model: torch.nn.Module, top_k: int, window: int, catalog_bl
 def build_and_check_engine(onnx_path: Path, plan_path: Path, spec: ExportSpec, cfg: ExportConfig, window: int,
                            cases: dict, reference: ScoringGraph) -> ParityReport:
     """Build the engine and check it against PyTorch on the same cases as ONNX Runtime."""
-    check_topk_sizes(reference.model, cfg.top_k, window, cfg.catalog_block)
+    check_topk_sizes(reference.model, cfg.top_k, window, cfg.catalog_block, cfg.exclude_seen)
     build_engine(onnx_path, plan_path, spec.inputs, window)
     with TensorRTRunner(plan_path, spec.inputs) as runner:
         return check_parity(runner, reference, spec, cases)

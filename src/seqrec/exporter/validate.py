@@ -19,6 +19,7 @@ its scores would put above the K-th returned.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -150,7 +151,9 @@ def _users_per_comparison(graph: ScoringGraph) -> int:
 def merged_cases(parts: list[CaseResult]) -> CaseResult:
     """One case's result from the results of its groups of users."""
     users = sum(part.users for part in parts)
-    return CaseResult(parts[0].name, users, parts[0].length, max(part.max_abs_diff for part in parts),
+    diffs = [part.max_abs_diff for part in parts]
+    worst = math.nan if any(math.isnan(diff) for diff in diffs) else max(diffs)  # as a tensor's max() keeps NaN
+    return CaseResult(parts[0].name, users, parts[0].length, worst,
                       sum(part.top_k_agreement * part.users for part in parts) / users,
                       sum(part.wrong_items for part in parts), all(part.ok for part in parts),
                       sum(part.undefined_users for part in parts), sum(part.tied_items for part in parts))

@@ -36,6 +36,8 @@ even under autocast, and gives id 0 with -inf where a row has fewer eligible ite
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,6 +60,7 @@ class SoftmaxHead(nn.Module):
         self.l2_normalize = bool(cfg is not None and cfg.l2_normalize)
         self.topk_kernel = "auto"  # see the module docstring
         self._unit_tables = TableCache(self._unit)  # the unit table of the last weights scored
+        self._fixed_table: torch.Tensor | None = None  # set by ``scoring_table`` (an export's constant)
 
     def logits(self, layers: list[torch.Tensor], items: torch.Tensor,
                rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -85,9 +88,26 @@ class SoftmaxHead(nn.Module):
         weight = self.item_embedding.weight
         if not self.l2_normalize:
             return weight
+        if self._fixed_table is not None:
+            return self._fixed_table
         if torch.compiler.is_compiling() or (torch.is_grad_enabled() and weight.requires_grad):
             return self._unit(weight)
         return self._unit_tables.get(weight)
+
+    def export_table(self) -> torch.Tensor | None:
+        """The table ``top_k`` scores where it is not the weights themselves (the unit rows, with
+        ``l2_normalize``), detached, else None: an exported graph stores it as a constant (``scoring_table``)
+        instead of normalising the whole table at every call, which the runtime would have to fold."""
+        return self._unit(self.item_embedding.weight).detach() if self.l2_normalize else None
+
+    @contextlib.contextmanager
+    def scoring_table(self, table: torch.Tensor | None):
+        """While inside, ``top_k`` scores ``table`` (from ``export_table``; None: as usual)."""
+        previous, self._fixed_table = self._fixed_table, table
+        try:
+            yield
+        finally:
+            self._fixed_table = previous
 
     def _unit(self, vectors: torch.Tensor) -> torch.Tensor:
         """Unit rows with ``l2_normalize`` (a zero row stays zero, in fp16 too), else unchanged."""
