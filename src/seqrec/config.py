@@ -228,7 +228,7 @@ class TrainConfig(_JsonConfig):
         _check_device_name(self.device)
 
 
-CATALOG_BLOCK = 262_144  # items an exported graph scores at once: 512 MiB of fp32 scores for 512 users
+CATALOG_BLOCK = 262_144  # item-table rows an exported graph scores at once: 512 MiB of fp32 scores for 512 users
 
 
 @dataclass
@@ -244,7 +244,7 @@ class ExportConfig(_JsonConfig):
     opset: int = 18
     validation_users: int = 200  # random users checked against PyTorch, beside the edge cases
     seed: int = 0
-    catalog_block: int = CATALOG_BLOCK  # items the graph scores at once: it holds (batch, block) scores
+    catalog_block: int = CATALOG_BLOCK  # item-table rows the graph scores at once: (batch, block) scores
 
     def __post_init__(self) -> None:
         self._check_integer_fields()

@@ -11,8 +11,8 @@ and fails on ids above N; TensorRT's reads out of bounds). Then every history is
 to the graph's window, so the encoder always sees a fixed length (padding is nothing, so this
 changes no score) and no symbolic length reaches the encoder. Then the head's exact top-K runs
 (``SequentialRecommender.top_k``: for CPR the top-(k_R + K + L) base candidates plus the history
-items, never a (B, N) scatter; a catalog of more than ``catalog_block`` items is scored that many at a
-time, so the graph never holds (B, N) scores). Outputs: ``top_items`` (B, K) int64 and ``top_scores`` (B, K)
+items, never a (B, N) scatter; an item table of more than ``catalog_block`` rows is scored that many
+rows at a time, so the graph never holds (B, N) scores). Outputs: ``top_items`` (B, K) int64 and ``top_scores`` (B, K)
 float32, best first.
 """
 

@@ -21,9 +21,9 @@ embedding (HSTU's recipe, used with a small training temperature).
 in one of two ways, set per head by ``head.topk_kernel``:
 
 - "matmul": the product with the catalog, -inf at padding and exclusions, ``topk``. Standard ops only:
-  what an ONNX export must hold (Gemm + TopK; ONNX Runtime and TensorRT run them natively). A catalog
-  of more than ``catalog_block`` items (``top_k``'s argument, ``seqrec export --catalog-block``) is
-  scored one block at a time, so a graph holds (B, block) scores at once, not (B, N + 1).
+  what an ONNX export must hold (Gemm + TopK; ONNX Runtime and TensorRT run them natively). A table
+  of more than ``catalog_block`` rows (items + padding; ``top_k``'s argument, ``seqrec export
+  --catalog-block``) is scored one block at a time, so a graph holds (B, block) scores, not (B, N + 1).
 - "fused": ``seqrec.kernels.catalog_topk``, which never holds (B, N + 1) scores (blocked on the
   CPU, Triton on CUDA); traced (torch.export / torch.compile), it is one opaque
   ``seqrec::catalog_topk_opaque`` node that only PyTorch can run.
@@ -183,12 +183,8 @@ def causal_histories(items: torch.Tensor) -> torch.Tensor:
 
 def mask_padding(logits: torch.Tensor) -> torch.Tensor:
     """Item 0 is padding and never a result: its column becomes -inf (in place: callers pass
-    fresh products, and no backward needs the value it overwrites).
-
-    Traced, it is a scatter of one column: ``index_fill`` on the last dimension exports to ONNX as
-    a transpose of the whole (B, N+1) matrix, a ScatterND and a transpose back, which took half of
-    ONNX Runtime's time on a 100k-item catalog (``benchmarks/score.py``)."""
-    if torch.compiler.is_compiling():
-        return logits.scatter(-1, logits.new_zeros((*logits.shape[:-1], 1), dtype=torch.long), float("-inf"))
+    fresh products, and no backward needs the value it overwrites). Not for exported graphs: there
+    ``index_fill`` on the last dimension becomes a Transpose of the whole scores, a ScatterND and a
+    Transpose back; ``catalog_candidates`` makes padding one of its exclusions instead."""
     zero = torch.zeros(1, dtype=torch.long, device=logits.device)
     return logits.index_fill_(-1, zero, float("-inf"))
