@@ -89,7 +89,7 @@ def main() -> None:
             started = time.perf_counter()
             bundle = export_checkpoint(ckpt, Path(tmp) / "bundle", ExportConfig(top_k=args.top_k), echo=lambda s: None)
             seconds = time.perf_counter() - started
-            size = bundle.onnx_path.stat().st_size / 2**20
+            size = sum(path.stat().st_size for path in bundle.directory.glob("model.onnx*")) / 2**20  # graph + weights
             graph = ScoringGraph(load_checkpoint(ckpt).model, args.top_k, False, args.length)
             feed = histories(model, head, args.batch, args.length, args.items, seed=1, inputs=bundle.inputs)
             inputs = tuple(feed)

@@ -18,6 +18,8 @@ TINY = {
     "cpr_accuracy.py": ["--models", "sasrec", "--repeat-probs", "0.5", "--users", "100", "--items", "50",
                         "--poolings", "mean", "--epochs", "1", "--patience", "1", "--eval-users", "20",
                         "--max-minutes", "0.2", "--precision", "fp32", "--threads", "1"],
+    "bundle_memory.py": ["--items", "300", "--dim", "16", "--batch", "4", "--length", "8", "--repeats", "1",
+                         "--processes", "2", "--threads", "1"],
     "catalog_block.py": ["--items", "700", "--blocks", "128", "--dim", "16", "--batch", "4", "--length", "8",
                          "--repeats", "1", "--rounds", "1", "--threads", "1"],
     "export.py": ["--models", "hstu", "--heads", "softmax", "--items", "100", "--length", "8", "--batch", "4",

@@ -103,7 +103,7 @@ def assert_blocks_stay_slices_of_the_table_in_onnxruntime(bundle, optimized_path
 
     with Recording(bundle / "model.onnx", ("items",)):
         pass
-    graph = onnx.load(str(optimized_path)).graph
+    graph = onnx.load(str(optimized_path), load_external_data=False).graph  # its weights: the bundle's file
     tables = [init.name for init in graph.initializer if len(init.dims) == 2 and init.dims[0] >= 128]
     assert tables == ["model.head.item_embedding.weight"]
     assert len(catalog_products(graph)[1]) == 6
@@ -561,3 +561,63 @@ def test_other_errors_inside_torch_onnx_export_are_one_export_error(tiny_checkpo
                                           r"unsupported operator"):
         export_checkpoint(tiny_checkpoints("sasrec", "softmax"), tmp_path / "bundle", ExportConfig(validation_users=8),
                           echo=lambda s: None)
+
+
+def test_the_weights_are_a_file_of_their_own_that_the_manifest_records(exported):
+    """ONNX Runtime maps model.onnx.data instead of copying it: the graph file holds no weight but tiny constants,
+    however small the model (one protobuf was the exporter's default below 2 GB)."""
+    import onnx
+
+    out, _ = exported("sasrec", "softmax")
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    external = {tensor.name: tuple(tensor.dims) for tensor in graph.initializer
+                if tensor.data_location == onnx.TensorProto.EXTERNAL}
+    inline = [len(tensor.raw_data) for tensor in graph.initializer if tensor.name not in external]
+    table = load_checkpoint(exported_source(out)).model.item_embedding.weight
+    assert tuple(table.shape) in external.values() and max(inline, default=0) < 1024
+    assert {entry.value for tensor in graph.initializer for entry in tensor.external_data
+            if entry.key == "location"} == {"model.onnx.data"}
+    assert (out / "model.onnx.data").stat().st_size >= table.numel() * 4
+    assert load_bundle(out).manifest["weights"] == {"file": "model.onnx.data",
+                                                    "bytes": (out / "model.onnx.data").stat().st_size}
+
+
+def exported_source(bundle) -> str:
+    return json.loads((bundle / "manifest.json").read_text())["source"]["checkpoint"]
+
+
+@pytest.mark.parametrize("damage", ["missing", "cut short"])
+def test_a_bundle_copied_without_its_whole_weights_file_is_refused_on_load(exported, tmp_path, damage):
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(exported("sasrec", "softmax")[0], copy)
+    weights = copy / "model.onnx.data"
+    if damage == "missing":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[:-4])
+    expected = "no such file" if damage == "missing" else "bytes"
+    with pytest.raises(ExportError, match=f"model.onnx.data.*{expected}.*copy the whole bundle"):
+        load_bundle(copy)
+
+
+def test_a_bundle_whose_manifest_records_no_weights_file_still_loads(exported, tmp_path):
+    """Bundles exported before the weights always had their own file: nothing recorded, nothing checked."""
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(exported("sasrec", "softmax")[0], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["weights"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert load_bundle(copy).manifest["valid"]
+
+
+def test_the_custom_op_runner_finds_the_weights_from_any_working_directory(exported, tmp_path, monkeypatch):
+    """Its session is built from the graph's bytes, which name the weights file relative to the graph, not to the cwd."""
+    out, _ = exported("sasrec", "cpr", pointer_op="custom")
+    monkeypatch.chdir(tmp_path)
+    items = np.random.default_rng(6).integers(1, 40, (4, 9))
+    with OnnxRuntimeRunner(out / "model.onnx", ("items",), custom_ops=True) as runner:
+        assert runner.infer({"items": items})["top_items"].shape == (4, 7)

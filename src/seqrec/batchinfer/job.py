@@ -100,9 +100,12 @@ def job_identity(model: ScoringModel, plan: InputPlan, layout: str) -> dict:
 
 def model_fingerprint(model: ScoringModel) -> str:
     """Changes when the bundle is re-exported or the checkpoint retrained in place."""
-    names = ("manifest.json", "model.onnx") if model.kind == "bundle" else ("config.json", "weights.safetensors")
+    names = ("manifest.json", "model.onnx", "model.onnx.data") if model.kind == "bundle" else (
+        "config.json", "weights.safetensors")
     digest = hashlib.sha256()
     for name in names:
+        if not (model.source / name).exists():  # a bundle exported before its weights had their own file
+            continue
         stat = (model.source / name).stat()
         digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     digest.update((model.source / names[0]).read_bytes())

@@ -21,7 +21,8 @@ MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
 VOCAB_FILE = "vocab.parquet"
-BUNDLE_FILES = (MANIFEST_FILE, ONNX_FILE, f"{ONNX_FILE}.data", PLAN_FILE, VOCAB_FILE)  # .data: a graph over 2 GB
+WEIGHTS_FILE = f"{ONNX_FILE}.data"  # the graph's weights (ONNX external data), mapped by ONNX Runtime
+BUNDLE_FILES = (MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE, PLAN_FILE, VOCAB_FILE)
 BUNDLE_VERSION = 1
 
 
@@ -64,6 +65,24 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
+def weights_entry(directory: Path) -> dict[str, Any]:
+    """The manifest's record of the weights file, so a bundle copied without it, or cut short, is refused on load."""
+    return {"file": WEIGHTS_FILE, "bytes": (directory / WEIGHTS_FILE).stat().st_size}
+
+
+def _check_weights(directory: Path, weights: dict[str, Any] | None) -> None:
+    """ExportError when the weights file the manifest records is missing or of another size (bundles written
+    before the weights always went to their own file record none: nothing to check)."""
+    if not weights:
+        return
+    path = directory / weights["file"]
+    found = path.stat().st_size if path.is_file() else None
+    if found != weights["bytes"]:
+        received = "no such file" if found is None else f"{found:,} bytes"
+        raise ExportError(received_expected(f"export bundle weights {path}", received, f"{weights['bytes']:,} bytes, "
+                                            f"as written by seqrec export (copy the whole bundle directory)"))
+
+
 def load_bundle(directory: str | Path, require_valid: bool = True) -> Bundle:
     directory = Path(directory)
     missing = [name for name in (MANIFEST_FILE, ONNX_FILE, VOCAB_FILE) if not (directory / name).is_file()]
@@ -74,6 +93,7 @@ def load_bundle(directory: str | Path, require_valid: bool = True) -> Bundle:
     if manifest.get("bundle_version", 0) > BUNDLE_VERSION:
         raise ExportError(received_expected(f"{directory / MANIFEST_FILE} bundle_version",
                                             manifest.get("bundle_version"), f"<= {BUNDLE_VERSION}"))
+    _check_weights(directory, manifest.get("weights"))
     if require_valid and not manifest.get("valid"):
         raise ExportError(received_expected(f"export bundle {directory}", "a bundle whose parity check failed",
                                             "a bundle with manifest valid: true (re-run seqrec export)"))

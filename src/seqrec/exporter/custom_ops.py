@@ -49,15 +49,24 @@ def register_onnxruntime_custom_ops(options) -> None:
 
 
 def model_for_onnxruntime(path) -> bytes:
-    """The ONNX file with seqrec-domain nodes moved to onnxruntime-extensions' domain, serialized."""
+    """The ONNX file with seqrec-domain nodes moved to onnxruntime-extensions' domain, serialized without its
+    weights: they stay in the file's external data (the session needs ``external_data_folder(path)``)."""
     onnx = require_module("onnx", "loading an ONNX model", "pip install 'seqrec[onnx]'")
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)
     for node in seqrec_nodes(model):
         node.domain = ORT_DOMAIN
     imports = {entry.domain for entry in model.opset_import}
     if ORT_DOMAIN not in imports:
         model.opset_import.append(onnx.helper.make_opsetid(ORT_DOMAIN, 1))
     return model.SerializeToString()
+
+
+def external_data_folder(options, path) -> None:
+    """Tell an ONNX Runtime session built from the bytes of ``model_for_onnxruntime(path)`` where the weights are."""
+    from pathlib import Path
+
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                     str(Path(path).resolve().parent))
 
 
 def seqrec_nodes(model) -> list:

@@ -1,4 +1,11 @@
-"""Trace a scoring graph into an ONNX file with dynamic batch and length (torch.onnx, dynamo)."""
+"""Trace a scoring graph into an ONNX file with dynamic batch and length (torch.onnx, dynamo).
+
+The weights are always written beside the graph, in ``model.onnx.data`` (ONNX's external data), whatever
+their size. ONNX Runtime maps that file into memory instead of copying it: a session costs no memory for
+the item table until it runs, and then only page cache that every process scoring with the bundle shares
+and the kernel can reclaim. A graph held in one protobuf (the default below 2 GB) was parsed into a copy
+of the table and copied again into the session, and writing it serialised the table twice more.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ def export_onnx(graph: ScoringGraph, spec: ExportSpec, sample: dict[str, torch.T
                                             f"{type(error).__name__}: {str(error).splitlines()[0][:300]}",
                                             "a traceable graph")) from error
     path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(str(path))
+    program.save(str(path), external_data=True)  # weights in PATH.data: ONNX Runtime maps them, never copies
     return path
 
 

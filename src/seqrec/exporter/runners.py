@@ -121,9 +121,11 @@ class OnnxRuntimeRunner(Runner):
         options = self.session_options(ort)
         model = str(self.path)
         if self.custom_ops:
-            from seqrec.exporter.custom_ops import model_for_onnxruntime, register_onnxruntime_custom_ops
+            from seqrec.exporter.custom_ops import (external_data_folder, model_for_onnxruntime,
+                                                    register_onnxruntime_custom_ops)
 
             register_onnxruntime_custom_ops(options)
+            external_data_folder(options, self.path)
             model = model_for_onnxruntime(self.path)
         missing = [p for p in self.providers if p not in ort.get_available_providers()]
         if missing:

@@ -49,7 +49,7 @@ def build_engine(onnx_path: Path, plan_path: Path, inputs: tuple[str, ...], wind
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
+    if not parser.parse_from_file(str(onnx_path)):  # from the file: it finds model.onnx.data beside it
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ExportError(received_expected("TensorRT ONNX parser", errors, "a graph TensorRT supports"))
     config = builder.create_builder_config()
