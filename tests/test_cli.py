@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from seqrec.cli import main
+from seqrec.exporter import load_bundle
 
 
 def run(*args: str):
@@ -466,3 +467,60 @@ def test_a_sigterm_while_the_last_part_commits_stops_the_writer_before_the_job_l
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert SlowWriter.events == ["commit started", "commit finished", "abort"]  # the job left after the writer
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-length", 100_000_000], "max_length | received 100000000, expected in [1, 8192]"),
+    (["--layers", 100_000], "layers | received 100000, expected in [1, 128]"),
+    (["--dim", 100_000_000], "dim | received 100000000, expected in [1, 16384]"),
+    (["--model", "pcrec", "--pc-steps", 100_000], "pc_steps | received 100000, expected in [0, 64]"),
+])
+def test_a_model_size_beyond_any_recommender_is_refused_in_one_line(args, message):
+    """A window of 10^8 trained, then its export allocated until the machine's OOM killer stopped it;
+    100,000 layers built for minutes in silence."""
+    result = run("train", "--data", ".", "--out", "x", *args, "--print-config")
+    assert result.exit_code == 1 and message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_more_sampled_negatives_than_the_catalog_holds_is_refused_before_training(synth_parquet, tmp_path):
+    result = run("train", "--data", synth_parquet, "--out", tmp_path / "c", "--loss", "sampled", "--negatives", 61,
+                 "--epochs", 1, "--quiet")
+    assert result.exit_code == 1 and "negatives | received 61 for a catalog of 60 items, expected at most 60" \
+        in result.output
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_checkpoint_is_never_written_inside_another(synth_parquet, tmp_path):
+    outer = tmp_path / "outer"
+    assert run("train", "--data", synth_parquet, "--out", outer, "--epochs", 1, "--dim", 8, "--quiet").exit_code == 0
+    result = run("train", "--data", synth_parquet, "--out", outer / "inner", "--epochs", 1, "--dim", 8, "--quiet")
+    assert result.exit_code == 1 and f"a path inside the checkpoint '{outer}'" in result.output
+    assert not (outer / "inner").exists()
+
+
+@pytest.mark.parametrize("value", ["1,,2", "1,", ",1"])
+def test_a_comma_list_with_an_empty_value_is_refused(tmp_path, value):
+    result = run("profile", tmp_path, "--batch-sizes", value)
+    assert result.exit_code == 2 and f"received '{value}', expected a comma-separated list of integers" \
+        in result.output
+
+
+def test_score_and_profile_print_the_config_their_model_resolves(exported, tmp_path):
+    bundle, _ = exported("sasrec", "softmax")
+    score = json.loads(run("score", bundle, "--input", tmp_path / "none.parquet", "--output", tmp_path / "o",
+                           "--engine", "ray", "--print-config").output)
+    assert (score["backend"], score["top_k"], score["exclude_seen"], score["actors"]) == ("onnxruntime", 7, False, 2)
+    profile = json.loads(run("profile", bundle, "--print-config").output)
+    manifest = load_bundle(bundle).manifest
+    assert (profile["top_k"], profile["length"], profile["seconds"]) == (7, manifest["window"], 2.0)
+    assert profile["catalog_sizes"] == [manifest["model"]["num_items"]]
+    refused = run("score", bundle, "--input", "x", "--output", tmp_path / "o", "--top-k", 3, "--print-config")
+    assert refused.exit_code == 1 and "--top-k | received 3, expected 7 as baked into the graph" in refused.output
+
+
+def test_a_checkpoint_scored_without_top_k_on_a_catalog_under_ten_returns_all_its_items(tmp_path):
+    data, ckpt = tmp_path / "s.parquet", tmp_path / "ck"
+    assert run("data", "synth", data, "--users", 40, "--items", 3, "--min-length", 2, "--max-length", 3).exit_code == 0
+    assert run("train", "--data", data, "--out", ckpt, "--epochs", 1, "--dim", 8, "--quiet").exit_code == 0
+    config = json.loads(run("score", ckpt, "--input", data, "--output", tmp_path / "o", "--print-config").output)
+    assert config["top_k"] == 3

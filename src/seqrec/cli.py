@@ -33,8 +33,11 @@ class CommaList(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
+        parts = [part.strip() for part in str(value).split(",")]
         try:
-            return tuple(self.item_type(part.strip()) for part in str(value).split(",") if part.strip())
+            if "" in parts[:-1] or (parts[-1] == "" and len(parts) > 1):  # '1,,2' or '1,': a value lost in typing
+                raise ValueError(value)
+            return tuple(self.item_type(part) for part in parts if part)
         except ValueError:
             self.fail(received_expected(param.name if param else "value", repr(value),
                                         f"a comma-separated list of {self.items}"), param, ctx)
@@ -228,8 +231,9 @@ def data_stats(path: str) -> None:
                    "option)  [default: all]")
 @click.option("--temperature", type=float)
 @click.option("--patience", type=int, help="epochs without validation gain before stopping")
-@click.option("--max-minutes", type=float, help="stop the selection run after this much training time (--refit "
-                                                 "then trains the chosen number of epochs, uncapped)")
+@click.option("--max-minutes", type=float, help="stop the selection run at the end of the first epoch that ends "
+                                                 "past this much training time (--refit then trains the chosen number "
+                                                 "of epochs, uncapped)")
 @click.option("--eval-users", type=int, help="validate on a fixed random subset of users")
 @click.option("--refit/--no-refit", default=None,
               help="after early stopping picks the epoch count, train a fresh model on every item but each "
@@ -336,7 +340,8 @@ def export_command(checkpoint: str, out: str, format_: str, **options) -> None:
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="directory for the scored parts")
 @click.option("--backend", type=click.Choice(SCORE_BACKENDS), help="[default: onnxruntime for a bundle, torch for a "
                                                                    "checkpoint]")
-@click.option("--top-k", type=int, help="[default: the bundle's; 10 for a checkpoint]")
+@click.option("--top-k", type=int,
+              help="[default: the bundle's; 10 for a checkpoint, or its catalog's size if smaller]")
 @click.option("--exclude-seen/--no-exclude-seen", default=None, help="never return an item of the history window "
                                                                      "[default: the bundle's; off for a checkpoint]")
 @click.option("--batch-size", type=int, default=512, show_default=True, help="users per model call")
@@ -358,8 +363,10 @@ def score_command(model: str, input_: str, print_config: bool, quiet: bool, **op
     from seqrec.devices import slow_bf16_warning
 
     cfg = ScoreConfig(model=model, input=input_, progress=not quiet, **options)
-    if print_config:
-        click.echo(json.dumps(cfg.to_dict(), indent=2))
+    if print_config:  # as the job would run: the model decides what the options leave open
+        from seqrec.batchinfer import resolved_score_config
+
+        click.echo(json.dumps(resolved_score_config(cfg).to_dict(), indent=2))
         return
     click.get_current_context().meta[AFTER_INTERRUPT] = lambda: _score_interrupted(cfg.output)
     if model_kind(Path(model)) == "checkpoint":  # a bundle refuses --precision bf16 itself
@@ -377,7 +384,8 @@ def score_command(model: str, input_: str, print_config: bool, quiet: bool, **op
 @click.option("--precisions", type=CommaList(), default="fp32", show_default=True,
               help=f"any of {','.join(PROFILE_PRECISIONS)}; combinations a backend does not run are skipped")
 @click.option("--length", type=int, help="histories of 1..L items  [default: the model's window]")
-@click.option("--top-k", type=int, help="[default: the bundle's; 10 for a checkpoint]")
+@click.option("--top-k", type=int,
+              help="[default: the bundle's; 10 for a checkpoint, or its catalog's size if smaller]")
 @click.option("--warmup", type=int, default=3, show_default=True, help="untimed calls per configuration")
 @click.option("--iterations", type=int, help="timed calls per configuration")
 @click.option("--seconds", type=float, help="timed seconds per configuration  [default: 2 unless --iterations]")
@@ -392,8 +400,10 @@ def profile_command(model: str, print_config: bool, **options) -> None:
     from seqrec.profiling import profile
 
     cfg = ProfileConfig(model=model, **options)
-    if print_config:
-        click.echo(json.dumps(cfg.to_dict(), indent=2))
+    if print_config:  # as the sweep would run: the model decides what the options leave open
+        from seqrec.profiling.sweep import resolved_profile_config
+
+        click.echo(json.dumps(resolved_profile_config(cfg).to_dict(), indent=2))
         return
     profile(cfg, echo=click.echo, progress=lambda line: click.echo(line, err=True))  # stdout: the table, summary
 

@@ -43,6 +43,13 @@ MAX_BATCH = 1 << 20  # users per model call: beyond it the batch's arrays alone 
 MAX_THREADS = 1024  # threads (or actors) per process: more than any machine's cores, and torch's int limit is far off
 MAX_CATALOG = 10**9  # items: a billion-row item table is already 256 GB at d 64
 MAX_VALIDATION_USERS = 100_000  # parity checks each against the full (B, N) logits: more says nothing more
+# Model sizes beyond any sequential recommender's: past them a typo (a window of 10^8) allocated until the
+# machine ran out of memory, or built 100,000 layers in silence, instead of failing in one line.
+MAX_DIM = 16_384
+MAX_LAYERS = 128
+MAX_FFN_MULTIPLIER = 64
+MAX_LENGTH = 8_192  # window: attention holds (B, L, L) scores per layer
+MAX_PC_STEPS = 64  # PCRec steps unrolled in every layer
 
 
 def _check_range(name: str, value: float | None, low: float, high: float | None = None) -> None:
@@ -166,15 +173,15 @@ class ModelConfig(_JsonConfig):
         if self.head == "cpr":
             parse_cpr_variant(self.cpr_variant)
         _check_choice("cpr_pooling", self.cpr_pooling, CPR_POOLINGS)
-        _check_range("num_items", self.num_items, 1)
-        _check_range("dim", self.dim, 1)
-        _check_range("layers", self.layers, 1)
+        _check_range("num_items", self.num_items, 1, MAX_CATALOG)
+        _check_range("dim", self.dim, 1, MAX_DIM)
+        _check_range("layers", self.layers, 1, MAX_LAYERS)
         _check_range("heads", self.heads, 1)
-        _check_range("ffn_multiplier", self.ffn_multiplier, 1)
-        _check_range("max_length", self.max_length, 1)
+        _check_range("ffn_multiplier", self.ffn_multiplier, 1, MAX_FFN_MULTIPLIER)
+        _check_range("max_length", self.max_length, 1, MAX_LENGTH)
         _check_range("dropout", self.dropout, 0.0, 0.95)
         _check_range("embedding_std", self.embedding_std, 1e-6)
-        _check_range("pc_steps", self.pc_steps, 0)
+        _check_range("pc_steps", self.pc_steps, 0, MAX_PC_STEPS)
         _check_range("pc_alpha", self.pc_alpha, 0.0, 2.0)
         _check_choice("pc_activation", self.pc_activation, PC_ACTIVATIONS)
         if self.dim % self.heads:
@@ -255,7 +262,7 @@ class ExportConfig(_JsonConfig):
         _check_range("top_k", self.top_k, 1, 3840)  # TensorRT's TopK limit
         _check_range("opset", self.opset, 18)
         _check_range("validation_users", self.validation_users, 1, MAX_VALIDATION_USERS)
-        _check_range("max_length", self.max_length, 1)
+        _check_range("max_length", self.max_length, 1, MAX_LENGTH)
 
 
 @dataclass
@@ -414,6 +421,14 @@ def _refuse_unused(given: dict, model_cfg: ModelConfig, train_cfg: TrainConfig) 
                    + (f" (variant {model_cfg.cpr_variant})" if model_cfg.head == "cpr" else "") + f", --loss {train_cfg.loss}")
             raise ConfigError(received_expected(name, f"{given[name]!r} for {run}",
                                                 f"only with {_USED_BY[name][0]}, which reads it"))
+
+
+def check_catalog_fit(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    """Settings bounded by the catalog of the data (``model_cfg.num_items``, known once the data is read)."""
+    if train_cfg.loss == "sampled" and train_cfg.negatives > model_cfg.num_items:
+        raise ConfigError(received_expected("negatives", f"{train_cfg.negatives:,} for a catalog of "
+                                            f"{model_cfg.num_items:,} items", f"at most {model_cfg.num_items:,} "
+                                            "(drawn from the catalog; to score against every item, --loss ce)"))
 
 
 def check_trainable(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:

@@ -6,6 +6,7 @@ shares; ``open_model`` resolves a bundle or checkpoint for a backend.
 
 from seqrec.batchinfer.core import BatchScorer, result_schema, score_batches
 from seqrec.batchinfer.job import score
-from seqrec.batchinfer.model import ScoringModel, open_model
+from seqrec.batchinfer.model import ScoringModel, open_model, resolved_score_config
 
-__all__ = ["BatchScorer", "ScoringModel", "open_model", "result_schema", "score", "score_batches"]
+__all__ = ["BatchScorer", "ScoringModel", "open_model", "resolved_score_config", "result_schema", "score",
+           "score_batches"]

@@ -183,7 +183,7 @@ def _open_checkpoint(source: Path, cfg: ScoreConfig) -> ScoringModel:
     from seqrec.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(source)
-    top_k = cfg.top_k or DEFAULT_TOP_K
+    top_k = cfg.top_k or min(DEFAULT_TOP_K, ckpt.model_config.num_items)  # as seqrec profile's default
     if top_k > ckpt.model_config.num_items:
         raise ConfigError(received_expected("--top-k", top_k, f"<= the catalog size {ckpt.model_config.num_items}"))
     window = ckpt.model_config.max_length
@@ -200,3 +200,18 @@ def _refuse_conflict(option: str, asked: object, baked: object, source: Path) ->
             option, asked, f"{baked} as baked into the graph of '{source}' at export (omit the option, or "
                            "re-export with the value you want, or score the checkpoint with --backend torch)"))
 
+
+
+def resolved_score_config(cfg: ScoreConfig) -> ScoreConfig:
+    """``cfg`` with what its model decides filled in: backend, top-K, seen-item exclusion, and the Ray actors
+    (``seqrec score --print-config``); checked against the model as a job checks it, without reading input."""
+    import dataclasses
+
+    model = open_model(cfg)
+    actors = cfg.actors
+    if cfg.engine == "ray" and actors is None:
+        from seqrec.batchinfer.ray_engine import DEFAULT_ACTORS
+
+        actors = DEFAULT_ACTORS
+    return dataclasses.replace(cfg, backend=model.backend, top_k=model.top_k, exclude_seen=model.exclude_seen,
+                               actors=actors)

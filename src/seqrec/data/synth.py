@@ -62,7 +62,7 @@ class SynthConfig:
             ("users", self.users >= 1, "an integer >= 1"),
             ("items", self.items >= 2, "an integer >= 2"),
             ("repeat_prob", 0.0 <= self.repeat_prob <= 1.0, "a probability in [0, 1]"),
-            ("seed", self.seed >= 0, "an integer >= 0"),
+            ("seed", 0 <= self.seed <= 2**63 - 1, "an integer in [0, 2**63 - 1]"),  # as training's
             (blamed, self.min_length <= self.max_length <= self.items,
              f"min_length <= max_length <= items (received min_length {self.min_length}, max_length "
              f"{self.max_length}{'' if given['max_length'] is not None else ' by default, min(50, items)'}, "
@@ -70,6 +70,9 @@ class SynthConfig:
             ("users", self.users * self.max_length <= _MAX_CELLS,
              f"users x max_length <= {_MAX_CELLS:,} (the log is built in memory; received "
              f"{self.users:,} x {self.max_length})"),
+            ("items", self.items * self.transitions_per_item <= _MAX_CELLS,
+             f"items x transitions_per_item <= {_MAX_CELLS:,} (the item structure is built in memory; received "
+             f"{self.items:,} x {self.transitions_per_item})"),
             ("zipf_exponent", self.zipf_exponent >= 0.0, "a number >= 0"),
             ("taste_clusters", 1 <= self.taste_clusters <= self.items,
              f"an integer in [1, items={self.items}]"),

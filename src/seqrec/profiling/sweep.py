@@ -126,6 +126,11 @@ def _gib(size: int) -> str:
     return f"{size / 2**30:,.1f} GiB"
 
 
+def resolved_profile_config(cfg: ProfileConfig) -> ProfileConfig:
+    """``cfg`` with what its model decides filled in (``seqrec profile --print-config``); checked as a run checks it."""
+    return _resolved(cfg, open_source(cfg))
+
+
 def _resolved(cfg: ProfileConfig, source: ProfileSource) -> ProfileConfig:
     """Fill what the source decides: catalog sizes, history length, top-K; and the default time budget."""
     seconds = DEFAULT_SECONDS if cfg.iterations is None and cfg.seconds is None else cfg.seconds

@@ -46,6 +46,10 @@ def checked_checkpoint_output(directory: str | Path, protect: str | None = None)
     if directory.parent.exists() and not directory.parent.is_dir():
         raise ConfigError(received_expected(f"--out '{directory}'", f"a path under the file '{directory.parent}'",
                                             "a directory this user can create and write"))
+    holder = next((parent for parent in directory.parents if (parent / WEIGHTS_FILE).is_file()), None)
+    if holder is not None:  # retraining that checkpoint (replaced whole) would then be refused, or delete this one
+        raise ConfigError(received_expected(f"--out '{directory}'", f"a path inside the checkpoint '{holder}'",
+                                            "a checkpoint directory apart from any other"))
     return directory
 
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from seqrec.config import TRAIN_WINDOWS, ModelConfig, TrainConfig, check_trainable
+from seqrec.config import TRAIN_WINDOWS, ModelConfig, TrainConfig, check_catalog_fit, check_trainable
 from seqrec.data import (EvalExamples, Split, UserSequences, Vocabulary, build_sequences, leave_one_out, pad_left,
                          read_interactions, table_fingerprint)
 from seqrec.errors import ConfigError, DataError, TrainingDivergedError, received_expected
@@ -57,6 +57,7 @@ def train_model(data: TrainingData, model_cfg: ModelConfig, train_cfg: TrainConf
         # work: a bad --out costs nothing, and replacing it never deletes the data it trains on
     _seed_everything(train_cfg.seed)
     model_cfg = dataclasses.replace(model_cfg, num_items=len(data.vocab))
+    check_catalog_fit(model_cfg, train_cfg)
     model = trainable_model(model_cfg, train_cfg)
     history = fit(model, data, train_cfg, progress)
     ranked = {"exclude_history": train_cfg.exclude_history, "device": train_cfg.device}  # as the selection ranks
