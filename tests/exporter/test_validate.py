@@ -152,15 +152,19 @@ def test_unknown_id_cases_are_checked_against_the_histories_without_those_slots(
 
 
 class FixedAnswers:
-    """A runner that returns given outputs (check_parity's side of the backend)."""
+    """A runner that returns given outputs (check_parity's side of the backend), the next rows at each call: a case
+    is fed in order, a group of users at a time. ``batches`` records the users of each call."""
 
     name = "fixed"
 
     def __init__(self, outputs: dict[str, np.ndarray]) -> None:
         self.outputs = outputs
+        self.batches: list[int] = []
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.outputs
+        first, users = sum(self.batches), len(next(iter(feed.values())))
+        self.batches.append(users)
+        return {key: value[first:first + users] for key, value in self.outputs.items()}
 
 
 @pytest.mark.parametrize("wrong_user", [None, 1, 5])
@@ -178,7 +182,7 @@ def test_a_case_compared_a_few_users_at_a_time_gives_the_report_of_all_at_once(p
     for users in (6, 4, 1):  # all at once; groups of 4 and 2; one by one
         partitions = 2  # the base and one reranker stage (CPR:20+Mi)
         monkeypatch.setattr(validate, "REFERENCE_SCORES", users * partitions * (graph.model.cfg.num_items + 1))
-        assert validate._users_per_comparison(graph) == users
+        assert validate._users_per_comparison(graph, graph.length) == users
         reports[users] = validate.check_parity(FixedAnswers(outputs), graph, spec, {"mixed": feed}).cases[0]
     for users in (4, 1):  # the same report, but for PyTorch's last bits: its matmuls round by batch size
         exact = {"max_abs_diff": 0.0, "top_k_agreement": 0.0}
@@ -197,3 +201,20 @@ def test_a_nan_score_difference_in_any_group_stays_nan_in_the_merged_report():
     for parts in ([good, bad], [bad, good]):
         merged = merged_cases(parts)
         assert np.isnan(merged.max_abs_diff) and not merged.ok and merged.users == 5
+
+
+def test_long_windows_are_checked_a_few_users_at_a_time_on_both_sides(plain_base, monkeypatch):
+    """Both sides hold (users, L, L) attention scores per layer: 200 users of a 2,048-item window ran the export
+    out of a 24 GB machine's memory. The groups follow the case's length, not beyond the graph's window."""
+    from seqrec.exporter import validate
+
+    graph, spec = plain_base
+    feed = feed_of(graph)
+    heads = graph.model.cfg.heads
+    monkeypatch.setattr(validate, "ATTENTION_SCORES", 2 * heads * graph.length ** 2)  # 2 users of a full window
+    runner = FixedAnswers(another_right_answer(graph, feed["items"]))
+    case = validate.check_parity(runner, graph, spec, {"mixed": feed}).cases[0]
+    assert runner.batches == [2, 2, 2] and case.ok and case.users == 6
+    longer = {"items": torch.cat([torch.zeros(6, 9, dtype=torch.long), feed["items"]], 1)}  # L + 9: the window's cost
+    assert validate._users_per_comparison(graph, longer["items"].shape[1]) == 2
+    assert validate._users_per_comparison(graph, graph.length // 2) == 8

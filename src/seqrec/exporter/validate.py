@@ -125,27 +125,32 @@ def _with_unknown_ids(spec: ExportSpec, items: torch.Tensor, slots: torch.Tensor
 
 def check_parity(runner: Runner, graph: ScoringGraph, spec: ExportSpec, cases: dict[str, dict[str, torch.Tensor]],
                  reference: str = "pytorch fp32") -> ParityReport:
-    """Each case through the runner at once, then against PyTorch a few users at a time: its reference holds
-    (users, N+1) logits per partition, 3.6 GB for 200 users of a 4.5M-item catalog."""
+    """Each case through the runner and against PyTorch a few users at a time: PyTorch's reference holds
+    (users, N+1) logits per partition, 3.6 GB for 200 users of a 4.5M-item catalog, and both sides hold
+    (users, L, L) attention scores, 3.4 GB per layer for 200 users of a 2,048-item window."""
     report = ParityReport(runner.name, reference, spec.score_atol, spec.score_rtol)
-    users = _users_per_comparison(graph)
     for name, feed in cases.items():
-        outputs = runner.infer({key: feed[key].numpy() for key in spec.inputs})
-        rows = len(next(iter(feed.values())))
+        rows, length = feed[spec.inputs[0]].shape
+        users = _users_per_comparison(graph, length)
+        groups = [{key: value[first:first + users] for key, value in feed.items()} for first in range(0, rows, users)]
         report.cases.append(merged_cases([
-            compare_case(name, graph, spec, {key: value[first:first + users] for key, value in feed.items()},
-                         {key: value[first:first + users] for key, value in outputs.items()})
-            for first in range(0, rows, users)]))
+            compare_case(name, graph, spec, group, runner.infer({key: group[key].numpy() for key in spec.inputs}))
+            for group in groups]))
     return report
 
 
 REFERENCE_SCORES = 2**26  # float32 scores the PyTorch side of a comparison holds per partition at once: 256 MiB
+ATTENTION_SCORES = 2**26  # float32 attention scores per layer a group of users holds on either side: 256 MiB
 
 
-def _users_per_comparison(graph: ScoringGraph) -> int:
-    """Users whose (1 + reranker stages) x (N + 1) scores fit REFERENCE_SCORES, at least one."""
+def _users_per_comparison(graph: ScoringGraph, length: int) -> int:
+    """Users whose (1 + reranker stages) x (N + 1) scores fit REFERENCE_SCORES and whose heads x L x L attention
+    scores (L: the case's length, at most the graph's window) fit ATTENTION_SCORES; at least one."""
     partitions = 1 + len(getattr(getattr(graph.model.head, "variant", None), "rerank", ()))
-    return max(1, REFERENCE_SCORES // (partitions * (graph.model.cfg.num_items + 1)))
+    by_catalog = REFERENCE_SCORES // (partitions * (graph.model.cfg.num_items + 1))
+    window = min(length, graph.length)
+    by_attention = ATTENTION_SCORES // (graph.model.cfg.heads * window * window)
+    return max(1, min(by_catalog, by_attention))
 
 
 def merged_cases(parts: list[CaseResult]) -> CaseResult:
