@@ -409,8 +409,6 @@ def test_a_sigterm_between_the_renames_of_a_replacement_waits_until_both_are_don
     out = tmp_path / "bundle"
     out.mkdir()
     (out / "manifest.json").write_text("old")
-    staging = staging_directory(out)
-    (staging / "manifest.json").write_text("new")
     real_rename = Path.rename
 
     def rename(self, target):
@@ -424,7 +422,8 @@ def test_a_sigterm_between_the_renames_of_a_replacement_waits_until_both_are_don
     previous = signal.getsignal(signal.SIGTERM)
     take_sigterm_as_interrupt()
     try:
-        with pytest.raises(Terminated):
+        with staging_directory(out) as staging, pytest.raises(Terminated):
+            (staging / "manifest.json").write_text("new")
             replace_directory(staging, out)
     finally:
         signal.signal(signal.SIGTERM, previous)
