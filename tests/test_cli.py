@@ -212,6 +212,29 @@ def test_a_demo_rerun_refuses_before_any_work_where_its_outputs_hold_a_users_fil
     assert not (demo / "interactions.parquet").exists() and (demo / "bundle" / "notes.txt").read_text() == "keep"
 
 
+@pytest.mark.slow
+def test_a_demo_rerun_stopped_after_writing_its_data_leaves_none_of_the_earlier_demos_outputs(tmp_path, monkeypatch):
+    """A rerun stopped after it wrote its data left the earlier run's checkpoint, bundle, scores and summary beside
+    the new data: a folder of two runs that read as one, and only 'stopped before the end' said so."""
+    from seqrec import demo as demo_module
+
+    out = tmp_path / "demo"
+    first = run("demo", "--out", out, "--users", 300, "--epochs", 1)
+    assert first.exit_code == 0, first.output
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C as training starts, the new data written
+
+    monkeypatch.setattr(demo_module, "train", interrupted)
+    result = run("demo", "--out", out, "--users", 200, "--epochs", 1, "--seed", 3)
+    assert result.exit_code == 130, result.output
+    assert sorted(path.name for path in out.iterdir()) == [".seqrec-demo", "interactions.parquet"]
+    assert len(pq.read_table(out / "interactions.parquet").column("user_id").unique()) == 200
+    assert result.output.strip().splitlines()[-1] == (
+        f"Interrupted: '{out}' holds no demo_summary.json: what it holds is one run's outputs up to where it stopped "
+        "(a demo removes an earlier demo's outputs before it writes any); run the demo again for all of them")
+
+
 def test_train_cpr_head_then_eval_by_repeat(synth_parquet, tmp_path):
     out = tmp_path / "cpr"
     result = run("train", "--data", synth_parquet, "--out", out, "--head", "cpr", "--cpr-variant", "CPR:20,5+Mi",
@@ -410,8 +433,6 @@ def test_a_sigterm_between_the_renames_of_a_replacement_waits_until_both_are_don
     out = tmp_path / "bundle"
     out.mkdir()
     (out / "manifest.json").write_text("old")
-    staging = staging_directory(out)
-    (staging / "manifest.json").write_text("new")
     real_rename = Path.rename
 
     def rename(self, target):
@@ -425,7 +446,8 @@ def test_a_sigterm_between_the_renames_of_a_replacement_waits_until_both_are_don
     previous = signal.getsignal(signal.SIGTERM)
     take_sigterm_as_interrupt()
     try:
-        with pytest.raises(Terminated):
+        with staging_directory(out) as staging, pytest.raises(Terminated):
+            (staging / "manifest.json").write_text("new")
             replace_directory(staging, out)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -417,8 +417,9 @@ def profile_command(model: str, print_config: bool, **options) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo_command(out: str, **options) -> None:
     """Synthetic data -> train -> evaluate -> export -> score, on this machine, in a few minutes."""
-    from seqrec.demo import DemoConfig, run_demo
+    from seqrec.demo import DemoConfig, after_interrupt, run_demo
 
+    click.get_current_context().meta[AFTER_INTERRUPT] = lambda: after_interrupt(out)
     run_demo(DemoConfig(out=out, **options), echo=click.echo)
 
 

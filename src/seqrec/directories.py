@@ -2,14 +2,22 @@
 
 Training writes checkpoints and ``seqrec export`` writes bundles this way, so a reader (or a killed
 run) sees the old directory or the new one, never half of each, and a failed run leaves the old one.
+A run killed outright (kill -9, the OOM killer) cannot remove its staging directory, which may be as
+large as the model: the next run staging beside the same path removes it, once it has proved that run
+dead by taking the lock the run held on the marker inside it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
 import shutil
+import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Iterator
 
 from seqrec.errors import ConfigError, received_expected
 from seqrec.interrupts import interrupts_deferred
@@ -64,16 +72,101 @@ def _check_only_own_entries(out: Path, what: str, option: str, own: tuple[str, .
                                             f"({', '.join(own)}): move the others out, or choose another {option}"))
 
 
-def staging_directory(out: Path, option: str = "--out") -> Path:
-    """A fresh directory beside ``out`` (same file system, so the final rename is atomic), with the
-    permissions the umask gives a new directory (not mkdtemp's 0700: services may read the result)."""
+STAGING_MARKER = ".seqrec-staging"  # in a staging directory while its run writes it, locked by that run
+
+
+@contextmanager
+def staging_directory(out: Path, option: str = "--out") -> Iterator[Path]:
+    """A fresh directory beside ``out`` (same file system, so the final rename is atomic) for the block, with
+    the permissions the umask gives a new directory (not mkdtemp's 0700: services may read the result); removed
+    when the block ends unless ``replace_directory`` put it in place. Dead runs' staging directories beside
+    ``out`` are removed first: nothing else ever would."""
+    remove_dead_staging(out)
+    staging, lock = _new_staging(out, option)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already unless the block failed
+        lock.close()  # only now: while this run lives, its staging directory is never unlocked
+
+
+def _new_staging(out: Path, option: str) -> tuple[Path, IO[bytes]]:
+    """The staging directory and the open marker whose lock proves this run alive."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     except OSError as err:
         raise unusable_path(option, out, err) from err
+    try:
+        lock = _locked_marker(staging)
+    except OSError as err:  # a file system without locks
+        shutil.rmtree(staging, ignore_errors=True)
+        raise unusable_path(option, out, err) from err
     staging.chmod(0o777 & ~_umask())
-    return staging
+    return staging, lock
+
+
+def _locked_marker(staging: Path) -> IO[bytes]:
+    """The marker in ``staging``, open and exclusively locked (``flock``) for the run's lifetime. The kernel drops
+    the lock when the process dies, however it dies, which a recorded PID cannot tell (PIDs are reused, and mean
+    nothing across the containers or hosts sharing a volume); flock, unlike fcntl's record locks, is held per open
+    file, so a second handle in the same process is refused too. Locked under another name, then renamed: no other
+    run ever finds the marker unlocked while this one lives."""
+    pending = staging / f"{STAGING_MARKER}.pending"
+    handle = open(pending, "xb")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file nobody else has opened
+        os.rename(pending, staging / STAGING_MARKER)
+    except OSError:
+        handle.close()
+        raise
+    return handle
+
+
+def remove_dead_staging(out: Path) -> None:
+    """Remove the staging directories that dead runs left beside ``out``: only those named as ``staging_directory``
+    names them for this very ``out`` and holding its marker, which no live run holds locked. One line on stderr
+    for each (stdout holds a command's result), with the space it freed."""
+    named = re.compile(rf"\.{re.escape(out.name)}\.[a-z0-9_]{{8}}")  # mkdtemp's prefix, then 8 of its characters
+    try:
+        found = sorted(path for path in out.parent.iterdir() if named.fullmatch(path.name))
+    except OSError:  # no parent yet: nothing to remove (making it reports what is wrong with the path)
+        return
+    for staging in found:
+        freed = _remove_if_dead(staging)
+        if freed is not None:
+            print(f"removed '{staging}' ({freed / 2**20:,.1f} MiB), the staging directory of a run that died before "
+                  "it finished", file=sys.stderr, flush=True)
+
+
+def _remove_if_dead(staging: Path) -> int | None:
+    """The bytes freed by removing ``staging``, or None where it is kept: no marker (not ours, or a run between
+    taking its marker out and renaming the directory into place), or a live run holding the marker's lock."""
+    if staging.is_symlink() or not staging.is_dir():
+        return None
+    marker = staging / STAGING_MARKER
+    try:
+        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if not os.path.samestat(os.fstat(fd), os.stat(marker, follow_symlinks=False)):
+            return None  # its run took the marker out between our open and our lock (and another was put there)
+        freed = _size(staging)
+        with interrupts_deferred():  # a Ctrl-C half way could take the marker and leave the rest for ever
+            shutil.rmtree(staging, ignore_errors=True)
+        return freed
+    except OSError:  # BlockingIOError: a live run holds it; FileNotFoundError: it ended meanwhile
+        return None
+    finally:
+        os.close(fd)
+
+
+def _size(directory: Path) -> int:
+    """The bytes of the files under ``directory``, links not followed."""
+    return sum(os.lstat(os.path.join(root, name)).st_size
+               for root, _, names in os.walk(directory) for name in names)
 
 
 def _umask() -> int:
@@ -100,7 +193,9 @@ def unusable_path(option: str, path: Path, err: OSError) -> ConfigError:
 
 def replace_directory(staging: Path, out: Path) -> None:
     """Replace ``out`` with ``staging``: readers see the old directory or the new one, never half.
-    Its files get the umask's permissions first."""
+    Its files get the umask's permissions first; the marker of the run stays behind (its lock holds until the
+    staging block ends, and without the marker no other run removes the directory meanwhile)."""
+    (staging / STAGING_MARKER).unlink(missing_ok=True)
     _umask_permissions(staging)
     if out.exists():
         retired = out.with_name(f".{out.name}.old")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -53,11 +52,8 @@ def export_checkpoint(checkpoint: str | Path | Checkpoint, out: str | Path, cfg:
     out = checked_output(out, "bundle", MANIFEST_FILE, protect=source, own=BUNDLE_FILES)
     checked_output(_failed_path(out), "bundle", MANIFEST_FILE, option="OUT.failed (where a failed export over "
                    "a bundle goes)", protect=source)
-    staging = staging_directory(out)
-    try:
+    with staging_directory(out) as staging:  # removed unless the export ends in a rename
         return _export_into(staging, out, ckpt, cfg, window, source, echo)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already unless something failed
 
 
 def _export_into(staging: Path, out: Path, ckpt: Checkpoint, cfg: ExportConfig, window: int, source: str | None,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,8 +56,7 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
     """Write the checkpoint beside ``directory``, then rename it into place: a killed or failed save
     leaves the previous checkpoint as it was."""
     directory = checked_checkpoint_output(directory)
-    staging = staging_directory(directory)
-    try:
+    with staging_directory(directory) as staging:  # removed unless the save ends in the rename
         config = {"schema_version": SCHEMA_VERSION, "model": ckpt.model_config.to_dict(),
                   "train": ckpt.train_config.to_dict()}
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
@@ -67,8 +65,6 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
         meta = {**ckpt.meta, "versions": library_versions()}
         (staging / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
         replace_directory(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already unless the save failed
     return directory
 
 
