@@ -14,7 +14,7 @@ from seqrec.batchinfer.ledger import LEDGER_FILE
 from seqrec.config import ExportConfig
 from seqrec.cli import main
 from seqrec.exporter import export_checkpoint
-from seqrec.errors import ConfigError, DataError, SchemaError
+from seqrec.errors import ConfigError, DataError, ExportError, SchemaError
 
 from histories import as_long_log, damage_last_row_group, read_dir, write_parts
 
@@ -338,6 +338,28 @@ def test_a_wrong_schema_fails_before_any_work(bundle, parts_dir, run_config, tmp
     assert not Path(cfg.output).exists()
 
 
+def test_a_model_that_does_not_load_fails_in_one_line_before_anything_is_written(bundle, damaged_bundle, parts_dir,
+                                                                                 run_config):
+    """The session was opened lazily, after the ledger: a damaged model.onnx gave ONNX Runtime's traceback and left
+    DIR/_ledger.jsonl, so once the bundle was exported again the same command was refused (a previous job's ledger)
+    and so was --resume (another model). The model is opened before anything is written: one ExportError, no
+    DIR, and the same command scores once the bundle is whole again."""
+    import shutil
+
+    cfg = run_config(damaged_bundle, parts_dir)
+    with pytest.raises(ExportError, match=r"ONNX model '.*bundle/model.onnx' \| received a model ONNX Runtime could "
+                                          r"not load \(.*Protobuf parsing failed.*\), expected model.onnx as seqrec "
+                                          r"export wrote it"):
+        score(cfg, echo=lambda line: None)
+    assert not Path(cfg.output).exists()
+    result = CliRunner().invoke(main, ["score", str(damaged_bundle), "--input", str(parts_dir), "--output", cfg.output,
+                                       "--threads", "1", "--quiet"])
+    assert result.exit_code == 1 and result.output.startswith("Error: ONNX model '"), result.output
+    assert len(result.output.strip().splitlines()) == 1 and not Path(cfg.output).exists()
+    shutil.copy2(bundle / "model.onnx", damaged_bundle / "model.onnx")  # the bundle whole again
+    assert score(cfg, echo=lambda line: None)["users_scored"] == 450
+
+
 def test_seqrec_score_command(bundle, parts_dir, tmp_path):
     out = tmp_path / "scored"
     result = CliRunner().invoke(main, ["score", str(bundle), "--input", str(parts_dir), "--output", str(out),
@@ -431,17 +453,17 @@ def test_a_parts_seconds_count_the_reading_and_scoring_of_its_first_batch(bundle
     import re
     import time
 
-    from seqrec.batchinfer import local
+    from seqrec.batchinfer import job
 
     pause = 0.4
 
-    class SlowFirstBatch(local.BatchScorer):
+    class SlowFirstBatch(job.BatchScorer):
         def score(self, batch):
             if batch.column("user_id")[0].as_py() % 100_000 == 0:  # the first user of a part
                 time.sleep(pause)
             return super().score(batch)
 
-    monkeypatch.setattr(local, "BatchScorer", SlowFirstBatch)
+    monkeypatch.setattr(job, "BatchScorer", SlowFirstBatch)
     cfg = run_config(bundle, parts_dir, batch_size=64, progress=True)  # 256 rows a read: each part one batch
     summary = score(cfg, echo=lambda line: None)
     seconds = [entry["seconds"] for entry in map(json.loads, (Path(cfg.output) / LEDGER_FILE).read_text().splitlines())

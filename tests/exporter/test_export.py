@@ -582,6 +582,28 @@ def test_the_weights_are_a_file_of_their_own_that_the_manifest_records(exported)
                                                     "bytes": (out / "model.onnx.data").stat().st_size}
 
 
+@pytest.mark.parametrize("custom_ops", [False, True])
+@pytest.mark.parametrize("damage, said", [("emptied", "No graph was found in the protobuf"),
+                                          ("cut short", "Protobuf parsing failed|Error parsing message"),
+                                          ("zeroed", "Protobuf parsing failed|Error parsing message")])
+def test_a_graph_onnx_runtime_cannot_load_is_one_export_error_naming_it(exported, tmp_path, damage, said, custom_ops):
+    """Every command that opens a bundle's session (score, profile, export's parity check) goes through the runner:
+    ONNX Runtime's own error (or protobuf's, on the custom-op path, which parses the graph first) was a traceback."""
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(exported("sasrec", "softmax")[0], copy)
+    graph = copy / "model.onnx"
+    size = graph.stat().st_size
+    graph.write_bytes({"emptied": b"", "cut short": graph.read_bytes()[:size // 2], "zeroed": bytes(size)}[damage])
+    runner = OnnxRuntimeRunner(graph, ("items",), custom_ops=custom_ops)
+    with pytest.raises(ExportError, match=rf"ONNX model '{graph}' \| received a model ONNX Runtime could not load "
+                                          rf"\(.*({said}).*\), expected model.onnx as seqrec export wrote it, with "
+                                          r"its model.onnx.data beside it \(copy the whole bundle, or export it again\)"):
+        runner.activate()
+    assert not runner.active
+
+
 def exported_source(bundle) -> str:
     return json.loads((bundle / "manifest.json").read_text())["source"]["checkpoint"]
 
