@@ -604,6 +604,37 @@ def test_a_graph_onnx_runtime_cannot_load_is_one_export_error_naming_it(exported
     assert not runner.active
 
 
+def test_a_plan_tensorrt_cannot_deserialize_is_one_export_error_naming_it(tmp_path, monkeypatch):
+    """TensorRT returns no engine (its reason in its log) for a damaged plan, or one built by another TensorRT or
+    for another GPU: the runner went on to an AttributeError on None. tensorrt is a stand-in here (no GPU); the
+    real deserialisation runs in benchmarks/gpu_check.py where a GPU is lent."""
+    from types import SimpleNamespace
+
+    from seqrec.exporter import tensorrt
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity): ...
+
+    class Runtime:
+        def __init__(self, logger): ...
+
+        def deserialize_cuda_engine(self, plan: bytes):
+            return None
+
+    monkeypatch.setattr(tensorrt, "require_tensorrt", lambda: SimpleNamespace(__version__="10.9", Logger=Logger,
+                                                                              Runtime=Runtime))
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(bytes(64))
+    runner = tensorrt.TensorRTRunner(plan, ("items",))
+    with pytest.raises(ExportError, match=rf"TensorRT engine '{plan}' \| received a plan TensorRT could not "
+                                          r"deserialize \(see the TensorRT log above.*expected model.plan as seqrec "
+                                          r"export --format tensorrt built it with TensorRT 10.9 for this GPU"):
+        runner.activate()
+    assert not runner.active
+
+
 def exported_source(bundle) -> str:
     return json.loads((bundle / "manifest.json").read_text())["source"]["checkpoint"]
 
