@@ -360,6 +360,23 @@ def test_a_model_that_does_not_load_fails_in_one_line_before_anything_is_written
     assert score(cfg, echo=lambda line: None)["users_scored"] == 450
 
 
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_a_graph_cut_short_is_refused_before_anything_is_written_by_either_engine(bundle, parts_dir, run_config,
+                                                                                  tmp_path, engine):
+    """Ray's driver opens no session (each actor opens its own, once the ledger is written), so a damaged graph left
+    a ledger there still; the manifest's record of model.onnx's size refuses a graph cut short when the bundle is
+    loaded, before the cluster is even joined."""
+    import shutil
+
+    shutil.copytree(bundle, tmp_path / "bundle")
+    graph = tmp_path / "bundle" / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[:1000])
+    cfg = run_config(tmp_path / "bundle", parts_dir, engine=engine)
+    with pytest.raises(ExportError, match=r"export bundle graph .*model.onnx \| received 1,000 bytes, expected"):
+        score(cfg, echo=lambda line: None)
+    assert not Path(cfg.output).exists()
+
+
 def test_seqrec_score_command(bundle, parts_dir, tmp_path):
     out = tmp_path / "scored"
     result = CliRunner().invoke(main, ["score", str(bundle), "--input", str(parts_dir), "--output", str(out),

@@ -655,14 +655,33 @@ def test_a_bundle_copied_without_its_whole_weights_file_is_refused_on_load(expor
         load_bundle(copy)
 
 
+@pytest.mark.parametrize("damage", ["emptied", "cut short"])
+def test_a_bundle_whose_graph_file_was_cut_short_is_refused_on_load(exported, tmp_path, damage):
+    """The manifest records model.onnx's size as it does the weights': a graph cut short is refused by every command
+    before any work, where no session is opened yet (the Ray engine's driver never opens one)."""
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(exported("sasrec", "softmax")[0], copy)
+    graph = copy / "model.onnx"
+    size = graph.stat().st_size
+    assert load_bundle(copy).manifest["graph"] == {"file": "model.onnx", "bytes": size}
+    left = 0 if damage == "emptied" else size // 2
+    graph.write_bytes(graph.read_bytes()[:left])
+    with pytest.raises(ExportError, match=rf"export bundle graph {graph} \| received {left:,} bytes, expected {size:,} "
+                                          r"bytes, as written by seqrec export \(copy the whole bundle directory\)"):
+        load_bundle(copy)
+
+
 def test_a_bundle_whose_manifest_records_no_weights_file_still_loads(exported, tmp_path):
-    """Bundles exported before the weights always had their own file: nothing recorded, nothing checked."""
+    """Bundles exported before the weights always had their own file (or before the graph's size was recorded):
+    nothing recorded, nothing checked."""
     import shutil
 
     copy = tmp_path / "bundle"
     shutil.copytree(exported("sasrec", "softmax")[0], copy)
     manifest = json.loads((copy / "manifest.json").read_text())
-    del manifest["weights"]
+    del manifest["weights"], manifest["graph"]
     (copy / "manifest.json").write_text(json.dumps(manifest))
     assert load_bundle(copy).manifest["valid"]
 
