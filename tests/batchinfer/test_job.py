@@ -99,6 +99,31 @@ def test_uint64_ids_beyond_int64_keep_the_users_and_reject_the_items_in_both_for
         assert summary["users_scored"] == 2
 
 
+@pytest.mark.parametrize("form", ["list", "long"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_text_ids_are_an_integer_vocabularys_ids_only_as_the_integers_print(bundle, checkpoint, run_config, tmp_path,
+                                                                           form, backend):
+    """'01000' was read as item 1000, silently ("dropped 0 unknown items"). Text is an id of an integer vocabulary
+    only as the integer prints (a RecBole import keeps '007' apart from '7'); other text ('01000', '+1002', '-0')
+    is no id of that vocabulary, so its user is rejected as ``wrong_type``, in both forms, on the exported graph
+    and on torch (one reader); text as the integers print scores as the integers do."""
+    histories = pa.table({"user_id": pa.array([1, 2, 3, 4], pa.int64()),
+                          "history": [["1000", "1001"], ["01000", "1001"], ["1002", "+1002"], ["1003", "-0"]]})
+    as_ints = pa.table({"user_id": pa.array([1], pa.int64()), "history": [[1000, 1001]]})
+    model = bundle if backend == "onnxruntime" else checkpoint
+    scored = {}
+    for name, table in (("text", histories), ("ints", as_ints)):
+        (tmp_path / name).mkdir()
+        pq.write_table(table if form == "list" else as_long_log(table), tmp_path / name / "a.parquet")
+        cfg = run_config(model, tmp_path / name, backend=backend)
+        scored[name] = (score(cfg, echo=lambda line: None), read_dir(cfg.output))
+    summary, files = scored["text"]
+    assert summary["rejected_by_reason"] == {"wrong_type": 3} and summary["unknown_items_dropped"] == 0
+    assert [(r["user_id"], r["reason"]) for r in files["_rejects.parquet"].to_pylist()] == [
+        (2, "wrong_type"), (3, "wrong_type"), (4, "wrong_type")]
+    assert files["a.parquet"].equals(scored["ints"][1]["a.parquet"])
+
+
 def test_columns_of_the_null_type_become_rejects_not_a_failed_job(bundle, run_config, tmp_path):
     """pandas writes ``list<null>`` for a part whose histories are all empty or null, and a null-typed
     ``item_id`` for a log whose ids are all missing: those rows are rejects, the other parts score."""
