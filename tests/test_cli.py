@@ -461,9 +461,8 @@ def test_a_sigterm_while_the_last_part_commits_stops_the_writer_before_the_job_l
     from seqrec.interrupts import Terminated, take_sigterm_as_interrupt
 
     class Scorer:
-        def __init__(self, model, batch_size): ...
-        def __enter__(self): return self
-        def __exit__(self, *exc): return False
+        batch_size = 1
+
         def score(self, batch): return batch
 
     class SlowWriter:
@@ -479,13 +478,12 @@ def test_a_sigterm_while_the_last_part_commits_stops_the_writer_before_the_job_l
         def abort(self):
             self.events.append("abort")
 
-    monkeypatch.setattr(local, "BatchScorer", Scorer)
     monkeypatch.setattr(local, "read_part", lambda part, plan, rows: iter([pa.record_batch({"a": [1]})]))
     previous = signal.getsignal(signal.SIGTERM)
     take_sigterm_as_interrupt()
     try:
         with pytest.raises(Terminated):
-            local.run_local(None, None, ["part-0"], 1, SlowWriter())
+            local.run_local(Scorer(), None, ["part-0"], SlowWriter())
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert SlowWriter.events == ["commit started", "commit finished", "abort"]  # the job left after the writer

@@ -263,6 +263,24 @@ def test_a_failed_setup_is_recorded_and_makes_the_run_fail(tiny_checkpoints, tmp
     assert "failed 1 (onnxruntime fp32)" in result.stdout.splitlines()[-1]
 
 
+def test_a_bundle_whose_graph_does_not_load_fails_in_one_line(exported, tmp_path):
+    """ONNX Runtime's error opening a damaged model.onnx came out as its traceback; now the configuration fails
+    with the ExportError naming the file, recorded like any failed setup, and the command ends in one line."""
+    damaged = tmp_path / "bundle"
+    shutil.copytree(exported("sasrec", "softmax")[0], damaged)
+    graph = damaged / "model.onnx"
+    graph.write_bytes(bytes(graph.stat().st_size))  # as many bytes, all zero
+    result = run(damaged, "--backends", "onnxruntime", "--batch-sizes", 4, "--iterations", 1, "--warmup", 0,
+                 "--out", tmp_path / "out")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert result.stderr.splitlines()[-1].startswith("Error: seqrec profile | received onnxruntime fp32 catalog 300 "
+                                                     f"failed (onnxruntime fp32 catalog 300: ONNX model '{graph}' | "
+                                                     "received a model ONNX Runtime could not load (")
+    report = json.loads((tmp_path / "out" / "profile.json").read_text())
+    assert [(m["status"], m["error"]) for m in report["measurements"]] == [("failed", "ExportError")]
+
+
 def test_a_missing_library_found_during_setup_is_a_skip(tiny_checkpoints, tmp_path, monkeypatch):
     from seqrec.profiling import source
 

@@ -13,6 +13,19 @@ def bundle(exported) -> Path:
     return exported("sasrec", "cpr")[0]  # top_k 7, exclude_seen off
 
 
+@pytest.fixture
+def damaged_bundle(bundle, tmp_path) -> Path:
+    """A copy of ``bundle`` whose model.onnx ONNX Runtime cannot load: as many bytes, all zero (a file damaged in
+    place, whatever checks its size)."""
+    import shutil
+
+    damaged = tmp_path / "bundle"
+    shutil.copytree(bundle, damaged)
+    graph = damaged / "model.onnx"
+    graph.write_bytes(bytes(graph.stat().st_size))
+    return damaged
+
+
 @pytest.fixture(scope="session")
 def checkpoint(tiny_checkpoints) -> Path:
     return tiny_checkpoints("sasrec", "cpr")

@@ -14,7 +14,7 @@ from seqrec.batchinfer.ledger import LEDGER_FILE
 from seqrec.config import ExportConfig
 from seqrec.cli import main
 from seqrec.exporter import export_checkpoint
-from seqrec.errors import ConfigError, DataError, SchemaError
+from seqrec.errors import ConfigError, DataError, ExportError, SchemaError
 
 from histories import as_long_log, damage_last_row_group, read_dir, write_parts
 
@@ -97,6 +97,31 @@ def test_uint64_ids_beyond_int64_keep_the_users_and_reject_the_items_in_both_for
         rejects = pq.read_table(Path(cfg.output) / "_rejects.parquet").to_pylist()
         assert [(r["user_id"], r["reason"]) for r in rejects] == [(2, "wrong_type")], form
         assert summary["users_scored"] == 2
+
+
+@pytest.mark.parametrize("form", ["list", "long"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_text_ids_are_an_integer_vocabularys_ids_only_as_the_integers_print(bundle, checkpoint, run_config, tmp_path,
+                                                                           form, backend):
+    """'01000' was read as item 1000, silently ("dropped 0 unknown items"). Text is an id of an integer vocabulary
+    only as the integer prints (a RecBole import keeps '007' apart from '7'); other text ('01000', '+1002', '-0')
+    is no id of that vocabulary, so its user is rejected as ``wrong_type``, in both forms, on the exported graph
+    and on torch (one reader); text as the integers print scores as the integers do."""
+    histories = pa.table({"user_id": pa.array([1, 2, 3, 4], pa.int64()),
+                          "history": [["1000", "1001"], ["01000", "1001"], ["1002", "+1002"], ["1003", "-0"]]})
+    as_ints = pa.table({"user_id": pa.array([1], pa.int64()), "history": [[1000, 1001]]})
+    model = bundle if backend == "onnxruntime" else checkpoint
+    scored = {}
+    for name, table in (("text", histories), ("ints", as_ints)):
+        (tmp_path / name).mkdir()
+        pq.write_table(table if form == "list" else as_long_log(table), tmp_path / name / "a.parquet")
+        cfg = run_config(model, tmp_path / name, backend=backend)
+        scored[name] = (score(cfg, echo=lambda line: None), read_dir(cfg.output))
+    summary, files = scored["text"]
+    assert summary["rejected_by_reason"] == {"wrong_type": 3} and summary["unknown_items_dropped"] == 0
+    assert [(r["user_id"], r["reason"]) for r in files["_rejects.parquet"].to_pylist()] == [
+        (2, "wrong_type"), (3, "wrong_type"), (4, "wrong_type")]
+    assert files["a.parquet"].equals(scored["ints"][1]["a.parquet"])
 
 
 def test_columns_of_the_null_type_become_rejects_not_a_failed_job(bundle, run_config, tmp_path):
@@ -338,6 +363,45 @@ def test_a_wrong_schema_fails_before_any_work(bundle, parts_dir, run_config, tmp
     assert not Path(cfg.output).exists()
 
 
+def test_a_model_that_does_not_load_fails_in_one_line_before_anything_is_written(bundle, damaged_bundle, parts_dir,
+                                                                                 run_config):
+    """The session was opened lazily, after the ledger: a damaged model.onnx gave ONNX Runtime's traceback and left
+    DIR/_ledger.jsonl, so once the bundle was exported again the same command was refused (a previous job's ledger)
+    and so was --resume (another model). The model is opened before anything is written: one ExportError, no
+    DIR, and the same command scores once the bundle is whole again."""
+    import shutil
+
+    cfg = run_config(damaged_bundle, parts_dir)
+    with pytest.raises(ExportError, match=r"ONNX model '.*bundle/model.onnx' \| received a model ONNX Runtime could "
+                                          r"not load \(.*Protobuf parsing failed.*\), expected model.onnx as seqrec "
+                                          r"export wrote it"):
+        score(cfg, echo=lambda line: None)
+    assert not Path(cfg.output).exists()
+    result = CliRunner().invoke(main, ["score", str(damaged_bundle), "--input", str(parts_dir), "--output", cfg.output,
+                                       "--threads", "1", "--quiet"])
+    assert result.exit_code == 1 and result.output.startswith("Error: ONNX model '"), result.output
+    assert len(result.output.strip().splitlines()) == 1 and not Path(cfg.output).exists()
+    shutil.copy2(bundle / "model.onnx", damaged_bundle / "model.onnx")  # the bundle whole again
+    assert score(cfg, echo=lambda line: None)["users_scored"] == 450
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_a_graph_cut_short_is_refused_before_anything_is_written_by_either_engine(bundle, parts_dir, run_config,
+                                                                                  tmp_path, engine):
+    """Ray's driver opens no session (each actor opens its own, once the ledger is written), so a damaged graph left
+    a ledger there still; the manifest's record of model.onnx's size refuses a graph cut short when the bundle is
+    loaded, before the cluster is even joined."""
+    import shutil
+
+    shutil.copytree(bundle, tmp_path / "bundle")
+    graph = tmp_path / "bundle" / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[:1000])
+    cfg = run_config(tmp_path / "bundle", parts_dir, engine=engine)
+    with pytest.raises(ExportError, match=r"export bundle graph .*model.onnx \| received 1,000 bytes, expected"):
+        score(cfg, echo=lambda line: None)
+    assert not Path(cfg.output).exists()
+
+
 def test_seqrec_score_command(bundle, parts_dir, tmp_path):
     out = tmp_path / "scored"
     result = CliRunner().invoke(main, ["score", str(bundle), "--input", str(parts_dir), "--output", str(out),
@@ -431,17 +495,17 @@ def test_a_parts_seconds_count_the_reading_and_scoring_of_its_first_batch(bundle
     import re
     import time
 
-    from seqrec.batchinfer import local
+    from seqrec.batchinfer import job
 
     pause = 0.4
 
-    class SlowFirstBatch(local.BatchScorer):
+    class SlowFirstBatch(job.BatchScorer):
         def score(self, batch):
             if batch.column("user_id")[0].as_py() % 100_000 == 0:  # the first user of a part
                 time.sleep(pause)
             return super().score(batch)
 
-    monkeypatch.setattr(local, "BatchScorer", SlowFirstBatch)
+    monkeypatch.setattr(job, "BatchScorer", SlowFirstBatch)
     cfg = run_config(bundle, parts_dir, batch_size=64, progress=True)  # 256 rows a read: each part one batch
     summary = score(cfg, echo=lambda line: None)
     seconds = [entry["seconds"] for entry in map(json.loads, (Path(cfg.output) / LEDGER_FILE).read_text().splitlines())

@@ -66,7 +66,19 @@ def test_a_null_time_and_an_id_beyond_int64_are_a_wrong_type_not_a_crash():
 def test_text_ids_cover_the_whole_int64_range_and_nothing_beyond():
     edge, low = 2**63 - 1, -(2**63)
     vocab = Vocabulary.from_items(np.array([edge, low, 5], dtype=np.int64))
-    texts = [[str(edge)], [str(low)], [str(edge + 1)], [str(low - 1)], ["1" + "0" * 19], ["0005"]]
+    texts = [[str(edge)], [str(low)], [str(edge + 1)], [str(low - 1)], ["1" + "0" * 19], ["5"]]
     encoded = encode(list(range(6)), texts, pa.list_(pa.string()), vocab=vocab)
     assert encoded.reasons.to_pylist() == [None, None, "wrong_type", "wrong_type", "wrong_type", None]
     assert encoded.items.tolist() == vocab.encode(pa.array([edge, low, 5])).tolist()
+
+
+def test_text_is_an_integer_id_only_as_the_integer_prints():
+    """'0005' was read as 5 and '01' as 1, silently: text other than ``str(n)`` (a leading zero, a '+', '-0', a space)
+    is no id of an integer vocabulary, whatever integer it parses to, and is a ``wrong_type`` as 'x1' is."""
+    vocab = Vocabulary.from_items(np.array([0, 1, 5, -7, 2**63 - 1], dtype=np.int64))
+    good = ["0", "1", "5", "-7", str(2**63 - 1)]
+    bad = ["0005", "01", "00", "-0", "+5", " 5", "5 ", "-07", "0" + str(2**63 - 1)[1:], "0" * 19 + "1"]
+    encoded = encode(list(range(len(good) + len(bad))), [[text] for text in good + bad], pa.list_(pa.string()),
+                     vocab=vocab)
+    assert encoded.reasons.to_pylist() == [None] * len(good) + ["wrong_type"] * len(bad)
+    assert encoded.items.tolist() == vocab.encode(pa.array([0, 1, 5, -7, 2**63 - 1])).tolist()

@@ -108,6 +108,19 @@ def test_a_damaged_part_fails_a_ray_job_after_every_other_part_is_committed(loca
 
 
 @pytest.mark.slow
+def test_an_actor_that_cannot_load_the_model_fails_the_job_with_its_one_line_error(local_ray, damaged_bundle,
+                                                                                  parts_dir, run_config):
+    """The driver holds no session: each actor opens its own. ONNX Runtime's error there came back as Ray's
+    wrapper of the actor's traceback; it is the actor's ExportError, raised here as itself."""
+    from seqrec.errors import ExportError
+
+    cfg = run_config(damaged_bundle, parts_dir, engine="ray", actors=1)
+    with pytest.raises(ExportError, match=r"^ONNX model '.*bundle/model.onnx' \| received a model ONNX Runtime "
+                                          r"could not load \(.*Protobuf parsing failed"):
+        score(cfg, echo=lambda line: None)
+
+
+@pytest.mark.slow
 def test_a_log_time_that_is_no_time_rejects_its_user_on_ray_as_locally(local_ray, bundle, run_config, tmp_path):
     """The Ray scorer read a log's times only where the model reads them: a user whose time is null was then
     scored with a reordered history instead of rejected (the bundle here reads no times)."""

@@ -582,6 +582,59 @@ def test_the_weights_are_a_file_of_their_own_that_the_manifest_records(exported)
                                                     "bytes": (out / "model.onnx.data").stat().st_size}
 
 
+@pytest.mark.parametrize("custom_ops", [False, True])
+@pytest.mark.parametrize("damage, said", [("emptied", "No graph was found in the protobuf"),
+                                          ("cut short", "Protobuf parsing failed|Error parsing message"),
+                                          ("zeroed", "Protobuf parsing failed|Error parsing message")])
+def test_a_graph_onnx_runtime_cannot_load_is_one_export_error_naming_it(exported, tmp_path, damage, said, custom_ops):
+    """Every command that opens a bundle's session (score, profile, export's parity check) goes through the runner:
+    ONNX Runtime's own error (or protobuf's, on the custom-op path, which parses the graph first) was a traceback."""
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(exported("sasrec", "softmax")[0], copy)
+    graph = copy / "model.onnx"
+    size = graph.stat().st_size
+    graph.write_bytes({"emptied": b"", "cut short": graph.read_bytes()[:size // 2], "zeroed": bytes(size)}[damage])
+    runner = OnnxRuntimeRunner(graph, ("items",), custom_ops=custom_ops)
+    with pytest.raises(ExportError, match=rf"ONNX model '{graph}' \| received a model ONNX Runtime could not load "
+                                          rf"\(.*({said}).*\), expected model.onnx as seqrec export wrote it, with "
+                                          r"its model.onnx.data beside it \(copy the whole bundle, or export it again\)"):
+        runner.activate()
+    assert not runner.active
+
+
+def test_a_plan_tensorrt_cannot_deserialize_is_one_export_error_naming_it(tmp_path, monkeypatch):
+    """TensorRT returns no engine (its reason in its log) for a damaged plan, or one built by another TensorRT or
+    for another GPU: the runner went on to an AttributeError on None. tensorrt is a stand-in here (no GPU); the
+    real deserialisation runs in benchmarks/gpu_check.py where a GPU is lent."""
+    from types import SimpleNamespace
+
+    from seqrec.exporter import tensorrt
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity): ...
+
+    class Runtime:
+        def __init__(self, logger): ...
+
+        def deserialize_cuda_engine(self, plan: bytes):
+            return None
+
+    monkeypatch.setattr(tensorrt, "require_tensorrt", lambda: SimpleNamespace(__version__="10.9", Logger=Logger,
+                                                                              Runtime=Runtime))
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(bytes(64))
+    runner = tensorrt.TensorRTRunner(plan, ("items",))
+    with pytest.raises(ExportError, match=rf"TensorRT engine '{plan}' \| received a plan TensorRT could not "
+                                          r"deserialize \(see the TensorRT log above.*expected model.plan as seqrec "
+                                          r"export --format tensorrt built it with TensorRT 10.9 for this GPU"):
+        runner.activate()
+    assert not runner.active
+
+
 def exported_source(bundle) -> str:
     return json.loads((bundle / "manifest.json").read_text())["source"]["checkpoint"]
 
@@ -602,14 +655,33 @@ def test_a_bundle_copied_without_its_whole_weights_file_is_refused_on_load(expor
         load_bundle(copy)
 
 
+@pytest.mark.parametrize("damage", ["emptied", "cut short"])
+def test_a_bundle_whose_graph_file_was_cut_short_is_refused_on_load(exported, tmp_path, damage):
+    """The manifest records model.onnx's size as it does the weights': a graph cut short is refused by every command
+    before any work, where no session is opened yet (the Ray engine's driver never opens one)."""
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(exported("sasrec", "softmax")[0], copy)
+    graph = copy / "model.onnx"
+    size = graph.stat().st_size
+    assert load_bundle(copy).manifest["graph"] == {"file": "model.onnx", "bytes": size}
+    left = 0 if damage == "emptied" else size // 2
+    graph.write_bytes(graph.read_bytes()[:left])
+    with pytest.raises(ExportError, match=rf"export bundle graph {graph} \| received {left:,} bytes, expected {size:,} "
+                                          r"bytes, as written by seqrec export \(copy the whole bundle directory\)"):
+        load_bundle(copy)
+
+
 def test_a_bundle_whose_manifest_records_no_weights_file_still_loads(exported, tmp_path):
-    """Bundles exported before the weights always had their own file: nothing recorded, nothing checked."""
+    """Bundles exported before the weights always had their own file (or before the graph's size was recorded):
+    nothing recorded, nothing checked."""
     import shutil
 
     copy = tmp_path / "bundle"
     shutil.copytree(exported("sasrec", "softmax")[0], copy)
     manifest = json.loads((copy / "manifest.json").read_text())
-    del manifest["weights"]
+    del manifest["weights"], manifest["graph"]
     (copy / "manifest.json").write_text(json.dumps(manifest))
     assert load_bundle(copy).manifest["valid"]
 

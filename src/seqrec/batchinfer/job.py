@@ -13,6 +13,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+from seqrec.batchinfer.core import BatchScorer
 from seqrec.batchinfer.inputs import LIST_FORM, InputPlan, plan_input
 from seqrec.batchinfer.ledger import Ledger
 from seqrec.batchinfer.model import ScoringModel, open_model
@@ -26,8 +27,9 @@ def score(cfg: ScoreConfig, echo: Callable[[str], None] = print) -> dict:
     """Score ``cfg.input`` into ``cfg.output``; returns the summary (also in ``_summary.json``).
 
     Everything that can be checked before scoring is checked first: the model against the
-    backend and options, every input part's schema, the output directory (or its ledger with
-    ``--resume``). Parts already in the ledger are skipped; the others are scored by the engine.
+    backend and options, every input part's schema, the model opened (the local engine's session;
+    Ray's actors open their own), the output directory (or its ledger with ``--resume``). Parts
+    already in the ledger are skipped; the others are scored by the engine.
     """
     started = time.perf_counter()
     model = open_model(cfg)
@@ -36,21 +38,26 @@ def score(cfg: ScoreConfig, echo: Callable[[str], None] = print) -> dict:
         _stderr_line(f"warning: the input '{cfg.input}' has no rows (in {len(plan.parts)} "
                      f"part{'s' if len(plan.parts) != 1 else ''}): nothing to score")
     out = Path(cfg.output)
-    with ExitStack() as cluster:
-        if cfg.engine == "ray":  # reached before the ledger is written: a wrong --address leaves nothing behind
+    with ExitStack() as engine:  # entered before the ledger is written: a wrong --address, or a model that does
+        # not load, leaves nothing behind, so the rerun that follows its fix needs neither --resume nor a cleanup
+        if cfg.engine == "ray":
             from seqrec.batchinfer.ray_engine import ray_cluster
 
-            cluster.enter_context(ray_cluster(cfg))
+            engine.enter_context(ray_cluster(cfg))
+            scorer = None
+        else:  # the session the job scores with, opened here once (the actors of the Ray engine open their own)
+            scorer = engine.enter_context(BatchScorer(model, cfg.batch_size))
         ledger = Ledger.open(out, job_identity(model, plan, cfg.layout), cfg.resume)
         try:
-            return _run(cfg, model, plan, ledger, started, echo)
+            return _run(cfg, model, plan, ledger, scorer, started, echo)
         finally:
             ledger.close()
 
 
-def _run(cfg: ScoreConfig, model: ScoringModel, plan: InputPlan, ledger: Ledger, started: float,
-         echo: Callable[[str], None]) -> dict:
-    """The parts the ledger lacks, scored by the engine; then rejects, summary and the ledger's end."""
+def _run(cfg: ScoreConfig, model: ScoringModel, plan: InputPlan, ledger: Ledger, scorer: BatchScorer | None,
+         started: float, echo: Callable[[str], None]) -> dict:
+    """The parts the ledger lacks, scored by the engine (``scorer``: the local one's, None under Ray); then
+    rejects, summary and the ledger's end."""
     out = Path(cfg.output)
     if ledger.finished:
         echo(f"{out}: the job is already complete (its ledger says finished); nothing to do")
@@ -67,10 +74,10 @@ def _run(cfg: ScoreConfig, model: ScoringModel, plan: InputPlan, ledger: Ledger,
     log = _stderr_line if cfg.progress and bar.disable else None  # no terminal for the bar: a line per part
     writer = PartWriter(out, plan, cfg.layout, model.vocab.items.type, ledger, bar, log)
     try:
-        if todo and cfg.engine == "local":
+        if todo and scorer is not None:
             from seqrec.batchinfer.local import run_local
 
-            run_local(model, plan, todo, cfg.batch_size, writer)
+            run_local(scorer, plan, todo, writer)
         elif todo:
             from seqrec.batchinfer.ray_engine import run_ray
 

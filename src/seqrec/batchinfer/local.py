@@ -19,7 +19,6 @@ import pyarrow as pa
 
 from seqrec.batchinfer.core import BatchScorer
 from seqrec.batchinfer.inputs import InputPart, InputPlan, read_part
-from seqrec.batchinfer.model import ScoringModel
 from seqrec.batchinfer.writer import PartWriter
 
 QUEUE_DEPTH = 4
@@ -27,24 +26,23 @@ READ_BATCHES = 4  # input rows per record batch = READ_BATCHES x batch_size: roo
 _END, _ERROR = object(), object()
 
 
-def run_local(model: ScoringModel, plan: InputPlan, todo: list[InputPart], batch_size: int,
-              writer: PartWriter) -> None:
-    """Score the parts ``todo`` into ``writer``; returns when the last part is committed."""
-    stream = _background(_read_parts(plan, todo, batch_size * READ_BATCHES))
-    with BatchScorer(model, batch_size) as scorer:
-        drain = _Drain(lambda item: writer.handle(*item), writer.abort)
-        try:
-            for part, batch, began in stream:  # began: when the part's reading began, its clock's start
-                drain.put((part, None if batch is None else scorer.score(batch), began))
-        except Exception:
-            drain.settle()  # a failed read or score: parts already complete in the queue are still committed
-            raise
-        except BaseException:  # Ctrl-C: stop at once
-            drain.abort()
-            raise
-        finally:
-            stream.close()
-        drain.close()
+def run_local(scorer: BatchScorer, plan: InputPlan, todo: list[InputPart], writer: PartWriter) -> None:
+    """Score the parts ``todo`` into ``writer`` with ``scorer`` (entered by the caller: its model is known
+    to load before the job writes anything); returns when the last part is committed."""
+    stream = _background(_read_parts(plan, todo, scorer.batch_size * READ_BATCHES))
+    drain = _Drain(lambda item: writer.handle(*item), writer.abort)
+    try:
+        for part, batch, began in stream:  # began: when the part's reading began, its clock's start
+            drain.put((part, None if batch is None else scorer.score(batch), began))
+    except Exception:
+        drain.settle()  # a failed read or score: parts already complete in the queue are still committed
+        raise
+    except BaseException:  # Ctrl-C: stop at once
+        drain.abort()
+        raise
+    finally:
+        stream.close()
+    drain.close()
 
 
 def _read_parts(plan: InputPlan, todo: list[InputPart],

@@ -7,7 +7,8 @@ Per row, in order of precedence (the first that applies is the reason):
 - ``null_history``: ``history`` is null;
 - ``empty_history``: ``history`` has no element;
 - ``wrong_type``: an element cannot be an id of the vocabulary's type (a string that is not an
-  integer, or an unsigned integer above the int64 range, for an integer vocabulary), or
+  integer as it prints, such as ``'x1'`` or ``'01'``, or an unsigned integer above the int64 range,
+  for an integer vocabulary), or
   ``timestamps`` are null, hold a null or are not aligned with ``history`` where the model reads them
   or the batch carries them (an interaction log's times order its rows even for a model without times);
 - ``all_unknown``: no element is in the vocabulary (nulls count as unknown).

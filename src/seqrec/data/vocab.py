@@ -12,8 +12,10 @@ import pyarrow.parquet as pq
 from seqrec.errors import DataError, SchemaError, received_expected
 
 RawIds = pa.Array | pa.ChunkedArray | np.ndarray
-INTEGER_TEXT = r"^-?[0-9]{1,18}$"  # up to 18 digits: always an int64 (as Arrow parses it)
-INT64_EDGES = {r"^[0-9]{19}$": str(np.iinfo(np.int64).max), r"^-[0-9]{19}$": str(np.iinfo(np.int64).min)}  # 19: <= edge
+# Text that is an integer written as the integer prints: no leading zero, no '+', no '-0' ('01' is another id than 1,
+# as in a RecBole import, whose tokens stay text). Up to 18 digits: always an int64; 19: compared with the edge.
+INTEGER_TEXT = r"^(0|-?[1-9][0-9]{0,17})$"
+INT64_EDGES = {r"^[1-9][0-9]{18}$": str(np.iinfo(np.int64).max), r"^-[1-9][0-9]{18}$": str(np.iinfo(np.int64).min)}
 
 
 class Vocabulary:
@@ -143,10 +145,10 @@ class Vocabulary:
 
 def as_vocab_type(values: pa.Array, raw_type: str) -> tuple[pa.Array, np.ndarray]:
     """Ids in a vocabulary's id type (``raw_type``), and which could not be (bool (T0,)): integers become
-    their decimal text for a string vocabulary; for an integer one, text that is an int64 in decimal becomes
-    it, other text and unsigned integers above the int64 range cannot (they are left as 0). How ``seqrec
-    score`` reads history items and ``seqrec eval`` an interactions file (whose reader has already refused
-    unsigned ids beyond int64)."""
+    their decimal text for a string vocabulary; for an integer one, text that is an int64 written as it prints
+    (``str(n)``) becomes it, other text (``'01'``, ``'+1'``, ``'x1'``: never read as 1) and unsigned integers
+    above the int64 range cannot (they are left as 0). How ``seqrec score`` reads history items and ``seqrec
+    eval`` an interactions file (whose reader has already refused unsigned ids beyond int64)."""
     is_text = pa.types.is_string(values.type)
     if raw_type == "string" and not is_text:
         return values.cast(pa.string()), np.zeros(len(values), dtype=bool)
@@ -161,8 +163,8 @@ def as_vocab_type(values: pa.Array, raw_type: str) -> tuple[pa.Array, np.ndarray
 
 
 def _int64_text(values: pa.Array) -> pa.Array:
-    """bool (T0,): the string is an int64 in decimal. 19 digits are compared with the range's edge as
-    text: digit strings of one length (after the same sign) compare as their magnitudes do."""
+    """bool (T0,): the string is an int64 as it prints (``INTEGER_TEXT``). 19 digits are compared with the
+    range's edge as text: digit strings of one length (after the same sign) compare as their magnitudes do."""
     ok = pc.match_substring_regex(values, INTEGER_TEXT)
     for pattern, edge in INT64_EDGES.items():
         within = pc.and_(pc.match_substring_regex(values, pattern), pc.less_equal(values, pa.scalar(edge)))

@@ -14,7 +14,7 @@ from seqrec.config import ExportConfig
 from seqrec.directories import checked_output, replace_directory, staging_directory
 from seqrec.errors import ConfigError, ExportMismatchError, received_expected
 from seqrec.exporter.bundle import (BUNDLE_FILES, MANIFEST_FILE, ONNX_FILE, PLAN_FILE, VOCAB_FILE, Bundle,
-                                    graph_signature, weights_entry, write_manifest)
+                                    file_entry, graph_signature, weights_entry, write_manifest)
 from seqrec.exporter.custom_ops import DOMAIN, OP_TYPE
 from seqrec.exporter.graph import ScoringGraph
 from seqrec.exporter.onnx_export import export_onnx
@@ -81,7 +81,7 @@ def _export_into(staging: Path, out: Path, ckpt: Checkpoint, cfg: ExportConfig, 
             echo(line)
     ckpt.vocab.save(staging / VOCAB_FILE)
     manifest = _manifest(ckpt, cfg, spec, window, reports, export_seconds, source, _custom_ops(staging / ONNX_FILE),
-                         weights_entry(staging))
+                         file_entry(staging, ONNX_FILE), weights_entry(staging))
     write_manifest(staging, manifest)
     if not manifest["valid"] and (out / MANIFEST_FILE).is_file():  # keep the bundle in service
         failed = _failed_path(out)
@@ -144,13 +144,15 @@ def _scaled(spec: ExportSpec, precision: str) -> ExportSpec:
 
 
 def _manifest(ckpt: Checkpoint, cfg: ExportConfig, spec: ExportSpec, window: int, reports: list,
-              export_seconds: float, checkpoint: str | None, custom_ops: list[dict], weights: dict) -> dict:
+              export_seconds: float, checkpoint: str | None, custom_ops: list[dict], graph: dict,
+              weights: dict) -> dict:
     return {
         "valid": all(report.ok for report in reports),
         **graph_signature(spec.inputs, spec.outputs, cfg.top_k),
         "dynamic_axes": spec.dynamic_axes(),
         "opset": cfg.opset,
         "custom_ops": custom_ops,
+        "graph": graph,
         "weights": weights,
         "window": window,
         "export": cfg.to_dict(),

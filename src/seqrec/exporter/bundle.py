@@ -65,21 +65,26 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
+def file_entry(directory: Path, name: str) -> dict[str, Any]:
+    """The manifest's record of a bundle file, so a bundle copied without it, or cut short, is refused on load."""
+    return {"file": name, "bytes": (directory / name).stat().st_size}
+
+
 def weights_entry(directory: Path) -> dict[str, Any]:
-    """The manifest's record of the weights file, so a bundle copied without it, or cut short, is refused on load."""
-    return {"file": WEIGHTS_FILE, "bytes": (directory / WEIGHTS_FILE).stat().st_size}
+    return file_entry(directory, WEIGHTS_FILE)
 
 
-def _check_weights(directory: Path, weights: dict[str, Any] | None) -> None:
-    """ExportError when the weights file the manifest records is missing or of another size (bundles written
-    before the weights always went to their own file record none: nothing to check)."""
-    if not weights:
+def _check_recorded(directory: Path, entry: dict[str, Any] | None, what: str) -> None:
+    """ExportError when a file the manifest records (``what``: graph, weights) is missing or of another size, so
+    a damaged copy is refused by every command before any work (under Ray the driver opens no session). Bundles
+    written before a file was recorded record none: nothing to check."""
+    if not entry:
         return
-    path = directory / weights["file"]
+    path = directory / entry["file"]
     found = path.stat().st_size if path.is_file() else None
-    if found != weights["bytes"]:
+    if found != entry["bytes"]:
         received = "no such file" if found is None else f"{found:,} bytes"
-        raise ExportError(received_expected(f"export bundle weights {path}", received, f"{weights['bytes']:,} bytes, "
+        raise ExportError(received_expected(f"export bundle {what} {path}", received, f"{entry['bytes']:,} bytes, "
                                             f"as written by seqrec export (copy the whole bundle directory)"))
 
 
@@ -93,7 +98,8 @@ def load_bundle(directory: str | Path, require_valid: bool = True) -> Bundle:
     if manifest.get("bundle_version", 0) > BUNDLE_VERSION:
         raise ExportError(received_expected(f"{directory / MANIFEST_FILE} bundle_version",
                                             manifest.get("bundle_version"), f"<= {BUNDLE_VERSION}"))
-    _check_weights(directory, manifest.get("weights"))
+    _check_recorded(directory, manifest.get("graph"), "graph")
+    _check_recorded(directory, manifest.get("weights"), "weights")
     if require_valid and not manifest.get("valid"):
         raise ExportError(received_expected(f"export bundle {directory}", "a bundle whose parity check failed",
                                             "a bundle with manifest valid: true (re-run seqrec export)"))

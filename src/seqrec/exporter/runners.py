@@ -118,21 +118,24 @@ class OnnxRuntimeRunner(Runner):
 
     def activate_impl(self) -> None:
         ort = require_module("onnxruntime", "the onnxruntime backend", "pip install 'seqrec[onnx]'")
-        options = self.session_options(ort)
-        model = str(self.path)
-        if self.custom_ops:
-            from seqrec.exporter.custom_ops import (external_data_folder, model_for_onnxruntime,
-                                                    register_onnxruntime_custom_ops)
-
-            register_onnxruntime_custom_ops(options)
-            external_data_folder(options, self.path)
-            model = model_for_onnxruntime(self.path)
         missing = [p for p in self.providers if p not in ort.get_available_providers()]
         if missing:
             raise MissingDependencyError(received_expected("onnxruntime execution providers", f"{missing} unavailable",
                                                            f"one of {ort.get_available_providers()}"))
-        self.session = ort.InferenceSession(model, options, providers=self.providers,
-                                            disabled_optimizers=UNWANTED_OPTIMIZERS)
+        options = self.session_options(ort)
+        try:
+            model = str(self.path)
+            if self.custom_ops:
+                from seqrec.exporter.custom_ops import (external_data_folder, model_for_onnxruntime,
+                                                        register_onnxruntime_custom_ops)
+
+                register_onnxruntime_custom_ops(options)
+                external_data_folder(options, self.path)
+                model = model_for_onnxruntime(self.path)
+            self.session = ort.InferenceSession(model, options, providers=self.providers,
+                                                disabled_optimizers=UNWANTED_OPTIMIZERS)
+        except _load_errors(ort) as err:
+            raise _unloadable(self.path, err) from err
 
     def deactivate_impl(self) -> None:
         self.session = None
@@ -140,3 +143,22 @@ class OnnxRuntimeRunner(Runner):
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         top_items, top_scores = self.session.run(["top_items", "top_scores"], feed)
         return {"top_items": top_items, "top_scores": top_scores}
+
+
+def _load_errors(ort) -> tuple[type[Exception], ...]:
+    """What a model that cannot be loaded raises: ONNX Runtime's error classes (one per status code, not
+    subclasses of one base; their set varies between versions) and protobuf's DecodeError, which
+    ``onnx.load`` raises first on the custom-op path."""
+    from google.protobuf.message import DecodeError
+
+    state = ort.capi.onnxruntime_pybind11_state
+    return (DecodeError,) + tuple(kind for kind in vars(state).values()
+                                  if isinstance(kind, type) and issubclass(kind, Exception))
+
+
+def _unloadable(path: Path, err: Exception) -> ExportError:
+    """One line naming the file and what ONNX Runtime said, instead of its traceback from deep in a job."""
+    cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return ExportError(received_expected(f"ONNX model '{path}'", f"a model ONNX Runtime could not load ({cause})",
+                                         "model.onnx as seqrec export wrote it, with its model.onnx.data beside it "
+                                         "(copy the whole bundle, or export it again)"))

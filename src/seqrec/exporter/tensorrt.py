@@ -105,6 +105,12 @@ class TensorRTRunner(Runner):
         trt = require_tensorrt()
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
+        if self.engine is None:  # TensorRT returns None, its reason in its log; the next line failed on None
+            raise ExportError(received_expected(
+                f"TensorRT engine '{self.plan_path}'", "a plan TensorRT could not deserialize (see the TensorRT log "
+                "above: a damaged file, or a plan built by another TensorRT version or for another GPU)",
+                f"model.plan as seqrec export --format tensorrt built it with TensorRT {trt.__version__} for this GPU "
+                "(export the bundle again here)"))
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
 

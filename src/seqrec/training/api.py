@@ -38,11 +38,11 @@ def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, split: st
     the user's history) and ``new``, each with the share of history items in the top 10.
     The split is the file's own (by position, whatever the checkpoint knows). Item ids are read in the
     vocabulary's id type as ``seqrec score`` reads them (integers of a string vocabulary as their text, text
-    that is a decimal integer for an integer one, other text unknown to it; the file's reader, as training's,
-    refuses unsigned ids beyond int64). Items unknown to the
-    checkpoint's vocabulary are left out of the histories the model reads (it has no embedding for
-    them; counted in ``unknown_interactions``); a target the model cannot know, or one after a
-    history without a single known item, is a miss (``unknown_targets``, ``no_known_history``).
+    that is an integer as it prints for an integer one, other text, '01' included, unknown to it; the file's
+    reader, as training's, refuses unsigned ids beyond int64). Items unknown to the checkpoint's vocabulary
+    are left out of the histories the model reads (it has no embedding for them; counted in
+    ``unknown_interactions``); a target the model cannot know, or one after a history without a single
+    known item, is a miss (``unknown_targets``, ``no_known_history``).
     ``trained_on_targets``: the split is ``valid`` and the model was refit on those very targets.
     """
     ckpt = load_checkpoint(checkpoint)
@@ -92,14 +92,15 @@ def _in_vocab_type(table: pa.Table, vocab: Vocabulary) -> tuple[pa.Table, Vocabu
     """``table`` with its item ids converted to the vocabulary's id type as ``seqrec score`` converts history
     items (``as_vocab_type``), and the vocabulary to encode them with. Integer ids become their decimal text
     for a string vocabulary (a RecBole import's tokens are always strings). For an integer vocabulary, text
-    that is an int64 in decimal is that integer; other text is an unknown item, each distinct id its own, so
-    the ids stay text (integers as their decimal text) and are looked up in the vocabulary's ids as text."""
+    that is an int64 as it prints is that integer; other text ('01' as 'x1') is an unknown item, each distinct id
+    its own, so the ids stay text (integers as their decimal text) and are looked up in the vocabulary's ids as
+    text."""
     column = table.schema.get_field_index("item_id")
     ids = table.column(column).combine_chunks()
     if (vocab.raw_type == "int64") == pa.types.is_integer(ids.type):
         return table, vocab
     values, bad = as_vocab_type(ids, vocab.raw_type)
-    if vocab.raw_type == "int64":  # "007" is 7, written "7" as the vocabulary's 7 is; "x7" stays "x7", unknown
+    if vocab.raw_type == "int64":  # "7" is 7, written "7" as the vocabulary's 7 is; "007" and "x7" stay, unknown
         values = pc.if_else(pa.array(bad), ids, values.cast(pa.string()))
         vocab = Vocabulary(vocab.items.cast(pa.string()))  # the same indices
     return table.set_column(column, "item_id", values), vocab
