@@ -344,7 +344,8 @@ def export_command(checkpoint: str, out: str, format_: str, **options) -> None:
               help="[default: the bundle's; 10 for a checkpoint, or its catalog's size if smaller]")
 @click.option("--exclude-seen/--no-exclude-seen", default=None, help="never return an item of the history window "
                                                                      "[default: the bundle's; off for a checkpoint]")
-@click.option("--batch-size", type=int, default=512, show_default=True, help="users per model call")
+@click.option("--batch-size", type=int, help="users per model call  [default: 512, fewer where a long window's "
+                                              "attention scores would pass 1 GiB per layer]")
 @click.option("--layout", type=click.Choice(SCORE_LAYOUTS), default="list", show_default=True)
 @click.option("--engine", type=click.Choice(SCORE_ENGINES), default="local", show_default=True)
 @click.option("--resume", is_flag=True, help="continue the job in --output: keep its finished parts")

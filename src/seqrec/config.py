@@ -275,7 +275,7 @@ class ScoreConfig(_JsonConfig):
     backend: str | None = None  # None: onnxruntime for a bundle, torch for a checkpoint
     top_k: int | None = None  # None: the bundle's (baked in), or 10 for a checkpoint
     exclude_seen: bool | None = None  # None: the bundle's, or False for a checkpoint
-    batch_size: int = 512  # users per model call
+    batch_size: int | None = None  # users per model call; None: DEFAULT_SCORE_BATCH, fewer for a long window
     layout: str = "list"  # list: one row per user; long: one row per (user, rank)
     engine: str = "local"
     resume: bool = False  # continue a killed job in ``output`` (parts in its ledger are kept)

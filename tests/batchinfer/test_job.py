@@ -515,3 +515,21 @@ def test_a_parts_seconds_count_the_reading_and_scoring_of_its_first_batch(bundle
     rates = [float(rate.replace(",", "")) for rate in re.findall(r"\(([\d,]+) users/s\)", capsys.readouterr().err)]
     assert len(rates) == 3 and all(summary["users_per_second"] / 3 <= rate <= 3 * summary["users_per_second"]
                                    for rate in rates), (rates, summary["users_per_second"])
+
+
+def test_the_default_batch_holds_a_long_windows_attention_to_a_gib_per_layer(tiny_checkpoints, run_config, tmp_path,
+                                                                             capsys):
+    """512 users of a 2,048-item window hold 8 GiB per attention tensor: the default batch shrinks and says so;
+    a batch asked for is kept, and a short window or a GRU keeps the default."""
+    from seqrec.batchinfer import resolved_score_config
+
+    long_window = tiny_checkpoints("sasrec", "softmax", max_length=1024)  # 2 heads: 2^28 // (2 x 1024^2) = 128
+    histories = tmp_path / "h.parquet"
+    pq.write_table(pa.table({"user_id": [1, 2, 3], "history": [[1000, 1001], [1002], [1003, 1004, 1005]]}), histories)
+    summary = score(run_config(long_window, histories, batch_size=None))
+    assert summary["users_scored"] == 3
+    assert "batch size 128 (the default 512 at this model's window of 1,024" in capsys.readouterr().err
+    assert resolved_score_config(run_config(long_window, batch_size=None)).batch_size == 128
+    assert resolved_score_config(run_config(long_window, batch_size=300)).batch_size == 300
+    for short in (tiny_checkpoints("sasrec", "softmax"), tiny_checkpoints("gru4rec", "softmax", max_length=1024)):
+        assert resolved_score_config(run_config(short, batch_size=None)).batch_size == 512

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -16,7 +17,7 @@ from tqdm.auto import tqdm
 from seqrec.batchinfer.core import BatchScorer
 from seqrec.batchinfer.inputs import LIST_FORM, InputPlan, plan_input
 from seqrec.batchinfer.ledger import Ledger
-from seqrec.batchinfer.model import ScoringModel, open_model
+from seqrec.batchinfer.model import DEFAULT_SCORE_BATCH, ScoringModel, open_model
 from seqrec.batchinfer.outputs import REJECTS_DIR, merge_rejects
 from seqrec.batchinfer.summary import SUMMARY_FILE, build_summary, summary_line, write_summary
 from seqrec.batchinfer.writer import PartWriter
@@ -33,6 +34,7 @@ def score(cfg: ScoreConfig, echo: Callable[[str], None] = print) -> dict:
     """
     started = time.perf_counter()
     model = open_model(cfg)
+    cfg = _with_batch_size(cfg, model)
     plan = plan_input(cfg.input, cfg.output, "timestamps" in model.inputs)
     if not any(part.rows for part in plan.parts):  # scored as asked, but a nightly job fed nothing should say so
         _stderr_line(f"warning: the input '{cfg.input}' has no rows (in {len(plan.parts)} "
@@ -52,6 +54,19 @@ def score(cfg: ScoreConfig, echo: Callable[[str], None] = print) -> dict:
             return _run(cfg, model, plan, ledger, scorer, started, echo)
         finally:
             ledger.close()
+
+
+def _with_batch_size(cfg: ScoreConfig, model: ScoringModel) -> ScoreConfig:
+    """``cfg`` with its batch size: the one asked, or the model's default, said on stderr where a long window
+    lowers it (its users' attention scores would otherwise run the machine out of memory, with no message)."""
+    if cfg.batch_size is not None:
+        return cfg
+    batch_size = model.default_batch_size()
+    if batch_size < DEFAULT_SCORE_BATCH:
+        _stderr_line(f"batch size {batch_size} (the default {DEFAULT_SCORE_BATCH} at this model's window of "
+                     f"{model.window:,} would hold {DEFAULT_SCORE_BATCH * model.window ** 2 * 4 / 2**30:,.1f} GiB of "
+                     "attention scores per head and layer); --batch-size sets it")
+    return dataclasses.replace(cfg, batch_size=batch_size)
 
 
 def _run(cfg: ScoreConfig, model: ScoringModel, plan: InputPlan, ledger: Ledger, scorer: BatchScorer | None,

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seqrec.config import ScoreConfig
+from seqrec.config import ModelConfig, ScoreConfig
 from seqrec.data import Vocabulary
 from seqrec.errors import ConfigError, received_expected
 from seqrec.exporter.bundle import MANIFEST_FILE, Bundle, load_bundle
@@ -32,6 +32,9 @@ from seqrec.exporter.runners import OnnxRuntimeRunner, Runner, TorchRunner
 from seqrec.training.checkpoint import CONFIG_FILE
 
 DEFAULT_TOP_K = 10
+DEFAULT_SCORE_BATCH = 512  # users per model call
+ATTENTION_BUDGET = 2**28  # float32 attention scores of one layer a default batch may hold: 1 GiB
+ATTENTION_ENCODERS = ("sasrec", "hstu", "pcrec")  # (B, heads, L, L) scores per layer; PCRec's theta is (B, L, L)
 
 
 @dataclass
@@ -49,6 +52,15 @@ class ScoringModel:
     threads: int | None = None
     bundle: Bundle | None = None
     graph: torch.nn.Module | None = None
+    model_config: ModelConfig | None = None
+
+    def default_batch_size(self) -> int:
+        """DEFAULT_SCORE_BATCH, or fewer users where their attention scores at the full window would pass
+        ATTENTION_BUDGET per layer: 512 users of a 2,048-item window hold 8 GiB per attention tensor."""
+        cfg = self.model_config
+        if cfg is None or cfg.model not in ATTENTION_ENCODERS:
+            return DEFAULT_SCORE_BATCH
+        return max(1, min(DEFAULT_SCORE_BATCH, ATTENTION_BUDGET // (cfg.heads * self.window ** 2)))
 
     def runner(self) -> Runner:
         if self.backend == "torch":
@@ -161,7 +173,7 @@ def _open_bundle(source: Path, cfg: ScoreConfig) -> ScoringModel:
     if backend == "tensorrt":
         from seqrec.exporter.tensorrt import MAX_BATCH, require_tensorrt
 
-        if cfg.batch_size > MAX_BATCH:
+        if (cfg.batch_size or DEFAULT_SCORE_BATCH) > MAX_BATCH:
             raise ConfigError(received_expected("--batch-size", cfg.batch_size, f"<= {MAX_BATCH} with --backend "
                                                 "tensorrt (the largest batch of the engine's optimisation profile)"))
         require_tensorrt()
@@ -169,7 +181,7 @@ def _open_bundle(source: Path, cfg: ScoreConfig) -> ScoringModel:
             raise ConfigError(received_expected(f"--backend tensorrt on '{source}'", "a bundle without model.plan",
                                                 "a bundle exported with seqrec export --format tensorrt"))
     return ScoringModel(source, "bundle", backend, bundle.vocab, int(bundle.manifest["window"]), baked.top_k,
-                        baked.exclude_seen, bundle.inputs, cfg.threads, bundle=bundle)
+                        baked.exclude_seen, bundle.inputs, cfg.threads, bundle=bundle, model_config=bundle.model_config)
 
 
 def _open_checkpoint(source: Path, cfg: ScoreConfig) -> ScoringModel:
@@ -191,7 +203,7 @@ def _open_checkpoint(source: Path, cfg: ScoreConfig) -> ScoringModel:
     graph = WindowGraph(ckpt.model, top_k, exclude_seen, window, bf16=cfg.precision == "bf16")
     inputs = spec_of_model(ckpt.model).inputs
     return ScoringModel(source, "checkpoint", backend, ckpt.vocab, window, top_k, exclude_seen, inputs,
-                        cfg.threads, graph=graph)
+                        cfg.threads, graph=graph, model_config=ckpt.model_config)
 
 
 def _refuse_conflict(option: str, asked: object, baked: object, source: Path) -> None:
@@ -214,4 +226,4 @@ def resolved_score_config(cfg: ScoreConfig) -> ScoreConfig:
 
         actors = DEFAULT_ACTORS
     return dataclasses.replace(cfg, backend=model.backend, top_k=model.top_k, exclude_seen=model.exclude_seen,
-                               actors=actors)
+                               actors=actors, batch_size=cfg.batch_size or model.default_batch_size())
