@@ -322,15 +322,18 @@ def test_an_out_the_file_system_refuses_is_one_line_before_any_work(tiny_checkpo
         f"Error: --out '{out}' | received a path where {refused}, expected a directory this user can create and write"]
 
 
-@pytest.mark.parametrize("options,gib,part", [({"catalog_sizes": (10**9,)}, 16, "item table 59.6 GiB"),
-                                              ({"batch_sizes": (2**20,)}, 0.5, "hidden states 0.8 GiB")])
+@pytest.mark.parametrize("options,gib,part,window", [
+    ({"catalog_sizes": (10**9,)}, 16, "item table 59.6 GiB", 12),
+    ({"batch_sizes": (2**20,)}, 0.5, "hidden states 0.8 GiB", 12),
+    ({"batch_sizes": (1024,)}, 4, "attention scores 8.0 GiB", 1024),  # 1,024 users x 2 heads x 1,024^2 floats
+])
 def test_a_sweep_that_cannot_fit_in_memory_is_refused_before_any_work(tiny_checkpoints, tmp_path, monkeypatch,
-                                                                      options, gib, part):
+                                                                      options, gib, part, window):
     """Within the options' own bounds (ProfileConfig), a sweep can still outgrow the machine it runs on."""
     from seqrec.profiling import sweep
 
     monkeypatch.setattr(sweep, "physical_memory", lambda: int(gib * 2**30))
-    cfg = _quick(tiny_checkpoints("sasrec", "softmax"), tmp_path / "out", **options)
+    cfg = _quick(tiny_checkpoints("sasrec", "softmax", max_length=window), tmp_path / "out", **options)
     with pytest.raises(ConfigError, match=rf"--catalog-sizes, --batch-sizes and --length \| received .*{part}.*, "
                                           rf"expected a sweep that fits in this machine's {gib:.1f} GiB of memory"):
         profile(cfg, echo=lambda line: None)

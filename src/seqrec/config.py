@@ -17,6 +17,7 @@ from seqrec.errors import ConfigError, received_expected
 
 SCHEMA_VERSION = 2  # 2: HSTU's Q K^T no longer divided by sqrt(d); HSTU/PCRec checkpoints of 1 are refused
 MODELS = ("sasrec", "gru4rec", "hstu", "pcrec")
+ATTENTION_ENCODERS = ("sasrec", "hstu", "pcrec")  # (B, heads, L, L) scores per layer (PCRec's theta too): memory ~ L^2
 HEADS = ("softmax", "cpr")
 POSITIONS = ("relative", "absolute", "both", "none")
 LOSSES = ("ce", "sampled")

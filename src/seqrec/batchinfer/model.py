@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seqrec.config import ModelConfig, ScoreConfig
+from seqrec.config import ATTENTION_ENCODERS, ModelConfig, ScoreConfig
 from seqrec.data import Vocabulary
 from seqrec.errors import ConfigError, received_expected
 from seqrec.exporter.bundle import MANIFEST_FILE, Bundle, load_bundle
@@ -34,7 +34,6 @@ from seqrec.training.checkpoint import CONFIG_FILE
 DEFAULT_TOP_K = 10
 DEFAULT_SCORE_BATCH = 512  # users per model call
 ATTENTION_BUDGET = 2**28  # float32 attention scores of one layer a default batch may hold: 1 GiB
-ATTENTION_ENCODERS = ("sasrec", "hstu", "pcrec")  # (B, heads, L, L) scores per layer; PCRec's theta is (B, L, L)
 
 
 @dataclass

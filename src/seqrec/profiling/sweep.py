@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from seqrec.config import ProfileConfig
+from seqrec.config import ATTENTION_ENCODERS, ProfileConfig
 from seqrec.directories import unusable_path
 from seqrec.errors import ConfigError, MissingDependencyError, SeqrecError, received_expected
 from seqrec.exporter.bundle import MANIFEST_FILE
@@ -104,15 +104,18 @@ def _check_memory(source: ProfileSource, cfg: ProfileConfig) -> None:
     """ConfigError, before any work, for a sweep whose arrays cannot fit in this machine's memory. The
     estimate is a lower bound (never refuses a sweep that could run): per catalog, the item table
     (N + 1, D), the histories of every batch size (held for the whole catalog) and the encoder's
-    hidden states (B, L, D) of the largest batch; float32 weights and states, int64 inputs."""
+    hidden states (B, L, D) and, for an attention encoder, one layer's (B, heads, L, L) attention scores of the
+    largest batch; float32 weights and states, int64 inputs."""
     memory = physical_memory()
     if memory is None:
         return
-    width, largest = source.model_config.dim, max(cfg.batch_sizes)
+    model, largest = source.model_config, max(cfg.batch_sizes)
     inputs = sum(cfg.batch_sizes) * cfg.length * 8 * len(source.inputs)  # (B, L) int64 per input and batch size
+    attention = largest * model.heads * cfg.length ** 2 * 4 if model.model in ATTENTION_ENCODERS else 0
     for catalog in cfg.catalog_sizes:
-        parts = {"item table": (catalog + 1) * width * 4, "histories": inputs,  # (N + 1, D) float32
-                 "hidden states": largest * cfg.length * width * 4}  # (B, L, D) float32
+        parts = {"item table": (catalog + 1) * model.dim * 4, "histories": inputs,  # (N + 1, D) float32
+                 "hidden states": largest * cfg.length * model.dim * 4,  # (B, L, D) float32
+                 "attention scores": attention}  # (B, heads, L, L) float32, one layer
         need = sum(parts.values())
         if need > memory:
             detail = ", ".join(f"{name} {_gib(size)}" for name, size in parts.items())
