@@ -125,3 +125,37 @@ def test_only_a_dead_runs_staging_of_this_very_out_is_removed(tiny_checkpoint, t
     assert all((tmp_path / name / (inside or "weights.safetensors")).read_text() == "keep"
                for name, inside in kept.items())
     assert (tmp_path / ".other.k2j4h5g6" / "x").read_text() == "keep"
+
+
+def test_a_dead_staging_that_cannot_all_be_removed_keeps_its_marker_and_says_so(tmp_path, monkeypatch, capsys):
+    """Files this user may not delete (another user's, an immutable one): the removal must not claim the space nor
+    take the marker, or no later run would ever try again."""
+    from seqrec import directories
+
+    staging = tmp_path / ".bx.abcdefgh"
+    (staging / "part").mkdir(parents=True)
+    (staging / directories.STAGING_MARKER).write_text("x")
+    (staging / "part" / "w").write_bytes(b"0" * 4096)
+    (staging / "loose").write_bytes(b"0" * 100)
+    monkeypatch.setattr(directories.shutil, "rmtree", lambda path, ignore_errors=False: None)  # nothing removable
+    directories.remove_dead_staging(tmp_path / "bx")
+    err = capsys.readouterr().err
+    assert f"could not remove all of '{staging}'" in err and "removed '" not in err
+    assert (staging / directories.STAGING_MARKER).is_file() and (staging / "part" / "w").is_file()
+    monkeypatch.undo()
+    directories.remove_dead_staging(tmp_path / "bx")  # a later run, able to remove it: tries again
+    assert not staging.exists() and f"removed '{staging}'" in capsys.readouterr().err
+
+
+def test_a_demo_rerun_removes_a_link_among_its_outputs_not_what_it_points_to(tmp_path):
+    from seqrec.demo import _remove_earlier_outputs
+
+    kept = tmp_path / "elsewhere"
+    kept.mkdir()
+    (kept / "manifest.json").write_text("{}")
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "bundle.failed").symlink_to(kept)
+    (out / "scored").mkdir()
+    _remove_earlier_outputs(out)
+    assert sorted(path.name for path in out.iterdir()) == [] and (kept / "manifest.json").is_file()

@@ -118,7 +118,7 @@ def _remove_earlier_outputs(out: Path) -> None:
         for name in DEMO_FILES + DEMO_DIRECTORIES:  # the summary first
             path = out / name
             try:
-                if name in DEMO_FILES:
+                if name in DEMO_FILES or path.is_symlink():  # a link goes, never what it points to
                     path.unlink(missing_ok=True)
                 elif path.exists():
                     shutil.rmtree(path)  # a directory holding only a demo's files: _check_replaceable said so

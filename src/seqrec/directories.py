@@ -109,7 +109,8 @@ def _new_staging(out: Path, option: str) -> tuple[Path, IO[bytes]]:
 def _locked_marker(staging: Path) -> IO[bytes]:
     """The marker in ``staging``, open and exclusively locked (``flock``) for the run's lifetime. The kernel drops
     the lock when the process dies, however it dies, which a recorded PID cannot tell (PIDs are reused, and mean
-    nothing across the containers or hosts sharing a volume); flock, unlike fcntl's record locks, is held per open
+    nothing across the containers sharing a volume; across hosts, flock holds where the file system shares
+    its locks, as local disks and NFSv4 do, not on mounts with local-only locks); flock, unlike fcntl's record locks, is held per open
     file, so a second handle in the same process is refused too. Locked under another name, then renamed: no other
     run ever finds the marker unlocked while this one lives."""
     pending = staging / f"{STAGING_MARKER}.pending"
@@ -134,7 +135,12 @@ def remove_dead_staging(out: Path) -> None:
         return
     for staging in found:
         freed = _remove_if_dead(staging)
-        if freed is not None:
+        if freed is None:
+            continue
+        if staging.exists():  # another user's files, an immutable one: its marker stays, so a later run tries again
+            print(f"could not remove all of '{staging}' ({freed / 2**20:,.1f} MiB freed), the staging directory of "
+                  "a run that died before it finished: remove it by hand", file=sys.stderr, flush=True)
+        else:
             print(f"removed '{staging}' ({freed / 2**20:,.1f} MiB), the staging directory of a run that died before "
                   "it finished", file=sys.stderr, flush=True)
 
@@ -153,14 +159,31 @@ def _remove_if_dead(staging: Path) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         if not os.path.samestat(os.fstat(fd), os.stat(marker, follow_symlinks=False)):
             return None  # its run took the marker out between our open and our lock (and another was put there)
-        freed = _size(staging)
+        held = _size(staging)
         with interrupts_deferred():  # a Ctrl-C half way could take the marker and leave the rest for ever
-            shutil.rmtree(staging, ignore_errors=True)
-        return freed
+            _remove_marker_last(staging)
+        return held - (_size(staging) if staging.exists() else 0)
     except OSError:  # BlockingIOError: a live run holds it; FileNotFoundError: it ended meanwhile
         return None
     finally:
         os.close(fd)
+
+
+def _remove_marker_last(staging: Path) -> None:
+    """Remove ``staging``, its marker only once everything else is gone: a removal that fails part way (files
+    this user may not delete) leaves the directory marked, for a later run to find and try again."""
+    for entry in staging.iterdir():
+        if entry.name == STAGING_MARKER:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+            continue
+        try:
+            entry.unlink(missing_ok=True)
+        except OSError:
+            pass  # left in place, and the marker with it
+    if [entry.name for entry in staging.iterdir()] == [STAGING_MARKER]:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _size(directory: Path) -> int:

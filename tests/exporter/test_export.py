@@ -693,3 +693,20 @@ def test_the_custom_op_runner_finds_the_weights_from_any_working_directory(expor
     items = np.random.default_rng(6).integers(1, 40, (4, 9))
     with OnnxRuntimeRunner(out / "model.onnx", ("items",), custom_ops=True) as runner:
         assert runner.infer({"items": items})["top_items"].shape == (4, 7)
+
+
+def test_the_custom_op_runner_reads_the_weights_beside_a_linked_graph(exported, tmp_path):
+    """A bundle laid out with model.onnx a link into a store of graphs: the weights are the ones beside the link, as
+    ONNX Runtime finds them for a plain bundle."""
+    import shutil
+
+    out, _ = exported("sasrec", "cpr", pointer_op="custom")
+    (tmp_path / "store").mkdir()
+    shutil.copy(out / "model.onnx", tmp_path / "store" / "graph.onnx")
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    shutil.copy(out / "model.onnx.data", layout / "model.onnx.data")
+    (layout / "model.onnx").symlink_to(tmp_path / "store" / "graph.onnx")
+    items = np.random.default_rng(7).integers(1, 40, (3, 9))
+    with OnnxRuntimeRunner(layout / "model.onnx", ("items",), custom_ops=True) as runner:
+        assert runner.infer({"items": items})["top_items"].shape == (3, 7)

@@ -62,11 +62,12 @@ def model_for_onnxruntime(path) -> bytes:
 
 
 def external_data_folder(options, path) -> None:
-    """Tell an ONNX Runtime session built from the bytes of ``model_for_onnxruntime(path)`` where the weights are."""
+    """Tell an ONNX Runtime session built from the bytes of ``model_for_onnxruntime(path)`` where the weights are:
+    the directory ``path`` names (not where a linked ``model.onnx`` points), as ONNX Runtime reads them from a file."""
     from pathlib import Path
 
     options.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                     str(Path(path).resolve().parent))
+                                     str(Path(path).absolute().parent))
 
 
 def seqrec_nodes(model) -> list:
