@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from catalog_block import random_histories, write_random_checkpoint  # this directory: the same random model and users
+
 ROOT = Path(__file__).resolve().parents[1]
 FORMS = ("one protobuf", "weights file")  # the baseline first
 
@@ -64,19 +66,6 @@ class PeakAnon:
         self.thread.join()
 
 
-def build_checkpoint(work: Path, args) -> Path:
-    from seqrec.config import ModelConfig, TrainConfig, resolve_configs
-    from seqrec.data import Vocabulary
-    from seqrec.models import build_model
-    from seqrec.training.checkpoint import Checkpoint, save_checkpoint
-
-    cfg, _ = resolve_configs("sasrec", "softmax", {"max_length": args.length, "dim": args.dim})
-    cfg = ModelConfig.from_dict({**cfg.to_dict(), "num_items": args.items})
-    vocab = Vocabulary.from_items(np.arange(1, args.items + 1))
-    save_checkpoint(work / "ckpt", Checkpoint(build_model(cfg).eval(), cfg, TrainConfig(), vocab, {"data": {}}))
-    return work / "ckpt"
-
-
 def export_child(args) -> None:
     """Export ``--ckpt`` to ``--child`` in the form ``--form``; print one JSON line."""
     from torch.onnx._internal.exporter._onnx_program import ONNXProgram
@@ -102,10 +91,7 @@ def score_child(args) -> None:
     """Score with the bundle ``--child``, wait for the others (``--ready``), then print one JSON line."""
     from seqrec.exporter import OnnxRuntimeRunner
 
-    rng = np.random.default_rng(0)
-    items = rng.integers(1, args.items + 1, (args.batch, args.length))
-    lengths = rng.integers(1, args.length + 1, args.batch)
-    items[np.arange(args.length) < (args.length - lengths)[:, None]] = 0  # left padded, lengths 1..L
+    items = random_histories(args.items, args.batch, args.length)
     with PeakAnon() as peak, OnnxRuntimeRunner(Path(args.child) / "model.onnx", ("items",),
                                                 threads=args.threads) as runner:
         top = runner.infer({"items": items})["top_items"]  # warm-up
@@ -176,7 +162,7 @@ def main() -> None:
         return export_child(args) if args.export else score_child(args)
     work = args.work or args.out.parent / "bundle_memory_work"
     shutil.rmtree(work, ignore_errors=True)
-    ckpt = build_checkpoint(work, args)
+    ckpt = write_random_checkpoint(work / "ckpt", "sasrec", "softmax", args.items, args.dim, args.length)
     report = {"settings": {k: v for k, v in vars(args).items() if k in ("items", "dim", "length", "batch", "repeats",
                                                                         "processes", "threads")}, "forms": {}}
     for form in FORMS:

@@ -29,19 +29,35 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build(work: Path, args) -> dict[str, Path]:
-    """Checkpoint and one bundle per block; the baseline's block is one more than the catalog's rows."""
-    from seqrec.config import ExportConfig, ModelConfig, TrainConfig, resolve_configs
+def write_random_checkpoint(directory: Path, model: str, head: str, items: int, dim: int, length: int) -> Path:
+    """A checkpoint with random weights (speed and memory do not depend on them), items 1..``items``."""
+    from seqrec.config import ModelConfig, TrainConfig, resolve_configs
     from seqrec.data import Vocabulary
-    from seqrec.exporter import export_checkpoint
     from seqrec.models import build_model
     from seqrec.training.checkpoint import Checkpoint, save_checkpoint
 
+    cfg, _ = resolve_configs(model, head, {"max_length": length, "dim": dim})
+    cfg = ModelConfig.from_dict({**cfg.to_dict(), "num_items": items})
+    vocab = Vocabulary.from_items(np.arange(1, items + 1))
+    return save_checkpoint(directory, Checkpoint(build_model(cfg).eval(), cfg, TrainConfig(), vocab, {"data": {}}))
+
+
+def random_histories(items: int, batch: int, length: int) -> np.ndarray:
+    """(batch, length) int64 histories of random items, left padded to lengths 1..length, seed 0."""
+    rng = np.random.default_rng(0)
+    histories = rng.integers(1, items + 1, (batch, length))
+    lengths = rng.integers(1, length + 1, batch)
+    histories[np.arange(length) < (length - lengths)[:, None]] = 0
+    return histories
+
+
+def build(work: Path, args) -> dict[str, Path]:
+    """Checkpoint and one bundle per block; the baseline's block is one more than the catalog's rows."""
+    from seqrec.config import ExportConfig
+    from seqrec.exporter import export_checkpoint
+
     shutil.rmtree(work, ignore_errors=True)
-    cfg, _ = resolve_configs(args.model, args.head, {"max_length": args.length, "dim": args.dim})
-    cfg = ModelConfig.from_dict({**cfg.to_dict(), "num_items": args.items})
-    vocab = Vocabulary.from_items(np.arange(1, args.items + 1))
-    save_checkpoint(work / "ckpt", Checkpoint(build_model(cfg).eval(), cfg, TrainConfig(), vocab, {"data": {}}))
+    write_random_checkpoint(work / "ckpt", args.model, args.head, args.items, args.dim, args.length)
     bundles = {}
     for block in [args.items + 2, *args.blocks]:
         name = "at once" if block > args.items + 1 else f"block {block:,}"
@@ -55,10 +71,7 @@ def child(args) -> None:
     """Time one bundle in this process; print one JSON line."""
     from seqrec.exporter import OnnxRuntimeRunner
 
-    rng = np.random.default_rng(0)
-    items = rng.integers(1, args.items + 1, (args.batch, args.length))
-    lengths = rng.integers(1, args.length + 1, args.batch)
-    items[np.arange(args.length) < (args.length - lengths)[:, None]] = 0  # left padded, lengths 1..L
+    items = random_histories(args.items, args.batch, args.length)
     started = time.perf_counter()
     with OnnxRuntimeRunner(Path(args.child) / "model.onnx", ("items",), threads=args.threads) as runner:
         start_seconds = time.perf_counter() - started
