@@ -102,7 +102,12 @@ def _is_parquet(path: Path) -> bool:
 def refuse_unnamed_parts(directory: Path, recursive: bool, what: str, expected: str) -> None:
     """DataError naming the Parquet files of ``directory`` not named ``*.parquet``: skipping them would drop
     their rows silently."""
-    strays = unnamed_parts(directory, recursive)
+    refuse_strays(directory, unnamed_parts(directory, recursive), what, expected)
+
+
+def refuse_strays(directory: Path, strays: list[Path], what: str, expected: str) -> None:
+    """DataError naming ``strays`` (``unnamed_parts`` of ``directory`` or of folders below it) by their paths
+    under ``directory``; nothing when there are none."""
     if strays:
         named = ", ".join(f"'{path.relative_to(directory)}'" for path in strays[:3])
         more = f" and {len(strays) - 3} more" if len(strays) > 3 else ""
