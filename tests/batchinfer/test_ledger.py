@@ -93,3 +93,15 @@ def test_a_refusal_for_another_reason_says_a_moved_input_is_allowed(tmp_path):
     with pytest.raises(ConfigError, match=r"differs in input parts b.parquet \(rewritten before being scored: "
                                           r"allowed on its own\); top_k\)"):
         Ledger.open(tmp_path, job(moved(rewritten("b.parquet")), top_k=20), resume=True)
+
+
+def test_a_resume_removes_what_a_kill_left_half_written_at_any_depth(tmp_path):
+    """Parts of a partitioned input are written in subfolders, their rejects too."""
+    begun(tmp_path, ["a.parquet"])
+    leftovers = [".b.parquet.inprogress", "dt=1/.part-0.parquet.inprogress",
+                 "_rejects.parts/dt=1/.part-0.parquet.inprogress"]
+    for leftover in leftovers:
+        (tmp_path / leftover).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / leftover).write_bytes(b"half a part")
+    Ledger.open(tmp_path, job(), resume=True).close()
+    assert [leftover for leftover in leftovers if (tmp_path / leftover).exists()] == []

@@ -140,11 +140,10 @@ def _in_use(path: Path) -> ConfigError:
 
 
 def clean_temporaries(directory: Path, keep_rejects: bool = True) -> None:
-    """Remove what an interrupted run left half written: temporary files and the engine's staging."""
-    for folder in (directory, directory / REJECTS_DIR):
-        if folder.is_dir():
-            for path in folder.glob(f".*{TEMP_SUFFIX}"):
-                path.unlink()
+    """Remove what an interrupted run left half written: temporary files (at any depth: parts of a partitioned
+    input are written in subfolders) and the engine's staging."""
+    for path in list(directory.rglob(f".*{TEMP_SUFFIX}")):
+        path.unlink()
     shutil.rmtree(directory / STAGING_DIR, ignore_errors=True)
     if not keep_rejects:
         shutil.rmtree(directory / REJECTS_DIR, ignore_errors=True)

@@ -2,13 +2,14 @@
 
 A ``PartSink`` receives the core's result batches of one input part, in order, and writes
 
-- ``DIR/<part name>``: scored users, ``--layout list`` (``user_id``, ``items``, ``scores``) or
+- ``DIR/<part name>``: scored users (a part in a subfolder of a directory input, ``dt=2026-12-01/part-0.parquet``,
+  at that path: its folders are made here), ``--layout list`` (``user_id``, ``items``, ``scores``) or
   ``--layout long`` (``user_id``, ``rank`` from 1, ``item_id``, ``score``), rows in input order;
 - ``DIR/_rejects.parts/<part name>``: rejected rows (``part``, ``row``, ``user_id``, ``reason``),
   merged into ``DIR/_rejects.parquet`` when the job ends.
 
-Both are written under a temporary name (``.<name>.inprogress``), flushed to disk, then renamed
-into place, so a reader (or a restarted job) sees a whole part or none of it.
+Both are written under a temporary name (``.<file name>.inprogress``, in the part's own folder), flushed
+to disk, then renamed into place, so a reader (or a restarted job) sees a whole part or none of it.
 
 **Duplicate users.** Within a part, the first row of a user wins, whatever it holds; every later
 row of that user is rejected (even when the first row was itself rejected, say for an empty
@@ -57,6 +58,15 @@ def commit_file(temp: Path, final: Path) -> None:
     fsync_directory(final.parent)
 
 
+def make_folders(directory: Path, path: Path) -> None:
+    """The folders between ``directory`` and the file ``path`` below it, made where missing, each new one's
+    entry fsynced in its parent, so a part committed in a subfolder survives a crash as a top-level one does."""
+    for folder in reversed(path.relative_to(directory).parents[:-1]):  # outermost first, ``directory`` itself left out
+        if not (directory / folder).is_dir():
+            (directory / folder).mkdir()
+            fsync_directory((directory / folder).parent)
+
+
 def fsync_directory(directory: Path) -> None:
     handle = os.open(directory, os.O_RDONLY)
     try:
@@ -94,7 +104,8 @@ class PartSink:
         self.name, self.layout, self.user_type = name, layout, user_type
         self.final = directory / name
         self.rejects_final = directory / REJECTS_DIR / name
-        self.rejects_final.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(directory, self.final)
+        make_folders(directory, self.rejects_final)
         self.rejects_final.unlink(missing_ok=True)  # a stale one from an attempt that did not commit
         self.writer = pq.ParquetWriter(temp_path(self.final), output_schema(layout, user_type, item_type))
         self.rejects_writer: pq.ParquetWriter | None = None

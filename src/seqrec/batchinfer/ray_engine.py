@@ -194,7 +194,7 @@ def _long_form_work(ray, plan: InputPlan, todo: list[InputPart], staging: Path):
     dataset of work units (a grouping stage, one task per part, that emits each grouped file's units)."""
     directory = staging / "grouped"
     directory.mkdir(parents=True, exist_ok=True)
-    paths = [str(directory / part.name) for part in todo]
+    paths = [str(directory / f"{index:06d}.parquet") for index in range(len(todo))]  # by index: part names hold folders
     bounds = [part.rows for part in todo]  # interactions: at least as many as the part's users
     staged = StagedParts(staging / "results", [None] * len(todo), bounds, size_of=lambda index: _rows_in(paths[index]))
     items = [{"index": index, "first": int(staged.starts[index])} for index in range(len(todo))]
