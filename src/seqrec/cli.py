@@ -336,7 +336,8 @@ def export_command(checkpoint: str, out: str, format_: str, **options) -> None:
 
 @main.command("score")
 @click.argument("model", type=click.Path(exists=True, file_okay=False))
-@click.option("--input", "input_", required=True, help="histories Parquet: a file, a directory of parts or a glob")
+@click.option("--input", "input_", required=True, help="histories Parquet: a file, a directory of parts (read at any "
+              "depth, as Spark or Hive partition them) or a glob")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="directory for the scored parts")
 @click.option("--backend", type=click.Choice(SCORE_BACKENDS), help="[default: onnxruntime for a bundle, torch for a "
                                                                    "checkpoint]")

@@ -35,6 +35,26 @@ def write_parts(directory: Path, parts: int, users: int, seed: int = 0, row_grou
     return directory
 
 
+def write_partitioned(directory: Path, days: int, users: int, seed: int = 0, row_group: int = 10) -> Path:
+    """A nightly history as Spark writes it: ``dt=2026-12-0N/part-00000.parquet``, one file name in every
+    folder, each part's users (ids unique across days) followed by one with an empty history (a reject); and
+    beside them what a reader skips: ``_SUCCESS``, a ``_temporary/`` attempt, a ``.spark-staging`` folder and
+    a ``.crc`` checksum, whose parts, read, would add users."""
+    for day in range(days):
+        folder = directory / f"dt=2026-12-{day + 1:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        ids = np.arange(users + 1) + day * 100_000
+        table = pa.table({"user_id": ids, "history": random_histories(users, seed + day) + [[]]})
+        pq.write_table(table, folder / "part-00000.parquet", row_group_size=row_group)
+        (folder / ".part-00000.parquet.crc").write_bytes(b"checksum")
+    for hidden in ("_temporary/0/task_0", ".spark-staging"):
+        (directory / hidden).mkdir(parents=True)
+        stray = pa.table({"user_id": [-1], "history": [[FIRST_ITEM]]})
+        pq.write_table(stray, directory / hidden / "part-00000.parquet")
+    (directory / "_SUCCESS").write_bytes(b"")
+    return directory
+
+
 def as_long_log(table: pa.Table) -> pa.Table:
     """The interaction log of a list-form table: one row per (user, item), rows of a user together."""
     lengths = np.array([len(h) for h in table.column("history").to_pylist()])
@@ -43,8 +63,10 @@ def as_long_log(table: pa.Table) -> pa.Table:
 
 
 def read_dir(directory: Path) -> dict[str, pa.Table]:
-    """The output parts (and the rejects) of a scored directory, by file name."""
-    return {path.name: pq.read_table(path) for path in sorted(Path(directory).glob("*.parquet"))}
+    """The output parts (and the rejects) of a scored directory at any depth, by path under it (a top-level
+    part's file name)."""
+    return {path.relative_to(directory).as_posix(): pq.read_table(path)
+            for path in sorted(Path(directory).rglob("*.parquet"))}
 
 
 def damage_last_row_group(path: Path, column_name: str = "history") -> None:

@@ -10,6 +10,8 @@ from seqrec.batchinfer.preprocess import encode_batch
 from seqrec.data import Vocabulary
 from seqrec.errors import DataError, SchemaError
 
+from histories import write_partitioned
+
 
 def write(path, **columns):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,14 +57,59 @@ def test_a_parquet_part_without_the_extension_is_named_not_skipped(tmp_path):
         "000001_0", "a.parquet"]
 
 
-def test_a_directory_whose_parts_lie_in_subfolders_names_them_and_the_glob(tmp_path):
-    write(tmp_path / "nest" / "day=1" / "a.parquet", user_id=[1], history=[[1000]])
-    write(tmp_path / "nest" / "day=2" / "b.parquet", user_id=[2], history=[[1001]])
-    with pytest.raises(DataError, match=r"received no Parquet file at its top level \(2 in its subfolders, such as "
-                                        r"'day=1/a.parquet': pass them as a glob, '.*nest/\*/\*.parquet'"):
-        plan_input(str(tmp_path / "nest"), tmp_path / "out", False)
-    plan = plan_input(str(tmp_path / "nest" / "*" / "*.parquet"), tmp_path / "out", False)
-    assert [part.name for part in plan.parts] == ["a.parquet", "b.parquet"]
+def test_a_directory_is_read_at_any_depth_each_part_named_by_its_path_under_it(tmp_path):
+    """A partitioned layout (Spark, Hive, pyarrow.dataset): one file name in every folder, markers and
+    attempts beside the parts, a folder named like a file (Spark's ``events.parquet/``)."""
+    inputs = write_partitioned(tmp_path / "in", days=2, users=3)
+    write(inputs / "top.parquet", user_id=[1], history=[[1000]])
+    write(inputs / "events.parquet" / "part-1.parquet", user_id=[2], history=[[1000]])
+    write(inputs / "dt=2026-12-01" / "_committed_1" / "part-00000.parquet", user_id=[3], history=[[1000]])
+    plan = plan_input(str(inputs), tmp_path / "out", False)
+    assert [(part.name, part.path) for part in plan.parts] == [
+        (name, str(inputs / name)) for name in ("dt=2026-12-01/part-00000.parquet", "dt=2026-12-02/part-00000.parquet",
+                                                "events.parquet/part-1.parquet", "top.parquet")]
+    with pytest.raises(DataError, match=r"sharing the file names \['part-00000.parquet'\], expected distinct part "
+                                        r"names \(each names its output part; pass the directory that holds"):
+        plan_input(str(inputs / "*" / "*.parquet"), tmp_path / "out", False)  # a glob's parts: file names
+    write(inputs / "dt=2026-12-02" / "000001_0", user_id=[4], history=[[1000]])
+    with pytest.raises(DataError, match=r"received Parquet files not named \*\.parquet \('dt=2026-12-02/000001_0'\)"):
+        plan_input(str(inputs), tmp_path / "out", False)
+    with pytest.raises(DataError, match=r"received no Parquet file at any depth \(files and folders starting with _ "):
+        plan_input(str(write_partitioned(tmp_path / "markers", days=0, users=0)), tmp_path / "out", False)
+
+
+def test_symlinked_folders_are_followed_and_a_folder_reached_twice_is_refused(tmp_path):
+    """Path.rglob on Python 3.11 skips a linked folder's parts without a word; they are read, under the link's
+    name. A link back up would never end, two links to one folder would score its users twice: refused."""
+    write(tmp_path / "in" / "dt=1" / "part-0.parquet", user_id=[1], history=[[1000]])
+    write(tmp_path / "elsewhere" / "part-0.parquet", user_id=[2], history=[[1000]])
+    (tmp_path / "in" / "dt=2").symlink_to(tmp_path / "elsewhere")
+    plan = plan_input(str(tmp_path / "in"), tmp_path / "out", False)
+    assert [(part.name, part.path) for part in plan.parts] == [
+        ("dt=1/part-0.parquet", str(tmp_path / "in" / "dt=1" / "part-0.parquet")),
+        ("dt=2/part-0.parquet", str(tmp_path / "in" / "dt=2" / "part-0.parquet"))]
+    (tmp_path / "in" / "dt=1" / "up").symlink_to(tmp_path / "in")
+    with pytest.raises(DataError, match=r"received the folder '\.' a second time, as 'dt=1/up' \(a symbolic link\), "
+                                        r"expected each folder once"):
+        plan_input(str(tmp_path / "in"), tmp_path / "out", False)
+    (tmp_path / "in" / "dt=1" / "up").unlink()
+    (tmp_path / "in" / "latest").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(DataError, match=r"the folder 'dt=2' a second time, as 'latest'"):
+        plan_input(str(tmp_path / "in"), tmp_path / "out", False)
+
+
+def test_an_output_inside_the_input_or_around_it_is_refused(tmp_path):
+    """The input is read at any depth: an output inside it would be read as input by the next run."""
+    write(tmp_path / "in" / "top.parquet", user_id=[1], history=[[1000]])
+    write(tmp_path / "in" / "dt=1" / "part-0.parquet", user_id=[2], history=[[1000]])
+    for output in (tmp_path / "in" / "scored", tmp_path / "in" / "dt=1" / "scored" / "today"):
+        with pytest.raises(DataError, match=rf"--output \| received '{output}', inside the input directory "
+                                            rf"'{tmp_path / 'in'}', expected a directory outside the input"):
+            plan_input(str(tmp_path / "in"), output, False)
+    for pattern in (tmp_path / "in" / "dt=1", tmp_path / "in" / "*" / "*.parquet"):
+        with pytest.raises(DataError, match=rf"--output \| received '{tmp_path / 'in'}', a directory that holds the "
+                                            r"input '.*', expected a directory outside the input"):
+            plan_input(str(pattern), tmp_path / "in", False)
 
 
 @pytest.mark.parametrize("columns,match", [

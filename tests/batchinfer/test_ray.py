@@ -10,7 +10,7 @@ import pytest
 from seqrec.batchinfer import score
 from seqrec.batchinfer.ledger import LEDGER_FILE
 
-from histories import as_long_log, damage_last_row_group, read_dir, write_parts
+from histories import as_long_log, damage_last_row_group, read_dir, write_partitioned, write_parts
 
 ray = pytest.importorskip("ray", reason="the ray engine needs ray: pip install 'seqrec[ray]'")
 
@@ -105,6 +105,23 @@ def test_a_damaged_part_fails_a_ray_job_after_every_other_part_is_committed(loca
     local = run_config(bundle, inputs, batch_size=16)
     score(local, echo=lambda line: None)
     assert read_dir(cfg.output) == read_dir(local.output)
+
+
+@pytest.mark.slow
+def test_ray_scores_a_partitioned_log_into_the_same_folders_as_the_local_engine(local_ray, bundle, run_config,
+                                                                               tmp_path):
+    """Parts of one file name in two folders; as logs, each is grouped by a Ray task into a staged copy
+    (named by the part's index, its name holding a folder), then committed at its path under the output."""
+    inputs = write_partitioned(tmp_path / "in", days=2, users=30)
+    for path in inputs.glob("dt=*/*.parquet"):
+        pq.write_table(as_long_log(pq.read_table(path)), path, row_group_size=100)
+    local = run_config(bundle, inputs, batch_size=16)
+    distributed = run_config(bundle, inputs, batch_size=16, engine="ray", actors=2)
+    expected = score(local, echo=lambda line: None)
+    assert score(distributed, echo=lambda line: None)["users_scored"] == expected["users_scored"] == 60
+    files = read_dir(distributed.output)
+    assert sorted(files) == ["_rejects.parquet", "dt=2026-12-01/part-00000.parquet", "dt=2026-12-02/part-00000.parquet"]
+    assert files == read_dir(local.output)
 
 
 @pytest.mark.slow

@@ -1,7 +1,14 @@
 """Scoring input: which parts, which form, checked up front; then streamed (an interleaved log part aside).
 
-``PATH`` is a Parquet file, a directory of parts (``*.parquet``, names starting with ``_`` or ``.``
-skipped) or a glob. Every part's schema is read from its footer and checked before any work, so a
+``PATH`` is a Parquet file, a directory of parts or a glob. A directory is read at any depth, as Spark,
+Hive and ``pyarrow.dataset`` write a nightly history (``DIR/dt=2026-12-01/part-00000.parquet``): every
+``*.parquet`` file below it, files and folders whose names start with ``_`` or ``.`` skipped at every level
+(``_temporary/``, ``_SUCCESS``, ``.spark-staging``), each part named by its path under ``DIR``, so part files
+of one name in two folders are two parts, and its output part lies at that path under the output (a part at
+the top keeps its file name). Symlinked folders are followed, a folder reached twice refused
+(``_visible_folders``). Partition values in folder names (``dt=2026-12-01``) are not read as columns: the
+output keeps the folders, so they stay recoverable. A file or a glob's parts are named by their file names,
+which must then differ. Every part's schema is read from its footer and checked before any work, so a
 wrong schema fails in one message naming the part and the column. Two forms (DESIGN.md):
 
 - **list**: one row per user, ``user_id`` and ``history`` (list of raw item ids, oldest first),
@@ -40,7 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from seqrec.data.schema import floor_seconds, refuse_unnamed_parts, whole_numbers
+from seqrec.data.schema import floor_seconds, refuse_strays, unnamed_parts, whole_numbers
 from seqrec.errors import DataError, SchemaError, received_expected
 
 LIST_FORM, LONG_FORM = "list", "long"
@@ -55,7 +62,7 @@ TIME_EXPECTED = "integer seconds, whole-valued floats or a timestamp type"
 @dataclass(frozen=True)
 class InputPart:
     path: str  # absolute
-    name: str  # the output part's file name, from the input's
+    name: str  # the output part's path under the output: the part's under a directory input, else its file name
     rows: int  # input rows (users in the list form, interactions in the long form)
     fingerprint: str = ""  # size and footer digest (``part_fingerprint``): a rewritten part is another part
     grouped: bool = True  # each user's rows contiguous (always, in the list form); else sorted before grouping
@@ -82,27 +89,53 @@ class InputPlan:
 
 
 def plan_input(pattern: str, output: str | Path, needs_timestamps: bool) -> InputPlan:
-    """Find the parts of ``pattern`` and check all their schemas; SchemaError / DataError before any work."""
-    paths = _resolve(pattern)
-    names = [Path(path).name for path in paths]
-    if len(set(names)) != len(names):
-        clash = sorted({name for name in names if names.count(name) > 1})
-        raise DataError(received_expected(f"input '{pattern}'", f"parts sharing the file names {clash[:3]}",
-                                          "distinct part names (each names its output part)"))
-    output = Path(output).resolve()
-    if any(Path(path).parent == output for path in paths):
-        raise DataError(received_expected("--output", f"'{output}', the directory of the input parts",
-                                          "another directory (output parts take the input parts' names)"))
+    """Find the parts of ``pattern`` and check all their schemas; SchemaError / DataError before any work.
+    A directory's parts are found at any depth and named by their paths under it; the partition values in
+    its folder names (``dt=2026-12-01``) are not read as columns (the output keeps the folders)."""
+    found = _resolve(pattern)  # [(path, name)]
+    paths = [path for path, _ in found]
+    _refuse_clashing_names(pattern, [name for _, name in found])
+    _refuse_output_among_inputs(pattern, paths, Path(output).resolve())
     first = _check_part(paths[0], needs_timestamps)
     parts = []
-    for path in paths:
+    for path, name in found:
         form, user_type, timed, rows = _check_part(path, needs_timestamps) if path != paths[0] else first
         if (form, user_type, timed) != first[:3]:
             raise SchemaError(received_expected(f"input part '{path}'", _part_kind(form, user_type, timed),
                                                 f"{_part_kind(*first[:3])} as '{paths[0]}'"))
         grouped = form == LIST_FORM or first_return(path) is None
-        parts.append(InputPart(path, Path(path).name, rows, part_fingerprint(path), grouped))
+        parts.append(InputPart(path, name, rows, part_fingerprint(path), grouped))
     return InputPlan(tuple(parts), first[0], first[1], needs_timestamps, time_order=first[2])
+
+
+def _refuse_clashing_names(pattern: str, names: list[str]) -> None:
+    """A glob's parts are named by their file names (as they always were, so a nightly glob's output keeps
+    its names): two of one name would write one output part."""
+    if len(set(names)) != len(names):
+        clash = sorted({name for name in names if names.count(name) > 1})
+        raise DataError(received_expected(f"input '{pattern}'", f"parts sharing the file names {clash[:3]}",
+                                          "distinct part names (each names its output part; pass the directory "
+                                          "that holds their folders instead: its parts are named by their paths "
+                                          "under it)"))
+
+
+def _refuse_output_among_inputs(pattern: str, paths: list[str], output: Path) -> None:
+    """DataError where the output would overwrite the input or be read as input: ``output`` (resolved) is the
+    folder of a part, lies anywhere inside a directory input (read at any depth: the next run, or a resume,
+    would read the scored parts as input parts), or holds the input (the job writes and cleans up there)."""
+    if any(Path(path).parent == output for path in paths):
+        raise DataError(received_expected("--output", f"'{output}', the directory of the input parts",
+                                          "another directory (output parts take the input parts' names)"))
+    root = Path(pattern).resolve() if Path(pattern).is_dir() else None
+    if root is not None and output.is_relative_to(root):
+        raise DataError(received_expected("--output", f"'{output}', inside the input directory '{root}'",
+                                          "a directory outside the input (it is read at any depth: a later run "
+                                          "would read the output parts as input parts)"))
+    held = [Path(path).resolve() for path in paths] + ([root] if root is not None else [])
+    if any(path.is_relative_to(output) for path in held):
+        raise DataError(received_expected("--output", f"'{output}', a directory that holds the input '{pattern}'",
+                                          "a directory outside the input (the job writes its parts and removes "
+                                          "its temporary files there)"))
 
 
 def _part_kind(form: str, user_type: pa.DataType, timed: bool) -> str:
@@ -265,35 +298,64 @@ def _as_lists(table: pa.Table, starts: np.ndarray, first_row: int, timestamps: b
     return pa.RecordBatch.from_pydict(columns)
 
 
-def _resolve(pattern: str) -> list[str]:
+def _resolve(pattern: str) -> list[tuple[str, str]]:
+    """(absolute path, part name) of every part of ``pattern``, in path order: a directory's parts at any depth,
+    named by their paths under it; a file's or a glob's, named by their file names."""
     if not pattern.strip():  # Path('') is the working directory: an unset $VAR would score whatever lies there
         raise DataError(received_expected("input", repr(pattern), "a Parquet file, a directory of *.parquet parts or "
                                           "a glob"))
     path = Path(pattern)
     if path.is_dir():
-        refuse_unnamed_parts(path, False, f"input '{pattern}'", "every part named *.parquet (names starting with _ "
-                             "or . are skipped), or a glob that picks the parts")
-        found = [str(p) for p in path.glob("*.parquet") if not p.name.startswith(("_", "."))]
+        found = _directory_parts(path, pattern)
     elif path.is_file():
-        found = [str(path)]
+        found = [(str(path), path.name)]
     else:
-        found = [p for p in glob.glob(pattern) if os.path.isfile(p)]
+        found = [(p, Path(p).name) for p in glob.glob(pattern) if os.path.isfile(p)]
     if not found:
-        raise DataError(received_expected(f"input '{pattern}'", _nothing_found(path),
+        where = " at any depth (files and folders starting with _ or . are skipped)" if path.is_dir() else ""
+        raise DataError(received_expected(f"input '{pattern}'", f"no Parquet file{where}",
                                           "a Parquet file, a directory of *.parquet parts or a glob matching some"))
-    return sorted(os.path.abspath(p) for p in found)
+    return sorted((os.path.abspath(p), name) for p, name in found)
 
 
-def _nothing_found(path: Path) -> str:
-    """What an input without parts holds: a directory whose parts lie in subfolders (a partitioned layout)
-    is named as such, with the glob that reaches them."""
-    nested = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith(("_", "."))) if path.is_dir() else []
-    if not nested:
-        return "no Parquet file"
-    depth = len(nested[0].relative_to(path).parts) - 1
-    return (f"no Parquet file at its top level ({len(nested)} in its subfolders, such as "
-            f"'{nested[0].relative_to(path)}': pass them as a glob, '{path}/{'*/' * depth}*.parquet', "
-            "if their file names differ, since each names its output part)")
+def _directory_parts(root: Path, pattern: str) -> list[tuple[str, str]]:
+    """(path, name) of the ``*.parquet`` files of ``root``'s visible folders, each named by its path under
+    ``root`` (``dt=2026-12-01/part-00000.parquet``); a Parquet file there without the extension is refused
+    by name, since skipping it would drop its users without a word."""
+    folders = _visible_folders(root, pattern)
+    refuse_strays(root, [stray for folder in folders for stray in unnamed_parts(folder, False)], f"input '{pattern}'",
+                  "every part named *.parquet (files and folders starting with _ or . are skipped), or a glob "
+                  "that picks the parts")
+    return [(str(path), path.relative_to(root).as_posix()) for folder in folders for path in folder.iterdir()
+            if path.suffix == ".parquet" and not path.name.startswith(("_", ".")) and path.is_file()]
+
+
+def _visible_folders(root: Path, pattern: str) -> list[Path]:
+    """``root`` and every folder below it, in path order, but those whose names start with ``_`` or ``.`` and
+    what lies below them (Spark's ``_temporary/``, ``.spark-staging``). A symlinked folder is
+    followed, read as any other under the link's name (a partition linked in from elsewhere), where
+    ``Path.rglob`` on Python 3.11 skips its contents without a word. A folder reached a second time (a link
+    to a folder above it, which would never end, or two links to one folder, whose users would be scored
+    twice) is a DataError naming both paths."""
+    folders, seen, pending = [], {}, [root]
+    while pending:
+        folder = pending.pop()
+        status = folder.stat()
+        identity = (status.st_dev, status.st_ino)
+        if identity in seen:
+            raise DataError(received_expected(
+                f"input '{pattern}'", f"the folder '{_under(root, seen[identity])}' a second time, as "
+                f"'{_under(root, folder)}' (a symbolic link)", "each folder once: its parts would be read twice, "
+                "or without end (remove the link)"))
+        seen[identity] = folder
+        folders.append(folder)
+        pending += sorted((child for child in folder.iterdir() if not child.name.startswith(("_", "."))
+                           and child.is_dir()), reverse=True)  # popped in path order
+    return folders
+
+
+def _under(root: Path, folder: Path) -> str:
+    return folder.relative_to(root).as_posix()
 
 
 def _check_part(path: str, needs_timestamps: bool) -> tuple[str, pa.DataType, bool, int]:
