@@ -318,7 +318,8 @@ def _catalog_warning(metrics: dict) -> str | None:
 @click.option("--pointer-op", type=click.Choice(POINTER_OPS), default="standard", show_default=True,
               help="CPR history scatter as standard ONNX ops, or as one seqrec-domain node")
 @click.option("--max-length", type=int, help="history window of the graph (default: the model's)")
-@click.option("--validation-users", type=int, default=200, show_default=True)
+@click.option("--validation-users", type=int, help="random users checked against PyTorch  [default: 200, fewer "
+              "where a long attention window makes each user slow: 16 at 8,192]")
 @click.option("--catalog-block", type=int, default=CATALOG_BLOCK, show_default=True,
               help="rows of the item table (items + the padding row) the graph scores at once: a larger table is "
                    "scored block by block, so a batch holds (batch, block) scores, never (batch, items)")

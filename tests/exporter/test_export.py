@@ -710,3 +710,25 @@ def test_the_custom_op_runner_reads_the_weights_beside_a_linked_graph(exported, 
     items = np.random.default_rng(7).integers(1, 40, (3, 9))
     with OnnxRuntimeRunner(layout / "model.onnx", ("items",), custom_ops=True) as runner:
         assert runner.infer({"items": items})["top_items"].shape == (3, 7)
+
+
+def test_a_long_window_lowers_the_default_parity_users_says_so_and_the_manifest_records_them(
+        tiny_checkpoints, tmp_path, monkeypatch):
+    """The default 200 random users at a window of 8,192 took 25 minutes; ``--validation-users`` still sets any
+    number. Scaled down: a budget that fits 24 users of this model's window."""
+    from seqrec.exporter import validate
+
+    checkpoint = tiny_checkpoints("sasrec", "softmax")
+    heads, window = 2, 12  # write_tiny_checkpoint's
+    monkeypatch.setattr(validate, "VALIDATION_ATTENTION", 24 * heads * window ** 2)
+    monkeypatch.setattr(validate, "EDGE_ATTENTION", 3 * heads * window ** 2)
+    lines: list[str] = []
+    export_checkpoint(checkpoint, tmp_path / "b", ExportConfig(), echo=lines.append)
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    users = {case["name"]: case["users"] for case in manifest["parity"][0]["cases"]}
+    assert users["random users"] == 24 and users["full length"] == 3 and users["no known item"] == 3
+    assert manifest["export"]["validation_users"] == 24 and manifest["valid"]
+    assert lines[0].startswith("parity check on 24 random users and 3 per edge case") and "8x as long" in lines[0]
+    export_checkpoint(checkpoint, tmp_path / "b", ExportConfig(validation_users=30), echo=lines.append)
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["parity"][0]["cases"][0]["users"] == 30 and manifest["export"]["validation_users"] == 30

@@ -182,7 +182,7 @@ def test_a_case_compared_a_few_users_at_a_time_gives_the_report_of_all_at_once(p
     for users in (6, 4, 1):  # all at once; groups of 4 and 2; one by one
         partitions = 2  # the base and one reranker stage (CPR:20+Mi)
         monkeypatch.setattr(validate, "REFERENCE_SCORES", users * partitions * (graph.model.cfg.num_items + 1))
-        assert validate._users_per_comparison(graph, graph.length) == users
+        assert validate._users_per_comparison(graph) == users
         reports[users] = validate.check_parity(FixedAnswers(outputs), graph, spec, {"mixed": feed}).cases[0]
     for users in (4, 1):  # the same report, but for PyTorch's last bits: its matmuls round by batch size
         exact = {"max_abs_diff": 0.0, "top_k_agreement": 0.0}
@@ -205,7 +205,8 @@ def test_a_nan_score_difference_in_any_group_stays_nan_in_the_merged_report():
 
 def test_long_windows_are_checked_a_few_users_at_a_time_on_both_sides(plain_base, monkeypatch):
     """Both sides hold (users, L, L) attention scores per layer: 200 users of a 2,048-item window ran the export
-    out of a 24 GB machine's memory. The groups follow the case's length, not beyond the graph's window."""
+    out of a 24 GB machine's memory. Every history is padded to the graph's window on both sides, so a short case
+    is grouped as a full one: 8 users of length 1 at a window of 8,192 held 18 GB."""
     from seqrec.exporter import validate
 
     graph, spec = plain_base
@@ -215,6 +216,23 @@ def test_long_windows_are_checked_a_few_users_at_a_time_on_both_sides(plain_base
     runner = FixedAnswers(another_right_answer(graph, feed["items"]))
     case = validate.check_parity(runner, graph, spec, {"mixed": feed}).cases[0]
     assert runner.batches == [2, 2, 2] and case.ok and case.users == 6
-    longer = {"items": torch.cat([torch.zeros(6, 9, dtype=torch.long), feed["items"]], 1)}  # L + 9: the window's cost
-    assert validate._users_per_comparison(graph, longer["items"].shape[1]) == 2
-    assert validate._users_per_comparison(graph, graph.length // 2) == 8
+    longer = torch.cat([torch.zeros(6, 9, dtype=torch.long), feed["items"]], 1)  # (6, L + 9)
+    for items in (feed["items"][:, -1:], longer):  # shorter and longer than the window: the window's cost
+        runner = FixedAnswers(another_right_answer(graph, graph.window_inputs(items)[0]))
+        case = validate.check_parity(runner, graph, spec, {"cut": {"items": items}}).cases[0]
+        assert runner.batches == [2, 2, 2] and case.ok and case.users == 6
+
+
+@pytest.mark.parametrize("model,heads,window,expected", [
+    ("sasrec", 1, 50, (200, 8)), ("sasrec", 1, 2048, (200, 8)), ("sasrec", 1, 4096, (64, 8)),
+    ("sasrec", 1, 8192, (16, 4)), ("hstu", 4, 8192, (16, 2)), ("pcrec", 2, 4096, (32, 8)),
+    ("gru4rec", 1, 8192, (200, 8))])
+def test_the_default_parity_check_checks_fewer_users_where_a_long_attention_window_makes_each_slow(
+        model, heads, window, expected):
+    """Every user is scored at the full window on both sides: 200 users at 8,192 took 25 minutes. A recurrent
+    encoder's cost grows with W, not W^2, so it keeps the default."""
+    from seqrec.config import ModelConfig
+    from seqrec.exporter.validate import parity_users
+
+    cfg = ModelConfig(model=model, head="softmax", num_items=100, heads=heads, dim=16, max_length=window)
+    assert parity_users(cfg, window) == expected

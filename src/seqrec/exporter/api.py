@@ -20,7 +20,7 @@ from seqrec.exporter.graph import ScoringGraph
 from seqrec.exporter.onnx_export import export_onnx
 from seqrec.exporter.runners import OnnxRuntimeRunner
 from seqrec.exporter.specs import ExportSpec, spec_of_model
-from seqrec.exporter.validate import check_parity, edge_cases, require_parity
+from seqrec.exporter.validate import VALIDATION_USERS, check_parity, edge_cases, parity_users, require_parity
 from seqrec.training.checkpoint import Checkpoint, library_versions, load_checkpoint
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -66,7 +66,9 @@ def _export_into(staging: Path, out: Path, ckpt: Checkpoint, cfg: ExportConfig, 
     export_onnx(graph, spec, spec.sample_inputs(ckpt.model_config.num_items, 3, window, cfg.seed),
                 staging / ONNX_FILE, cfg.opset)
     export_seconds = time.perf_counter() - started
-    cases = edge_cases(spec, ckpt.model_config.num_items, window, cfg.validation_users, cfg.seed)
+    users, edge_users = _parity_users(ckpt, cfg, window, echo)
+    cfg = dataclasses.replace(cfg, validation_users=users)  # the manifest records the users checked
+    cases = edge_cases(spec, ckpt.model_config.num_items, window, users, cfg.seed, edge_users)
     reports = []
     if cfg.precision != "bf16":  # ONNX Runtime has no bf16 kernels for these graphs; TensorRT checks them
         with OnnxRuntimeRunner(staging / ONNX_FILE, spec.inputs, custom_ops=cfg.pointer_op == "custom") as runner:
@@ -90,6 +92,19 @@ def _export_into(staging: Path, out: Path, ckpt: Checkpoint, cfg: ExportConfig, 
     replace_directory(staging, out)
     _require_parity(reports, out, kept=None)
     return Bundle(out, manifest, ckpt.vocab)
+
+
+def _parity_users(ckpt: Checkpoint, cfg: ExportConfig, window: int, echo: Callable[[str], None]) -> tuple[int, int]:
+    """(random users, users per edge case) of the parity check: ``--validation-users`` if given, else the default,
+    which a long attention window lowers (with a line saying so, since the check is then less thorough)."""
+    users, edge_users = parity_users(ckpt.model_config, window)
+    if cfg.validation_users is not None:
+        return cfg.validation_users, edge_users
+    if users < VALIDATION_USERS:
+        echo(f"parity check on {users} random users and {edge_users} per edge case: each is scored at the full "
+             f"window of {window:,} on both sides, so the default {VALIDATION_USERS} would take {VALIDATION_USERS // users}x "
+             "as long (--validation-users sets any number)")
+    return users, edge_users
 
 
 def _failed_path(out: Path) -> Path:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from seqrec.config import ATTENTION_ENCODERS, ModelConfig
 from seqrec.errors import ExportMismatchError, received_expected
 from seqrec.exporter.graph import ScoringGraph
 from seqrec.exporter.runners import Runner
@@ -71,29 +72,52 @@ class ParityReport:
 REFERENCE = "reference "  # a feed's "reference items": the histories PyTorch scores for it, when not its own
 
 
-def edge_cases(spec: ExportSpec, num_items: int, window: int, users: int, seed: int) -> dict[str, dict[str, torch.Tensor]]:
-    """Named feeds: random users, length 1, full length, longer than the window, all repeats, no known item,
-    an unknown id in the last slot, unknown ids in the middle."""
+VALIDATION_USERS = 200  # random users of the parity check, where the window is short enough
+EDGE_USERS = 8  # users of each edge case, likewise
+MIN_VALIDATION_USERS = 16  # the default never checks fewer random users, however long the window
+VALIDATION_ATTENTION = 2**30  # attention scores per layer (users x heads x W x W) the default random users run
+# through: every graph scores a user at its full window W, 3.6 s a user on each side at W = 8,192 (d 16, 1 thread),
+# so 200 users there took 25 minutes; 200 users up to W = 2,317 with one head
+EDGE_ATTENTION = 2**28  # the same for each edge case: 8 users up to W = 5,792 with one head
+
+
+def parity_users(cfg: ModelConfig, window: int) -> tuple[int, int]:
+    """(random users, users per edge case) of the default parity check: VALIDATION_USERS and EDGE_USERS, fewer
+    for an attention encoder whose window makes each user slow (at least MIN_VALIDATION_USERS and 2)."""
+    if cfg.model not in ATTENTION_ENCODERS:
+        return VALIDATION_USERS, EDGE_USERS
+    per_user = cfg.heads * window * window  # attention scores of one user per layer, at any history length
+    return (max(MIN_VALIDATION_USERS, min(VALIDATION_USERS, VALIDATION_ATTENTION // per_user)),
+            max(2, min(EDGE_USERS, EDGE_ATTENTION // per_user)))
+
+
+def edge_cases(spec: ExportSpec, num_items: int, window: int, users: int, seed: int,
+               edge_users: int = EDGE_USERS) -> dict[str, dict[str, torch.Tensor]]:
+    """Named feeds: ``users`` random users; ``edge_users`` each of length 1, full length, longer than the window,
+    all repeats, no known item (at most 4), an unknown id in the last slot, unknown ids in the middle."""
     cases = {"random users": spec.sample_inputs(num_items, users, window, seed)}
-    shapes = {"length 1": (8, 1), "full length": (8, window), "longer than window": (8, window + 7)}
+    shapes = {"length 1": (edge_users, 1), "full length": (edge_users, window),
+              "longer than window": (edge_users, window + 7)}
     for offset, (name, shape) in enumerate(shapes.items(), start=1):
         gen = torch.Generator().manual_seed(seed + offset)
         cases[name] = _with_timestamps(spec, {"items": torch.randint(1, num_items + 1, shape, generator=gen)})
-    repeated = torch.randint(1, num_items + 1, (8, 1), generator=torch.Generator().manual_seed(seed + 9))
-    cases["all repeats"] = _with_timestamps(spec, {"items": repeated.expand(8, window).clone()})
-    cases["no known item"] = _with_timestamps(spec, {"items": torch.zeros(4, window, dtype=torch.long)})
-    cases.update(_unknown_id_cases(spec, num_items, window, seed))
+    repeated = torch.randint(1, num_items + 1, (edge_users, 1), generator=torch.Generator().manual_seed(seed + 9))
+    cases["all repeats"] = _with_timestamps(spec, {"items": repeated.expand(edge_users, window).clone()})
+    cases["no known item"] = _with_timestamps(spec, {"items": torch.zeros(min(4, edge_users), window,
+                                                                          dtype=torch.long)})
+    cases.update(_unknown_id_cases(spec, num_items, window, seed, edge_users))
     return cases
 
 
-def _unknown_id_cases(spec: ExportSpec, num_items: int, window: int, seed: int) -> dict[str, dict[str, torch.Tensor]]:
+def _unknown_id_cases(spec: ExportSpec, num_items: int, window: int, seed: int,
+                      users: int) -> dict[str, dict[str, torch.Tensor]]:
     """Histories longer than the window with ids that are no known item: in the last slot (a brand-new item; 0
     there is right padding), and there plus two in the middle. Their removal brings older items into the window."""
     gen = torch.Generator().manual_seed(seed + 10)
     cases = {}
     for name, length, holes in (("unknown last", window + 1, 1), ("unknown in middle", window + 3, 3)):
-        items = torch.randint(1, num_items + 1, (8, length), generator=gen)  # (B, L)
-        starts = torch.randint(0, length - holes, (8,), generator=gen)  # left padding before each history
+        items = torch.randint(1, num_items + 1, (users, length), generator=gen)  # (B, L)
+        starts = torch.randint(0, length - holes, (users,), generator=gen)  # left padding before each history
         items = items.masked_fill(torch.arange(length) < starts.unsqueeze(1), 0)
         slots = torch.zeros_like(items, dtype=torch.bool)
         for row, start in enumerate(starts.tolist()):
@@ -131,7 +155,7 @@ def check_parity(runner: Runner, graph: ScoringGraph, spec: ExportSpec, cases: d
     report = ParityReport(runner.name, reference, spec.score_atol, spec.score_rtol)
     for name, feed in cases.items():
         rows, length = feed[spec.inputs[0]].shape
-        users = _users_per_comparison(graph, length)
+        users = _users_per_comparison(graph)
         groups = [{key: value[first:first + users] for key, value in feed.items()} for first in range(0, rows, users)]
         report.cases.append(merged_cases([
             compare_case(name, graph, spec, group, runner.infer({key: group[key].numpy() for key in spec.inputs}))
@@ -143,13 +167,13 @@ REFERENCE_SCORES = 2**26  # float32 scores the PyTorch side of a comparison hold
 ATTENTION_SCORES = 2**26  # float32 attention scores per layer a group of users holds on either side: 256 MiB
 
 
-def _users_per_comparison(graph: ScoringGraph, length: int) -> int:
-    """Users whose (1 + reranker stages) x (N + 1) scores fit REFERENCE_SCORES and whose heads x L x L attention
-    scores (L: the case's length, at most the graph's window) fit ATTENTION_SCORES; at least one."""
+def _users_per_comparison(graph: ScoringGraph) -> int:
+    """Users whose (1 + reranker stages) x (N + 1) scores fit REFERENCE_SCORES and whose heads x W x W attention
+    scores fit ATTENTION_SCORES; at least one. W is the graph's window whatever the case's length: both sides pad
+    every history to it (``ScoringGraph.window_inputs``), so 8 users of length 1 at W = 8,192 held 18 GB."""
     partitions = 1 + len(getattr(getattr(graph.model.head, "variant", None), "rerank", ()))
     by_catalog = REFERENCE_SCORES // (partitions * (graph.model.cfg.num_items + 1))
-    window = min(length, graph.length)
-    by_attention = ATTENTION_SCORES // (graph.model.cfg.heads * window * window)
+    by_attention = ATTENTION_SCORES // (graph.model.cfg.heads * graph.length * graph.length)
     return max(1, min(by_catalog, by_attention))
 
 
