@@ -37,6 +37,10 @@ class ExportMismatchError(ExportError):
     """An exported graph disagrees with PyTorch beyond the stated tolerance."""
 
 
+class ScoringFailedError(SeqrecError):
+    """A scoring job stopped part way (a Ray actor raised or died): the parts it finished are kept for --resume."""
+
+
 class TrainingDivergedError(SeqrecError):
     """The training loss became NaN or infinite: the weights can no longer learn."""
 

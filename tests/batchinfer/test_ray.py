@@ -70,8 +70,8 @@ def test_ray_engine_writes_what_the_local_engine_writes(local_ray, bundle, input
 def test_a_damaged_part_fails_a_ray_job_after_every_other_part_is_committed(local_ray, bundle, run_config, tmp_path,
                                                                            form, caplog):
     """Parts are committed as Ray returns their last rows, and a row group that cannot be read (a file damaged
-    in transfer: planning reads only the footers) does not stop the other parts: Ray goes on without its
-    rows, and the job ends with the DataError naming the part (and, in the list form, its row group) once
+    in transfer: planning reads only the footers) does not stop the other parts: the actor returns what it
+    could read, Ray goes on, and the job ends with the DataError naming the part (and, in the list form, its row group) once
     every other part is committed. Written again, the part is all a --resume scores; the files are then an
     uninterrupted run's."""
     from seqrec.batchinfer.ray_engine import UNIT_FAILURE_LOGGER
@@ -86,11 +86,8 @@ def test_a_damaged_part_fails_a_ray_job_after_every_other_part_is_committed(loca
     where = r", row group 2" if form == "list" else ""
     with pytest.raises(DataError, match=rf"input part '.*part-001.parquet'{where} \| received a damaged file"):
         score(cfg, echo=lambda line: None)
-    if form == "list":  # Ray Data's log of the unit it went on without: one line, not three tracebacks
-        logged = [record for record in caplog.records if record.name == UNIT_FAILURE_LOGGER]
-        assert [record.exc_info for record in logged] == [None]
-        assert logged[0].getMessage().startswith("a work unit failed; the other parts go on, and the job ends "
-                                                 "with: input part '")
+    # no Ray task failed (Ray Data logged three tracebacks of one): the actor returned the unit's rows it could read
+    assert [record for record in caplog.records if record.name == UNIT_FAILURE_LOGGER] == []
     done = [json.loads(line).get("part") for line in (Path(cfg.output) / LEDGER_FILE).read_text().splitlines()[1:]]
     assert sorted(done) == ["part-000.parquet", "part-002.parquet", "part-003.parquet"]
     assert not (Path(cfg.output) / "_staging").exists() and not list(Path(cfg.output).glob(".*"))
@@ -125,16 +122,87 @@ def test_ray_scores_a_partitioned_log_into_the_same_folders_as_the_local_engine(
 
 
 @pytest.mark.slow
-def test_an_actor_that_cannot_load_the_model_fails_the_job_with_its_one_line_error(local_ray, damaged_bundle,
-                                                                                  parts_dir, run_config):
-    """The driver holds no session: each actor opens its own. ONNX Runtime's error there came back as Ray's
-    wrapper of the actor's traceback; it is the actor's ExportError, raised here as itself."""
+def test_a_model_the_actors_cannot_load_fails_before_anything_is_written(local_ray, bundle, damaged_bundle, parts_dir,
+                                                                        run_config, capfd):
+    """The driver holds no session: each actor opens its own. Actors now open it before the ledger is written,
+    so ONNX Runtime's refusal is the actors' one-line ExportError (not Ray's tracebacks), DIR stays empty, and
+    once the bundle is whole again the same command runs without --resume."""
+    import shutil
+
     from seqrec.errors import ExportError
 
-    cfg = run_config(damaged_bundle, parts_dir, engine="ray", actors=1)
+    cfg = run_config(damaged_bundle, parts_dir, engine="ray", actors=2)
     with pytest.raises(ExportError, match=r"^ONNX model '.*bundle/model.onnx' \| received a model ONNX Runtime "
                                           r"could not load \(.*Protobuf parsing failed"):
         score(cfg, echo=lambda line: None)
+    assert not Path(cfg.output).exists() or not any(Path(cfg.output).iterdir())
+    assert "Traceback" not in "".join(capfd.readouterr())
+    shutil.copy2(bundle / "model.onnx", damaged_bundle / "model.onnx")
+    assert score(cfg, echo=lambda line: None)["users_scored"] == 450
+
+
+def _failing_on_items_from(bundle: Path, target: Path, first: int) -> Path:
+    """A copy of ``bundle`` whose graph loads and scores as before, but fails in ONNX Runtime on a history
+    holding an item index >= ``first`` (its items pass a Gather over 0..first-1 first): an actor that raises
+    part way through a job, with nothing in the input the job could check up front."""
+    import json
+    import shutil
+
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    shutil.copytree(bundle, target)
+    graph_path = target / "model.onnx"
+    model = onnx.load(graph_path, load_external_data=False)  # the weights stay in model.onnx.data
+    for node in model.graph.node:
+        node.input[:] = ["items_checked" if name == "items" else name for name in node.input]
+    model.graph.initializer.append(numpy_helper.from_array(np.arange(first, dtype=np.int64), "known_indices"))
+    model.graph.node.insert(0, helper.make_node("Gather", ["known_indices", "items"], ["items_checked"]))
+    onnx.save(model, graph_path)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["graph"]["bytes"] = graph_path.stat().st_size
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+@pytest.mark.slow
+def test_an_actor_that_raises_stops_the_job_with_one_error_and_resume_finishes_it(local_ray, bundle, run_config,
+                                                                                 tmp_path, capfd):
+    """An actor's exception while scoring (here ONNX Runtime's, on an item the graph refuses) stopped the job
+    with Ray's tracebacks of it. It is now one ScoringFailedError naming the part in flight, the actor's
+    exception and the way on; the ledger stays, and --resume, once the part is written again, ends with the
+    files of an uninterrupted run."""
+    from seqrec.errors import ScoringFailedError
+
+    model = _failing_on_items_from(bundle, tmp_path / "failing", first=201)  # items 1000..1199 are indices 1..200
+    inputs = write_parts(tmp_path / "in", parts=3, users=40, row_group=20)
+    for path in sorted(inputs.glob("*.parquet")):
+        table = pq.read_table(path)
+        histories = [[min(item, 1199) for item in history] for history in table.column("history").to_pylist()]
+        if path.name == "part-001.parquet":
+            histories[-1] = histories[-1] + [1299]  # its last row group fails
+        pq.write_table(table.set_column(1, "history", pa.array(histories, table.schema.field("history").type)),
+                       path, row_group_size=20)
+    cfg = run_config(model, inputs, batch_size=16, engine="ray", actors=2)
+    with pytest.raises(ScoringFailedError, match=r"^Ray scoring of input parts? .*'part-001.parquet'.* \| received "
+                                                 r"RuntimeError: .*Gather node.*indices element out of data bounds.*, expected every unit scored: .* run the same "
+                                                 r"command with --resume to score the rest; the full error: "
+                                                 r"SEQREC_DEBUG=1, the actors' tracebacks: Ray's logs in "):
+        score(cfg, echo=lambda line: None)
+    assert "Traceback" not in "".join(capfd.readouterr())
+    done = [json.loads(line).get("part") for line in (Path(cfg.output) / LEDGER_FILE).read_text().splitlines()[1:]]
+    assert "part-001.parquet" not in done
+
+    table = pq.read_table(inputs / "part-001.parquet")
+    histories = [[min(item, 1199) for item in history] for history in table.column("history").to_pylist()]
+    pq.write_table(table.set_column(1, "history", pa.array(histories, table.schema.field("history").type)),
+                   inputs / "part-001.parquet", row_group_size=20)
+    score(run_config(model, inputs, batch_size=16, engine="ray", actors=2, output=cfg.output, resume=True),
+          echo=lambda line: None)
+    local = run_config(model, inputs, batch_size=16)
+    score(local, echo=lambda line: None)
+    assert read_dir(cfg.output) == read_dir(local.output)
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ def score(cfg: ScoreConfig, echo: Callable[[str], None] = print) -> dict:
 
     Everything that can be checked before scoring is checked first: the model against the
     backend and options, every input part's schema, the model opened (the local engine's session;
-    Ray's actors open their own), the output directory (or its ledger with ``--resume``). Parts
+    under Ray, in as many actors as the pool has), the output directory (or its ledger with ``--resume``). Parts
     already in the ledger are skipped; the others are scored by the engine.
     """
     started = time.perf_counter()
@@ -43,9 +43,10 @@ def score(cfg: ScoreConfig, echo: Callable[[str], None] = print) -> dict:
     with ExitStack() as engine:  # entered before the ledger is written: a wrong --address, or a model that does
         # not load, leaves nothing behind, so the rerun that follows its fix needs neither --resume nor a cleanup
         if cfg.engine == "ray":
-            from seqrec.batchinfer.ray_engine import ray_cluster
+            from seqrec.batchinfer.ray_engine import check_actors_open, ray_cluster
 
             engine.enter_context(ray_cluster(cfg))
+            check_actors_open(cfg)  # Ray's actors open their own sessions: tried in as many actors first
             scorer = None
         else:  # the session the job scores with, opened here once (the actors of the Ray engine open their own)
             scorer = engine.enter_context(BatchScorer(model, cfg.batch_size))

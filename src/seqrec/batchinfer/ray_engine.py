@@ -22,9 +22,16 @@
   the rows in input order through the same ``PartWriter`` as the local engine (duplicate users,
   layout, rejects, atomic renames, ledger), so both engines write the same files, and a killed or
   failed Ray job keeps every part committed before it stopped for ``--resume``.
-- A unit that fails (a damaged row group) does not stop the pool (``max_errored_blocks``): Ray goes on
-  without its rows, every other part is committed, and the job then fails with the error of the first
+- A unit that cannot be read (a damaged row group) is not an error in the actor: it returns the rows it
+  scored, Ray goes on, every other part is committed, and the job then fails with the error of the first
   part left short, found by reading its first short unit again on the driver.
+- Anything else that fails in an actor (an exception while scoring, an actor that dies: out of memory,
+  ``ray stop``) stops the job at once with one ``ScoringFailedError`` naming the parts in flight and the
+  cause; the parts committed before stay for ``--resume``. Actors are not restarted (Ray would retry the
+  same unit on a new actor without end), and the actor's traceback goes to its Ray log, not the terminal
+  (``SEQREC_DEBUG=1`` prints it and Ray's own log lines whole).
+- Before the job writes anything, as many actors as the pool has open the model (``check_actors_open``)
+  and are let go: a bundle the workers cannot load is its one ExportError, with nothing in ``DIR``.
 
 ``--address`` joins an existing cluster (the model and the input must be readable by its
 workers, and ``DIR`` shared with them); without it a local Ray is started and shut down after.
@@ -39,7 +46,10 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import time
+import traceback
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +60,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from seqrec.batchinfer.core import BatchScorer
+from seqrec.batchinfer.core import BatchScorer, result_schema
 from seqrec.batchinfer.inputs import LONG_FORM, InputPart, InputPlan, grouped_schema, read_part, readable
 from seqrec.batchinfer.ledger import STAGING_DIR
 from seqrec.batchinfer.local import READ_BATCHES
@@ -58,7 +68,7 @@ from seqrec.batchinfer.model import open_model
 from seqrec.batchinfer.writer import PartWriter
 from seqrec import errors
 from seqrec.config import ScoreConfig
-from seqrec.errors import ConfigError, DataError, SeqrecError, received_expected
+from seqrec.errors import ConfigError, DataError, ScoringFailedError, SeqrecError, received_expected
 from seqrec.exporter.onnx_export import require_module
 from seqrec.interrupts import handlers_restored
 
@@ -69,8 +79,11 @@ GROUPED_ROWS = 8192  # input rows per batch (and row group) while a Ray task gro
 SEQUENCE = "_seq"  # global input order of a result row
 ACTOR_SECONDS = "_actor_seconds"  # a result row's share of the seconds its actor spent reading and scoring its batch
 UNIT_SCHEMA = pa.schema([("path", pa.string()), ("row_group", pa.int64()), ("first", pa.int64())])
-UNIT_FAILURE_LOGGER = "ray.data._internal.execution.streaming_executor_state"  # logs a unit it goes on without
+UNIT_FAILURE_LOGGER = "ray.data._internal.execution.streaming_executor_state"  # logs the failed task that stops it
 _ACTOR_ERROR = re.compile(r"^seqrec\.errors\.(\w+): (.+)$", re.MULTILINE)  # in a Ray task's traceback text
+_UNIT_IN_ERROR = re.compile(r" \(scoring '(.+)', row group (\d+)\)$")  # where an actor's ScoringFailedError arose
+_OTHER_ERROR = re.compile(r"^([\w.]+(?:Error|Exception|Exit)\w*): (.+)$", re.MULTILINE)  # the last one is the raised one
+DEBUG_VARIABLE = "SEQREC_DEBUG"  # set: Ray's full error and log lines are shown, not our one line
 
 
 @dataclass(frozen=True)
@@ -84,31 +97,113 @@ class Run:
 
 
 class RayScorer:
-    """A Ray Data actor: a table of work units in, their result rows (with ``_seq``) out."""
+    """A Ray Data actor: a table of work units in, their result rows (with ``_seq``) out.
+
+    It raises nothing Ray would print whole: a model that does not load here (after ``check_actors_open``
+    loaded it: another node, a file changed since) is raised at the first unit, since an actor dying in its
+    constructor is retried by Ray with its traceback printed each time; any other failure is raised as one
+    line naming the unit, its traceback going to the actor's own log."""
 
     def __init__(self, cfg: ScoreConfig, columns: list[str]) -> None:
-        self.scorer = BatchScorer(open_model(cfg), cfg.batch_size).__enter__()
         self.columns, self.batch_rows = columns, cfg.batch_size * READ_BATCHES
+        self.scorer, self.failure = None, None
+        try:
+            self.scorer = BatchScorer(open_model(cfg), cfg.batch_size).__enter__()
+        except Exception as err:
+            self.failure = _as_one_line(err, "opening the model")
 
     def __call__(self, units: pa.Table) -> pa.Table:
-        return pa.concat_tables([self.score_unit(**unit) for unit in units.to_pylist()])
+        if self.failure is not None:
+            raise self.failure
+        return pa.concat_tables([self._score_or_fail(**unit) for unit in units.to_pylist()])
+
+    def _score_or_fail(self, path: str, row_group: int, first: int) -> pa.Table:
+        try:
+            return self.score_unit(path, row_group, first)
+        except Exception as err:
+            raise _as_one_line(err, f"scoring '{path}', row group {row_group}") from err
 
     def score_unit(self, path: str, row_group: int, first: int) -> pa.Table:
         """The unit's result rows, each with its ``_seq`` and its share of the actor's seconds on its batch
-        (reading included): the driver adds these up per part, since it cannot see when an actor works."""
+        (reading included): the driver adds these up per part, since it cannot see when an actor works. A row
+        group that cannot be read ends the unit with the rows scored so far: the driver finds its part short
+        and reads the unit again for the error, once every other part is committed."""
         began = time.perf_counter()
         reader = pq.ParquetFile(path)
-        results = []  # a unit has rows: row groups without any are not units
+        results = []
         batches = reader.iter_batches(batch_size=self.batch_rows, row_groups=[row_group], columns=self.columns,
                                       use_threads=False)
-        for batch in readable(batches, path, row_group):
-            result = self.scorer.score(batch)
-            numbers = pa.array(np.arange(first, first + batch.num_rows, dtype=np.int64))
-            ended = time.perf_counter()
-            shares = pa.array(np.full(batch.num_rows, (ended - began) / batch.num_rows))  # (rows,) float64
-            results.append(result.append_column(SEQUENCE, numbers).append_column(ACTOR_SECONDS, shares))
-            first, began = first + batch.num_rows, ended
-        return pa.Table.from_batches(results)
+        try:
+            for batch in readable(batches, path, row_group):
+                result = self.scorer.score(batch)
+                numbers = pa.array(np.arange(first, first + batch.num_rows, dtype=np.int64))
+                ended = time.perf_counter()
+                shares = pa.array(np.full(batch.num_rows, (ended - began) / batch.num_rows))  # (rows,) float64
+                results.append(result.append_column(SEQUENCE, numbers).append_column(ACTOR_SECONDS, shares))
+                first, began = first + batch.num_rows, ended
+        except DataError:
+            pass
+        return pa.Table.from_batches(results, schema=self._result_schema(reader))
+
+    def _result_schema(self, reader: pq.ParquetFile) -> pa.Schema:
+        """What ``score_unit`` returns, also when its row group could not be read at all."""
+        scored = result_schema(pa.schema([reader.schema_arrow.field(name) for name in self.columns]),
+                               self.scorer.item_type)
+        return scored.append(pa.field(SEQUENCE, pa.int64())).append(pa.field(ACTOR_SECONDS, pa.float64()))
+
+
+def _as_one_line(err: Exception, doing: str) -> SeqrecError:
+    """``err`` as the one line the driver reads back from Ray's error text (a SeqrecError stays itself); any
+    other exception's traceback is printed here, into the actor's log in Ray's session folder."""
+    if isinstance(err, SeqrecError):
+        return err
+    traceback.print_exc()
+    return ScoringFailedError(f"{_first_line(err)} ({doing})")
+
+
+def _first_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}".rstrip(": ")
+
+
+class _ModelProbe:
+    """A plain Ray actor with the pool's resources that opens the model and says how that went (returned, not
+    raised: nothing for Ray to print)."""
+
+    def ready(self, cfg: ScoreConfig) -> SeqrecError | None:
+        try:
+            with BatchScorer(open_model(cfg), cfg.batch_size):
+                return None
+        except Exception as err:
+            return _as_one_line(err, "opening the model")
+
+
+def check_actors_open(cfg: ScoreConfig) -> None:
+    """As many actors as the pool will have, placed as its actors are, open the model and are let go: called
+    before the job writes anything, so a bundle the workers cannot load is its one error (the ExportError
+    naming the file) and the command can be run again as it was. Costs one more model load per actor."""
+    ray = require_module("ray", "the ray engine", "pip install 'seqrec[ray]'")
+    actor_cfg, resources = _actor_settings(ray, cfg)
+    probe = ray.remote(_ModelProbe).options(**resources, max_restarts=0, scheduling_strategy="SPREAD")
+    actors = [probe.remote() for _ in range(cfg.actors or DEFAULT_ACTORS)]
+    try:
+        answers = ray.get([actor.ready.remote(actor_cfg) for actor in actors])
+    except ray.exceptions.RayError as err:  # an actor died opening it (out of memory, a crash in the runtime)
+        raise SeqrecError(received_expected(f"model '{cfg.model}' in a Ray actor", _ray_cause(ray, err),
+                                            f"every actor to open it{_where_logs(ray)}")) from None
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    failure = next((answer for answer in answers if answer is not None), None)
+    if failure is not None:
+        raise failure
+
+
+def _actor_settings(ray, cfg: ScoreConfig) -> tuple[ScoreConfig, dict]:
+    """The configuration an actor scores with and the resources it holds: one GPU each where the cluster
+    has GPUs, else half a CPU and one intra-op thread (see the module docstring)."""
+    gpus = ray.cluster_resources().get("GPU", 0) >= 1
+    actor_cfg = ScoreConfig.from_dict({**cfg.to_dict(), "threads": cfg.threads or (None if gpus else 1)})
+    return actor_cfg, {"num_gpus": 1} if gpus else {"num_cpus": CPUS_PER_ACTOR}
 
 
 @contextmanager
@@ -167,9 +262,12 @@ def run_ray(cfg: ScoreConfig, plan: InputPlan, todo: list[InputPart], writer: Pa
 
         for index in staged.complete_at_start():  # parts without rows
             commit(index)
-        for table in _scored(ray, cfg, plan, units):
-            for index in staged.add(table):
-                commit(index)
+        try:
+            for table in _scored(ray, cfg, plan, units):
+                for index in staged.add(table):
+                    commit(index)
+        except ray.exceptions.RayError as err:
+            raise _stopped(ray, err, staged, paths, todo) from None
         for index in staged.unseen():  # long form: no row came back; a grouped part without users is complete
             if _rows_in(paths[index]) == 0:
                 staged.sizes[index] = 0
@@ -211,7 +309,12 @@ def _grouped_units(parts: pa.Table, todo: list[InputPart], plan: InputPlan, path
     """The grouping stage: each given part written in list form to its path, and the work units of that file."""
     units = []
     for item in parts.to_pylist():
-        _write_grouped(todo[item["index"]], plan, paths[item["index"]])
+        try:
+            _write_grouped(todo[item["index"]], plan, paths[item["index"]])
+        except DataError:  # a damaged part: no units, its grouped file absent; the driver reads it again after
+            continue
+        except Exception as err:
+            raise _as_one_line(err, f"grouping '{todo[item['index']].path}'") from err
         units += _units_of(paths[item["index"]], item["first"])[0]
     return pa.Table.from_pylist(units, schema=UNIT_SCHEMA)
 
@@ -265,38 +368,42 @@ def _scored(ray, cfg: ScoreConfig, plan: InputPlan, units) -> Iterator[pa.Table]
     context = ray.data.DataContext.get_current()
     saved = context.enable_progress_bars, context.max_errored_blocks
     context.enable_progress_bars = cfg.progress
-    context.max_errored_blocks = -1  # a failed unit drops its rows (found missing after); the others go on.
+    context.max_errored_blocks = 0  # a failing unit stops the job (a damaged one fails in no actor: see score_unit).
     # Both are read when the dataset is made (it keeps a copy of the context), so they are set before.
     try:
         columns = ["user_id", "history"] + (["timestamps"] if plan.carries_times else []) + (
             ["row"] if plan.form == LONG_FORM else [])
-        gpus = ray.cluster_resources().get("GPU", 0) >= 1
-        actor_cfg = ScoreConfig.from_dict({**cfg.to_dict(), "threads": cfg.threads or (None if gpus else 1)})
-        resources = {"num_gpus": 1} if gpus else {"num_cpus": CPUS_PER_ACTOR}
-        dataset = units().map_batches(RayScorer, fn_constructor_kwargs={"cfg": actor_cfg, "columns": columns},
-                                      batch_format="pyarrow", batch_size=1,
-                                      compute=ray.data.ActorPoolStrategy(size=cfg.actors or DEFAULT_ACTORS), **resources)
-        with _errors_as_raised(ray), _unit_failures_in_one_line():
+        actor_cfg, resources = _actor_settings(ray, cfg)
+        with warnings.catch_warnings():  # max_restarts has no named parameter of map_batches in Ray 2.60
+            warnings.simplefilter("ignore", DeprecationWarning)
+            dataset = units().map_batches(RayScorer, fn_constructor_kwargs={"cfg": actor_cfg, "columns": columns},
+                                          batch_format="pyarrow", batch_size=1, max_restarts=0,
+                                          compute=ray.data.ActorPoolStrategy(size=cfg.actors or DEFAULT_ACTORS),
+                                          **resources)
+        with _failures_in_one_line():
             yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
     finally:
         context.enable_progress_bars, context.max_errored_blocks = saved
 
 
-class _OneLineUnitFailure(logging.Filter):
-    """Ray Data logs the whole traceback (Ray's, the worker's and ours) of a unit it goes on without. For
-    a SeqrecError (a damaged part) one line says it: the job ends with that error once the rest is done."""
+class _OneLineTaskFailure(logging.Filter):
+    """Ray Data logs the failed task that stops the job with its whole traceback (Ray's, the worker's and
+    ours) where an actor died; the job's own error follows, so the log says it in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        raised = _seqrec_error_in(record.exc_info[1]) if record.exc_info and record.exc_info[1] else None
-        if raised is not None:
-            record.msg = "a work unit failed; the other parts go on, and the job ends with: %s"
-            record.args, record.exc_info, record.exc_text = (raised,), None, None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = "a Ray task failed (%s); the job stops"
+            record.args, record.exc_info, record.exc_text = ((str(record.exc_info[1]).strip().splitlines() or [""])[0],), None, None
         return True
 
 
 @contextmanager
-def _unit_failures_in_one_line() -> Iterator[None]:
-    logger, one_line = logging.getLogger(UNIT_FAILURE_LOGGER), _OneLineUnitFailure()
+def _failures_in_one_line() -> Iterator[None]:
+    """Ray Data's log of a failed task in one line, unless ``SEQREC_DEBUG`` asks for all of it."""
+    if os.environ.get(DEBUG_VARIABLE):
+        yield
+        return
+    logger, one_line = logging.getLogger(UNIT_FAILURE_LOGGER), _OneLineTaskFailure()
     logger.addFilter(one_line)
     try:
         yield
@@ -304,17 +411,54 @@ def _unit_failures_in_one_line() -> Iterator[None]:
         logger.removeFilter(one_line)
 
 
-@contextmanager
-def _errors_as_raised(ray) -> Iterator[None]:
-    """A SeqrecError raised in a Ray task or actor (a damaged input part) re-raised here as itself, one line
-    for the command to print, instead of Ray's wrapper with the worker's traceback."""
+def _stopped(ray, err: Exception, staged: StagedParts, paths: list[str], parts: list[InputPart]) -> ScoringFailedError:
+    """The one error of a job Ray stopped: the parts in flight, the cause in one line, and what to do. Ray's
+    whole error goes to stderr with ``SEQREC_DEBUG`` set."""
+    if os.environ.get(DEBUG_VARIABLE):
+        print(f"{type(err).__name__}: {err}", file=sys.stderr, flush=True)
+    cause = _ray_cause(ray, err)
+    located = _UNIT_IN_ERROR.search(cause)
+    failed = paths.index(located[1]) if located and located[1] in paths else None
+    return ScoringFailedError(received_expected(
+        f"Ray scoring of {_in_flight(staged, parts, failed)}", cause[: located.start()] if located else cause,
+        f"every unit scored: the {len(staged.committed)} of {len(parts)} parts committed in this run are kept; "
+        f"fix the cause and run the same command with --resume to score the rest{_where_logs(ray)}"))
+
+
+def _in_flight(staged: StagedParts, parts: list[InputPart], failed: int | None) -> str:
+    """The parts a stopped job was scoring, as far as the driver saw: those with rows back but not all, and
+    the one whose unit failed (``failed``); the count of those not committed where it saw none."""
+    indices = sorted(set(staged.first_seen) - staged.committed | ({failed} if failed is not None else set()))
+    if not indices:
+        return f"the {len(parts) - len(staged.committed)} parts not yet committed"
+    named = ", ".join(f"'{parts[index].name}'" for index in indices[:5]) + (" ..." if len(indices) > 5 else "")
+    return f"input part{'s' if len(indices) > 1 else ''} {named} (in flight)"
+
+
+def _ray_cause(ray, err: Exception) -> str:
+    """What stopped a Ray task, in one line: the SeqrecError an actor raised (its traceback text), that an
+    actor died and why where Ray says so, else the last exception line of Ray's error text."""
+    raised = _seqrec_error_in(err)
+    if raised is not None:  # an actor's own ScoringFailedError already names the exception it stands for
+        return str(raised) if isinstance(raised, ScoringFailedError) else f"{type(raised).__name__}: {raised}"
+    text = str(err)
+    if isinstance(err, getattr(ray.exceptions, "OutOfMemoryError", ())) or "low on memory" in text:
+        return "a Ray actor was killed for memory (Ray's memory monitor: the node ran low on memory)"
+    if isinstance(err, ray.exceptions.RayActorError):
+        likely = (": Ray names as likely causes the OOM killer (out of memory), ray stop, or a crash"
+                  if "OOM killer" in text else "")
+        return f"a Ray actor died (its worker process exited unexpectedly{likely})"
+    found = _OTHER_ERROR.findall(text)
+    return ": ".join(found[-1]) if found else _first_line(err)
+
+
+def _where_logs(ray) -> str:
+    """Where Ray's logs are (the actors' tracebacks are in them), for an error message; '' where unknown."""
     try:
-        yield
-    except ray.exceptions.RayError as err:
-        raised_there = _seqrec_error_in(err)
-        if raised_there is None:
-            raise
-        raise raised_there from err
+        folder = ray._private.worker._global_node.get_logs_dir_path()  # no public API names it (Ray 2.60)
+    except AttributeError:
+        return f"; the full error: {DEBUG_VARIABLE}=1"
+    return f"; the full error: {DEBUG_VARIABLE}=1, the actors' tracebacks: Ray's logs in {folder} (on each node)"
 
 
 def _seqrec_error_in(err: Exception) -> SeqrecError | None:
