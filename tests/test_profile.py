@@ -217,11 +217,15 @@ def test_an_interrupt_inside_an_export_stops_the_sweep(tiny_checkpoints, tmp_pat
     checkpoint = tiny_checkpoints("sasrec", "softmax")
     with pytest.raises(KeyboardInterrupt):
         profile(_quick(checkpoint, tmp_path / "lib"), echo=lambda line: None)
-    assert list((tmp_path / "lib").iterdir()) == []  # no report, no temporary export left
+    assert not (tmp_path / "lib").exists()  # no report, no temporary export, and not the empty folder it made
+    (tmp_path / "mine").mkdir()  # a folder the user made stays, empty
+    with pytest.raises(KeyboardInterrupt):
+        profile(_quick(checkpoint, tmp_path / "mine"), echo=lambda line: None)
+    assert list((tmp_path / "mine").iterdir()) == []
     result = run(checkpoint, "--backends", "torch,onnxruntime", "--batch-sizes", 4, "--iterations", 1, "--warmup", 0,
-                 "--out", tmp_path / "cli")
+                 "--out", tmp_path / "cli" / "deeper")
     assert result.exit_code == 130 and "Interrupted" in result.stderr, result.output
-    assert "profiled" not in result.output and not (tmp_path / "cli" / "profile.json").exists()
+    assert "profiled" not in result.output and not (tmp_path / "cli").exists()
 
 
 def test_an_interrupt_wrapped_in_a_seqrec_error_stops_the_sweep(tiny_checkpoints, tmp_path, monkeypatch):

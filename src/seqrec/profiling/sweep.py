@@ -65,7 +65,19 @@ def profile(cfg: ProfileConfig, echo: Echo = print, progress: Echo | None = None
     source = open_source(cfg)
     cfg = _resolved(cfg, source)
     _check_memory(source, cfg)
+    created = _missing_folders(Path(cfg.out))
     _check_writable(Path(cfg.out))
+    try:
+        measurements = _sweep(source, cfg, progress)
+    except BaseException:  # Ctrl-C, or a sweep that could not go on: no empty --out left behind
+        _remove_if_empty(created)
+        raise
+    report = _report(source, cfg, measurements, time.perf_counter() - started, echo)
+    _check_outcome(measurements, Path(cfg.out))
+    return report
+
+
+def _sweep(source: ProfileSource, cfg: ProfileConfig, progress: Echo) -> list[Measurement]:
     if source.no_checkpoint:
         progress(f"{source.path}: {source.no_checkpoint}; profiling only the bundle's own graph "
                  f"(catalog {source.catalog:,}, {source.export_config.precision})")
@@ -74,9 +86,27 @@ def profile(cfg: ProfileConfig, echo: Echo = print, progress: Echo | None = None
     measurements = []
     for catalog in cfg.catalog_sizes:
         measurements += _profile_catalog(source, cfg, catalog, progress)
-    report = _report(source, cfg, measurements, time.perf_counter() - started, echo)
-    _check_outcome(measurements, Path(cfg.out))
-    return report
+    return measurements
+
+
+def _missing_folders(out: Path) -> list[Path]:
+    """``out`` and those of its parents that do not exist yet, innermost first: what ``_check_writable`` makes."""
+    missing = []
+    for folder in (out.absolute(), *out.absolute().parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (innermost first) while each is empty: a stopped sweep's --out holds nothing, and a
+    folder the user made, or one that holds anything, stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _check_out(out: Path) -> None:
