@@ -310,12 +310,58 @@ def _resolve(pattern: str) -> list[tuple[str, str]]:
     elif path.is_file():
         found = [(str(path), path.name)]
     else:
-        found = [(p, Path(p).name) for p in glob.glob(pattern) if os.path.isfile(p)]
+        found = _glob_parts(pattern)
     if not found:
         where = " at any depth (files and folders starting with _ or . are skipped)" if path.is_dir() else ""
         raise DataError(received_expected(f"input '{pattern}'", f"no Parquet file{where}",
                                           "a Parquet file, a directory of *.parquet parts or a glob matching some"))
+    _refuse_files_reached_twice(found, pattern)
     return sorted((os.path.abspath(p), name) for p, name in found)
+
+
+def _refuse_files_reached_twice(found: list[tuple[str, str]], pattern: str) -> None:
+    """A file reached under two names (``b.parquet``, a link to ``a.parquet`` beside it) is a DataError naming
+    both: its users would be scored twice, into two output parts. Compared by device and inode, as folders are
+    (``_visible_folders``)."""
+    seen: dict[tuple[int, int], str] = {}
+    for path, name in sorted(found):
+        status = os.stat(path)
+        identity = (status.st_dev, status.st_ino)
+        if identity in seen:
+            raise _reached_twice(pattern, "file", seen[identity], name, "a symbolic or hard link",
+                                 "its users would be scored twice")
+        seen[identity] = name
+
+
+def _reached_twice(pattern: str, kind: str, first: str, again: str, how: str, harm: str) -> DataError:
+    return DataError(received_expected(f"input '{pattern}'", f"the {kind} '{first}' a second time, as '{again}' "
+                                       f"({how})", f"each {kind} once: {harm} (remove the link)"))
+
+
+def _glob_parts(pattern: str) -> list[tuple[str, str]]:
+    """(path, file name) of every match of the glob ``pattern``. A match that is a folder (a Spark-written
+    ``events.parquet/`` of part files, a Hive ``dt=...`` partition) is refused by name rather than skipped,
+    which would drop its users without a word; so is a match that is no file at all (a broken link)."""
+    matches = sorted(glob.glob(pattern))
+    folders = [match for match in matches if os.path.isdir(match)]
+    if folders:
+        parents = sorted({str(Path(folder).parent) for folder in folders})
+        parent = f" '{parents[0]}'" if len(parents) == 1 else "s"
+        raise DataError(received_expected(
+            f"input '{pattern}'", f"matches that are folders ({_first_few(folders)})",
+            f"files: pass their parent directory{parent} (a directory is read at any depth, each part named by its "
+            f"path under it) or a glob that reaches the files (such as '{os.path.join(pattern, '*.parquet')}')"))
+    strays = [match for match in matches if not os.path.isfile(match)]
+    if strays:
+        raise DataError(received_expected(f"input '{pattern}'", f"matches that are not files ({_first_few(strays)})",
+                                          "Parquet files (a broken link? remove it or fix its target)"))
+    return [(match, Path(match).name) for match in matches]
+
+
+def _first_few(paths: list[str], shown: int = 3) -> str:
+    """``'a', 'b', 'c' and 2 more``: enough paths to find them, however many there are."""
+    named = ", ".join(f"'{path}'" for path in paths[:shown])
+    return named + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
 
 
 def _directory_parts(root: Path, pattern: str) -> list[tuple[str, str]]:
@@ -343,10 +389,8 @@ def _visible_folders(root: Path, pattern: str) -> list[Path]:
         status = folder.stat()
         identity = (status.st_dev, status.st_ino)
         if identity in seen:
-            raise DataError(received_expected(
-                f"input '{pattern}'", f"the folder '{_under(root, seen[identity])}' a second time, as "
-                f"'{_under(root, folder)}' (a symbolic link)", "each folder once: its parts would be read twice, "
-                "or without end (remove the link)"))
+            raise _reached_twice(pattern, "folder", _under(root, seen[identity]), _under(root, folder),
+                                 "a symbolic link", "its parts would be read twice, or without end")
         seen[identity] = folder
         folders.append(folder)
         pending += sorted((child for child in folder.iterdir() if not child.name.startswith(("_", "."))
