@@ -18,9 +18,9 @@ from seqrec.batchinfer.core import BatchScorer
 from seqrec.batchinfer.inputs import LIST_FORM, InputPlan, plan_input
 from seqrec.batchinfer.ledger import Ledger
 from seqrec.batchinfer.model import DEFAULT_SCORE_BATCH, ScoringModel, open_model
-from seqrec.batchinfer.outputs import REJECTS_DIR, merge_rejects
+from seqrec.batchinfer.outputs import REJECTS_DIR, REJECTS_FILE, merge_rejects
 from seqrec.batchinfer.summary import SUMMARY_FILE, build_summary, summary_line, write_summary
-from seqrec.batchinfer.writer import PartWriter
+from seqrec.batchinfer.writer import PartWriter, output_writes
 from seqrec.config import ScoreConfig
 
 
@@ -98,14 +98,19 @@ def _run(cfg: ScoreConfig, model: ScoringModel, plan: InputPlan, ledger: Ledger,
             from seqrec.batchinfer.ray_engine import run_ray
 
             run_ray(cfg, plan, todo, writer)
+    except BaseException:
+        writer.abort()  # a part the Ray engine left open (the local engine aborts its own): no .inprogress stays
+        raise
     finally:
         bar.close()
-    merge_rejects(out, [part.name for part in plan.parts], plan.user_type)
+    with output_writes(out / REJECTS_FILE, writer.kept):
+        merge_rejects(out, [part.name for part in plan.parts], plan.user_type)
     run = {**model.describe(), "engine": cfg.engine, "layout": cfg.layout, "form": plan.form, "input": cfg.input,
            "output": str(out), "resumed_parts": len(done)}
     summary = build_summary(ledger.entries, run, writer.users, time.perf_counter() - started)
-    write_summary(out, summary)
-    ledger.finish()
+    with output_writes(out / SUMMARY_FILE, writer.kept):
+        write_summary(out, summary)
+        ledger.finish()
     shutil.rmtree(out / REJECTS_DIR, ignore_errors=True)
     echo(summary_line(summary))
     return summary

@@ -65,7 +65,7 @@ from seqrec.batchinfer.inputs import LONG_FORM, InputPart, InputPlan, grouped_sc
 from seqrec.batchinfer.ledger import STAGING_DIR
 from seqrec.batchinfer.local import READ_BATCHES
 from seqrec.batchinfer.model import open_model
-from seqrec.batchinfer.writer import PartWriter
+from seqrec.batchinfer.writer import PartWriter, output_writes
 from seqrec import errors
 from seqrec.config import ScoreConfig
 from seqrec.errors import ConfigError, DataError, ScoringFailedError, SeqrecError, received_expected
@@ -264,7 +264,9 @@ def run_ray(cfg: ScoreConfig, plan: InputPlan, todo: list[InputPart], writer: Pa
             commit(index)
         try:
             for table in _scored(ray, cfg, plan, units):
-                for index in staged.add(table):
+                with output_writes(staging, writer.kept):  # Ray's results are staged in the output directory
+                    completed = staged.add(table)
+                for index in completed:
                     commit(index)
         except ray.exceptions.RayError as err:
             raise _stopped(ray, err, staged, paths, todo) from None
