@@ -466,9 +466,40 @@ def test_an_input_without_rows_scores_nothing_and_says_so(bundle, run_config, tm
     pq.write_table(pa.table({"user_id": pa.array([], pa.int64()), "history": pa.array([], pa.list_(pa.int64()))}),
                    tmp_path / "in" / "a.parquet")
     summary = score(run_config(bundle, tmp_path / "in"), echo=lambda line: None)
-    assert summary["users_scored"] == 0 and summary["users_rejected"] == 0
+    assert summary["users_scored"] == 0 and summary["users_rejected"] == 0 and summary["warnings"] == ["empty_input"]
     assert capsys.readouterr().err.strip() == (f"warning: the input '{tmp_path / 'in'}' has no rows (in 1 part): "
                                                 "nothing to score")
+
+
+def test_every_user_rejected_is_a_warning_naming_the_id_types_and_a_summary_field(bundle, run_config, tmp_path,
+                                                                                   capsys):
+    """A model trained on other ids scored no one with status 0 and only the counts to tell; stderr now names
+    the input's item id type against the vocabulary's, and ``_summary.json`` has ``warnings`` for a monitor.
+    The status stays 0 (``job._warnings`` says why)."""
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"user_id": [1, 2, 3], "history": [["i1"], ["i2", "i9"], ["i3"]]}),
+                   tmp_path / "in" / "a.parquet")
+    cfg = run_config(bundle, tmp_path / "in")
+    summary = score(cfg, echo=lambda line: None)
+    assert summary["users_scored"] == 0 and summary["input_users"] == 3 and summary["warnings"] == ["no_user_scored"]
+    assert json.loads((Path(cfg.output) / "_summary.json").read_text())["warnings"] == ["no_user_scored"]
+    assert capsys.readouterr().err.strip() == (
+        f"warning: no user of the input '{tmp_path / 'in'}' was scored: all 3 rejected (wrong_type 3); its item ids "
+        "are string, the model's vocabulary holds int64 ids (such as 1000, 1001, 1002): is the input meant for this "
+        "model?")
+
+
+def test_a_log_counts_its_users_beside_its_interactions(bundle, run_config, tmp_path):
+    """``input_rows`` of a log counts interactions, so scored + rejected never added up to it; ``input_users``
+    does, and the final line gives both."""
+    (tmp_path / "in").mkdir()
+    users = pa.table({"user_id": [1, 2, 3, 1], "history": [[1000, 1001], [1002, 1003, 1004], [5], [1005]]})
+    pq.write_table(as_long_log(users), tmp_path / "in" / "a.parquet")  # user 1 comes back: sorted, one user
+    lines = []
+    summary = score(run_config(bundle, tmp_path / "in"), echo=lines.append)
+    assert (summary["input_rows"], summary["input_users"], summary["users_scored"], summary["users_rejected"]) == (
+        7, 3, 2, 1) and summary["warnings"] == []
+    assert "; 1 part (3 users from 7 interactions); this run" in lines[-1]
 
 
 def test_a_log_time_that_is_no_time_rejects_its_user_for_a_model_without_times(bundle, run_config, tmp_path):

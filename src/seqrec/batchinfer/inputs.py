@@ -312,6 +312,13 @@ def grouped_schema(part: InputPart, plan: InputPlan) -> pa.Schema:
     return pa.schema(fields + times + [("row", pa.int64())])
 
 
+def item_id_type(plan: InputPlan) -> pa.DataType:
+    """The item ids' type as the input's first part stores them (``history``'s values or ``item_id``), for a
+    message comparing it with the vocabulary's."""
+    field = pq.read_schema(plan.parts[0].path).field("history" if plan.form == LIST_FORM else "item_id")
+    return field.type.value_type if plan.form == LIST_FORM else field.type
+
+
 def _as_lists(table: pa.Table, starts: np.ndarray, first_row: int, timestamps: bool, by_time: bool) -> pa.RecordBatch:
     """Rows [starts[g], starts[g + 1]) of ``table`` -> list-form row g, ordered by timestamp if ``by_time``,
     with the times as a list if ``timestamps``."""
