@@ -232,7 +232,8 @@ def readable(batches: Iterator[pa.RecordBatch], path: str, row_group: int | None
     """``batches`` of the Parquet file ``path``; a damaged page is a DataError naming the file, not an
     OSError from deep inside the job (planning read only the files' footers)."""
     try:
-        yield from batches
+        for batch in batches:
+            yield _plain_batch(batch)
     except (OSError, pa.ArrowException) as err:
         where = f", row group {row_group}" if row_group is not None else ""
         cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -241,7 +242,46 @@ def readable(batches: Iterator[pa.RecordBatch], path: str, row_group: int | None
 
 
 def _columns_schema(reader: pq.ParquetFile, plan: InputPlan) -> pa.Schema:
-    return pa.schema([reader.schema_arrow.field(name) for name in plan.columns()])
+    return plain_schema(pa.schema([reader.schema_arrow.field(name) for name in plan.columns()]))
+
+
+def plain_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` as ``readable`` gives its batches: view types as their plain forms (``plain_type``)."""
+    return pa.schema([field.with_type(plain_type(field.type)) for field in schema])
+
+
+def plain_type(kind: pa.DataType) -> pa.DataType:
+    """The plain form of a view type, which recent pyarrow writes and reads back (``string_view`` -> string,
+    ``list_view`` -> list, at any depth): read as those, the job's ids, lists and outputs stay in the types it
+    knows; any other type as it is."""
+    if pa.types.is_string_view(kind):
+        return pa.string()
+    if pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind):
+        return (pa.list_ if pa.types.is_list_view(kind) else pa.large_list)(plain_type(kind.value_type))
+    if (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and plain_type(kind.value_type) != kind.value_type:
+        return (pa.list_ if pa.types.is_list(kind) else pa.large_list)(plain_type(kind.value_type))
+    return kind
+
+
+def _plain_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    if all(plain_type(field.type) == field.type for field in batch.schema):
+        return batch
+    return pa.RecordBatch.from_arrays([_plain_array(column) for column in batch.columns],
+                                      schema=plain_schema(batch.schema))
+
+
+def _plain_array(values: pa.Array) -> pa.Array:
+    """``values`` in ``plain_type``. A list view is rebuilt from its flattened values: pyarrow 26 casts
+    ``list_view`` to ``list`` into an invalid array (an offsets buffer one entry short)."""
+    if plain_type(values.type) == values.type:
+        return values
+    if pa.types.is_list_view(values.type) or pa.types.is_large_list_view(values.type):
+        lengths = pc.fill_null(pc.list_value_length(values), 0).to_numpy()  # (N,)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])  # (N + 1,)
+        kind = pa.ListArray if pa.types.is_list_view(values.type) else pa.LargeListArray
+        width = pa.int32() if kind is pa.ListArray else pa.int64()
+        return kind.from_arrays(pa.array(offsets, width), _plain_array(pc.list_flatten(values)), mask=values.is_null())
+    return values.cast(plain_type(values.type))
 
 
 def _sorted_by_user(batches: Iterator[pa.RecordBatch], schema: pa.Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -494,8 +534,8 @@ def _id_type(kind: pa.DataType) -> pa.DataType | None:
         return kind
     if pa.types.is_integer(kind):
         return pa.int64()
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return pa.string()
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        return pa.string()  # a string_view column is read as string (``plain_type``)
     return None
 
 
@@ -506,9 +546,13 @@ def _item_type(kind: pa.DataType) -> pa.DataType | None:
 
 
 def _id_list_type(kind: pa.DataType) -> pa.DataType | None:
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        return _item_type(kind.value_type)
-    return None
+    return _item_type(kind.value_type) if _is_any_list(kind) else None
+
+
+def _is_any_list(kind: pa.DataType) -> bool:
+    """A list, large list or either's view (read as a list: ``plain_type``)."""
+    return (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_list_view(kind)
+            or pa.types.is_large_list_view(kind))
 
 
 def _time_type(kind: pa.DataType) -> pa.DataType | None:
@@ -520,6 +564,4 @@ def _time_type(kind: pa.DataType) -> pa.DataType | None:
 
 
 def _time_list_type(kind: pa.DataType) -> pa.DataType | None:
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        return _time_type(kind.value_type)
-    return None
+    return _time_type(kind.value_type) if _is_any_list(kind) else None
