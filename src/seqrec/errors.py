@@ -41,6 +41,11 @@ class ScoringFailedError(SeqrecError):
     """A scoring job stopped part way (a Ray actor raised or died): the parts it finished are kept for --resume."""
 
 
+class OutputWriteError(ScoringFailedError):
+    """A scoring job could not write its output (disk full, a file-size limit, permission lost): the parts it
+    committed are kept, nothing half written is left, and --resume scores the rest once the cause is fixed."""
+
+
 class TrainingDivergedError(SeqrecError):
     """The training loss became NaN or infinite: the weights can no longer learn."""
 

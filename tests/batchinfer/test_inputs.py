@@ -98,6 +98,37 @@ def test_symlinked_folders_are_followed_and_a_folder_reached_twice_is_refused(tm
         plan_input(str(tmp_path / "in"), tmp_path / "out", False)
 
 
+def test_a_glob_matching_folders_is_refused_naming_them_not_skipped(tmp_path):
+    """Spark writes ``hist_a.parquet/`` as a folder of part files: a glob skipping it dropped its users with
+    rc 0. A glob of partition folders (``dt=*``) is told the same, not that it found no Parquet file."""
+    write(tmp_path / "in" / "hist_a.parquet" / "part-00000.parquet", user_id=[1], history=[[1000]])
+    write(tmp_path / "in" / "hist_b.parquet", user_id=[2], history=[[1000]])
+    with pytest.raises(DataError, match=rf"input '.*in/\*\.parquet' \| received matches that are folders "
+                                        rf"\('{tmp_path}/in/hist_a.parquet'\), expected files: pass their parent "
+                                        rf"directory '{tmp_path}/in' \(a directory is read at any depth"):
+        plan_input(str(tmp_path / "in" / "*.parquet"), tmp_path / "out", False)
+    for day in range(5):
+        write(tmp_path / "hive" / f"dt={day}" / f"part-{day}.parquet", user_id=[day], history=[[1000]])
+    with pytest.raises(DataError, match=r"received matches that are folders \('.*/dt=0', '.*/dt=1', '.*/dt=2' and 2 "
+                                        r"more\), expected files: .* or a glob that reaches the files \(such as "
+                                        r"'.*/hive/dt=\*/\*\.parquet'\)"):
+        plan_input(str(tmp_path / "hive" / "dt=*"), tmp_path / "out", False)
+    assert len(plan_input(str(tmp_path / "hive" / "dt=*" / "*.parquet"), tmp_path / "out", False).parts) == 5
+
+
+def test_a_file_reached_twice_is_refused_naming_both_paths(tmp_path):
+    """A link beside its target (``b.parquet`` -> ``a.parquet``) would score the same users twice, into two
+    output parts; a folder reached twice already was refused."""
+    write(tmp_path / "in" / "dt=1" / "a.parquet", user_id=[1], history=[[1000]])
+    (tmp_path / "in" / "dt=2").mkdir()
+    (tmp_path / "in" / "dt=2" / "b.parquet").symlink_to(tmp_path / "in" / "dt=1" / "a.parquet")
+    for pattern, first, again in ((tmp_path / "in", "dt=1/a.parquet", "dt=2/b.parquet"),
+                                  (tmp_path / "in" / "*" / "*.parquet", "a.parquet", "b.parquet")):
+        with pytest.raises(DataError, match=rf"received the file '{first}' a second time, as '{again}' \(a symbolic "
+                                            r"or hard link\), expected each file once: its users would be scored twice"):
+            plan_input(str(pattern), tmp_path / "out", False)
+
+
 def test_an_output_inside_the_input_or_around_it_is_refused(tmp_path):
     """The input is read at any depth: an output inside it would be read as input by the next run."""
     write(tmp_path / "in" / "top.parquet", user_id=[1], history=[[1000]])

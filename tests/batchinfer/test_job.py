@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -466,9 +467,40 @@ def test_an_input_without_rows_scores_nothing_and_says_so(bundle, run_config, tm
     pq.write_table(pa.table({"user_id": pa.array([], pa.int64()), "history": pa.array([], pa.list_(pa.int64()))}),
                    tmp_path / "in" / "a.parquet")
     summary = score(run_config(bundle, tmp_path / "in"), echo=lambda line: None)
-    assert summary["users_scored"] == 0 and summary["users_rejected"] == 0
+    assert summary["users_scored"] == 0 and summary["users_rejected"] == 0 and summary["warnings"] == ["empty_input"]
     assert capsys.readouterr().err.strip() == (f"warning: the input '{tmp_path / 'in'}' has no rows (in 1 part): "
                                                 "nothing to score")
+
+
+def test_every_user_rejected_is_a_warning_naming_the_id_types_and_a_summary_field(bundle, run_config, tmp_path,
+                                                                                   capsys):
+    """A model trained on other ids scored no one with status 0 and only the counts to tell; stderr now names
+    the input's item id type against the vocabulary's, and ``_summary.json`` has ``warnings`` for a monitor.
+    The status stays 0 (``job._warnings`` says why)."""
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"user_id": [1, 2, 3], "history": [["i1"], ["i2", "i9"], ["i3"]]}),
+                   tmp_path / "in" / "a.parquet")
+    cfg = run_config(bundle, tmp_path / "in")
+    summary = score(cfg, echo=lambda line: None)
+    assert summary["users_scored"] == 0 and summary["input_users"] == 3 and summary["warnings"] == ["no_user_scored"]
+    assert json.loads((Path(cfg.output) / "_summary.json").read_text())["warnings"] == ["no_user_scored"]
+    assert capsys.readouterr().err.strip() == (
+        f"warning: no user of the input '{tmp_path / 'in'}' was scored: all 3 rejected (wrong_type 3); its item ids "
+        "are string, the model's vocabulary holds int64 ids (such as 1000, 1001, 1002): is the input meant for this "
+        "model?")
+
+
+def test_a_log_counts_its_users_beside_its_interactions(bundle, run_config, tmp_path):
+    """``input_rows`` of a log counts interactions, so scored + rejected never added up to it; ``input_users``
+    does, and the final line gives both."""
+    (tmp_path / "in").mkdir()
+    users = pa.table({"user_id": [1, 2, 3, 1], "history": [[1000, 1001], [1002, 1003, 1004], [5], [1005]]})
+    pq.write_table(as_long_log(users), tmp_path / "in" / "a.parquet")  # user 1 comes back: sorted, one user
+    lines = []
+    summary = score(run_config(bundle, tmp_path / "in"), echo=lines.append)
+    assert (summary["input_rows"], summary["input_users"], summary["users_scored"], summary["users_rejected"]) == (
+        7, 3, 2, 1) and summary["warnings"] == []
+    assert "; 1 part (3 users from 7 interactions); this run" in lines[-1]
 
 
 def test_a_log_time_that_is_no_time_rejects_its_user_for_a_model_without_times(bundle, run_config, tmp_path):
@@ -533,3 +565,33 @@ def test_the_default_batch_holds_a_long_windows_attention_to_a_gib_per_layer(tin
     assert resolved_score_config(run_config(long_window, batch_size=300)).batch_size == 300
     for short in (tiny_checkpoints("sasrec", "softmax"), tiny_checkpoints("gru4rec", "softmax", max_length=1024)):
         assert resolved_score_config(run_config(short, batch_size=None)).batch_size == 512
+
+
+def write_views(path: Path, table: pa.Table) -> Path:
+    """``table`` written with its strings as ``string_view`` and its lists as ``list_view``, as recent pyarrow
+    writes them (the Arrow schema in the footer keeps the view types); a skip where this pyarrow cannot."""
+    views = {pa.string(): pa.string_view(), pa.list_(pa.string()): pa.list_view(pa.string_view()),
+             pa.list_(pa.int64()): pa.list_view(pa.int64())}
+    try:
+        schema = pa.schema([(field.name, views.get(field.type, field.type)) for field in table.schema])
+        pq.write_table(pa.table([pa.array(table[name].to_pylist(), schema.field(name).type) for name in schema.names],
+                                schema=schema), path)
+    except (AttributeError, pa.ArrowNotImplementedError) as err:
+        pytest.skip(f"this pyarrow {pa.__version__} cannot write string_view / list_view to Parquet: {err}")
+    assert pq.read_schema(path) == schema
+    return path
+
+
+def test_string_view_and_list_view_columns_are_read_as_string_and_list(bundle, run_config, tmp_path):
+    """They were refused up front as 'received string_view, expected integer or string user ids'; they are read
+    as string and list, and score as the plain file does, list form and log alike."""
+    lists = pa.table({"user_id": ["u1", "u2", "u3"], "history": [["1000", "1001"], None, ["1002", "5", "1003"]]})
+    for name, table in {"lists": lists, "log": as_long_log(lists.filter(pc.is_valid(lists["history"])))}.items():
+        (tmp_path / name / "plain").mkdir(parents=True)
+        (tmp_path / name / "views").mkdir()
+        pq.write_table(table, tmp_path / name / "plain" / "a.parquet")
+        write_views(tmp_path / name / "views" / "a.parquet", table)
+        plain, views = (run_config(bundle, tmp_path / name / kind) for kind in ("plain", "views"))
+        score(plain, echo=lambda line: None)
+        assert score(views, echo=lambda line: None)["users_scored"] == 2
+        assert read_dir(views.output) == read_dir(plain.output)

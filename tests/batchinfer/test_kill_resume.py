@@ -2,6 +2,7 @@
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -21,20 +22,25 @@ from histories import read_dir, write_parts
 PARTS, USERS = 8, 800
 
 
-def start(bundle: Path, inputs: Path, out: Path, resume: bool) -> subprocess.Popen:
+def start(bundle: Path, inputs: Path, out: Path, resume: bool, file_size_limit: int | None = None) -> subprocess.Popen:
+    """The CLI job in a process of its own; ``file_size_limit``: bytes any file it writes may reach (RLIMIT_FSIZE)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(seqrec.__file__).parents[1]),
                                                         os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "seqrec.cli", "score", str(bundle), "--input", str(inputs), "--output", str(out),
                "--batch-size", "16", "--threads", "1", "--quiet"] + (["--resume"] if resume else [])
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=_default_ctrl_c)
+                            preexec_fn=lambda: _default_ctrl_c(file_size_limit))
 
 
-def _default_ctrl_c() -> None:
+def _default_ctrl_c(file_size_limit: int | None = None) -> None:
     """The job takes Ctrl-C as a terminal's job does, even when this test runs in a background job (`cmd &`
     in a script): there SIGINT is ignored, the job inherits that, Python then installs no KeyboardInterrupt
-    handler, and the Ctrl-C test saw the job finish with status 0."""
+    handler, and the Ctrl-C test saw the job finish with status 0. With ``file_size_limit`` a write beyond it
+    fails with EFBIG, as on a full disk: Python ignores SIGXFSZ (at its start, and the ignoring survives exec),
+    so the write returns the error instead of the signal killing the process."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if file_size_limit is not None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
 
 def kill_when(process: subprocess.Popen, ready, timeout: float = 180.0) -> None:
@@ -104,3 +110,24 @@ def test_ctrl_c_or_sigterm_says_what_is_finished_and_how_to_go_on(bundle, tmp_pa
     assert message == (f"{word}: {done} of {PARTS} parts are finished in '{out}'; run the same command "
                        "with --resume to score the rest")
     assert "Traceback" not in message
+
+
+def test_a_write_failure_is_one_error_line_and_resume_finishes_the_job(bundle, run_config, tmp_path):
+    """A disk that fills part way (here a file-size limit: EFBIG) ended in a 50-line traceback from inside
+    Arrow. It is one line naming the output part, the system's words and what to do; the parts committed
+    stay, nothing half written is left, and the same command with --resume ends as an uninterrupted run."""
+    inputs = write_parts(tmp_path / "in", parts=1, users=40, seed=5)
+    write_parts(tmp_path / "big", parts=2, users=3000, seed=6, row_group=500)
+    (tmp_path / "big" / "part-001.parquet").rename(inputs / "part-001.parquet")  # its output outgrows the limit
+    out = tmp_path / "out"
+    job = start(bundle, inputs, out, resume=False, file_size_limit=64 * 1024)
+    lines = job.communicate(timeout=180)[0].decode().strip().splitlines()
+    assert job.returncode == 1 and lines == [
+        f"Error: writing '{out / 'part-001.parquet'}' | received File too large (EFBIG), expected room and permission "
+        "to write the output: free disk space (or raise the file-size limit, ulimit -f) or fix the permissions, then "
+        "run the same command with --resume (the 1 of 2 parts committed are kept)"]
+    assert parts_done(out) == ["part-000.parquet"] and not list(out.rglob("*.inprogress"))
+    reference = run_config(bundle, inputs, batch_size=16)
+    score(reference, echo=lambda line: None)
+    score(run_config(bundle, inputs, batch_size=16, output=str(out), resume=True), echo=lambda line: None)
+    assert read_dir(out) == read_dir(reference.output)

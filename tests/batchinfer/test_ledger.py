@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from seqrec.batchinfer.inputs import plan_input
 from seqrec.batchinfer.ledger import LEDGER_FILE, Ledger
 from seqrec.errors import ConfigError
 
@@ -105,3 +109,54 @@ def test_a_resume_removes_what_a_kill_left_half_written_at_any_depth(tmp_path):
         (tmp_path / leftover).write_bytes(b"half a part")
     Ledger.open(tmp_path, job(), resume=True).close()
     assert [leftover for leftover in leftovers if (tmp_path / leftover).exists()] == []
+
+
+def write_plain(path, seed: int, users: int = 2000) -> None:
+    """A part without compression, dictionary or statistics, 20 items a user: rewritten with other items, its
+    size and Parquet footer stay the same (as ``samefoot.sh`` of the review found)."""
+    items = np.random.default_rng(seed).integers(1, 500, 20 * users)
+    offsets = pa.array(np.arange(0, 20 * users + 1, 20, dtype=np.int32))
+    table = pa.table({"user_id": np.arange(users), "history": pa.ListArray.from_arrays(offsets, pa.array(items))})
+    pq.write_table(table, path, compression="none", use_dictionary=False, write_statistics=False)
+
+
+def real_job(inputs, footer_only: bool = False) -> dict:
+    """The job line of the parts in ``inputs`` as they are now; ``footer_only``: with the fingerprints a ledger
+    written before the content sample holds (``<size>:<footer digest>``)."""
+    parts = [[part.name, part.path, part.rows, part.fingerprint] for part in plan_input(str(inputs), inputs.parent / "o",
+                                                                                        False).parts]
+    return job([[*part[:3], ":".join(part[3].split(":")[1:3]) if footer_only else part[3]] for part in parts])
+
+
+def test_a_scored_part_rewritten_with_the_same_size_and_footer_is_refused(tmp_path):
+    """The fingerprint was size and footer: a scored part rewritten with other items but the same footer passed,
+    and the resume kept its stale output. A sample of its content now tells them apart."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name, seed in (("a.parquet", 1), ("b.parquet", 2)):
+        write_plain(inputs / name, seed)
+    Ledger.open(tmp_path / "out", real_job(inputs), resume=False).record({"part": "a.parquet", "rows": 2000})
+    before = real_job(inputs, footer_only=True)
+    write_plain(inputs / "a.parquet", seed=3)
+    assert real_job(inputs, footer_only=True) == before  # the old fingerprint sees no change
+    with pytest.raises(ConfigError, match=r"differs in input parts a.parquet \(added, removed or rewritten\)\)"):
+        Ledger.open(tmp_path / "out", real_job(inputs), resume=True)
+
+
+def test_a_ledger_of_footer_only_fingerprints_resumes_and_still_sees_a_footer_change(tmp_path):
+    """A job begun before the content sample is resumed after the upgrade: its parts are compared by the old
+    fingerprint's own definition, not all found rewritten; the job line is restated with the new ones."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name, seed in (("a.parquet", 1), ("b.parquet", 2)):
+        write_plain(inputs / name, seed)
+    for directory in (tmp_path / "old", tmp_path / "old_changed"):
+        Ledger.open(directory, real_job(inputs, footer_only=True), resume=False).record({"part": "a.parquet",
+                                                                                          "rows": 2000})
+    ledger = Ledger.open(tmp_path / "old", real_job(inputs), resume=True)
+    ledger.close()
+    assert ledger.rewritten == [] and set(ledger.done) == {"a.parquet"}
+    assert json.loads((tmp_path / "old" / LEDGER_FILE).read_text().splitlines()[-1]) == {"job": real_job(inputs)}
+    write_plain(inputs / "a.parquet", seed=1, users=1999)
+    with pytest.raises(ConfigError, match=r"differs in input parts a.parquet \(added, removed or rewritten\)\)"):
+        Ledger.open(tmp_path / "old_changed", real_job(inputs), resume=True)

@@ -64,7 +64,7 @@ class InputPart:
     path: str  # absolute
     name: str  # the output part's path under the output: the part's under a directory input, else its file name
     rows: int  # input rows (users in the list form, interactions in the long form)
-    fingerprint: str = ""  # size and footer digest (``part_fingerprint``): a rewritten part is another part
+    fingerprint: str = ""  # size, footer and content sample digests (``part_fingerprint``): a rewritten part is another
     grouped: bool = True  # each user's rows contiguous (always, in the list form); else sorted before grouping
 
 
@@ -163,18 +163,57 @@ def first_return(path: str, batch_rows: int = 1 << 20) -> tuple[object, int] | N
     return None
 
 
+FINGERPRINT_VERSION = "v2"  # v1, the ledgers written before it: "<size>:<footer digest>"
+SAMPLE_BLOCKS, SAMPLE_BLOCK = 16, 4096  # the content sample: 64 KiB read per part, whatever its size
+
+
 def part_fingerprint(path: str) -> str:
-    """The file's size and a digest of its Parquet footer (schema, row groups, their byte sizes and
-    statistics): rewriting a part with other users, even as many, changes it; copying it does not.
-    Not a hash of the data pages, which would read the whole input before any work."""
+    """``v2:<size>:<footer digest>:<sample digest>``: the file's size, a digest of its Parquet footer (schema,
+    row groups, their byte sizes and statistics) and a digest of ``SAMPLE_BLOCKS`` blocks of ``SAMPLE_BLOCK``
+    bytes evenly spaced through the file (all of a file smaller than that). So a rewritten part is another
+    part where the rewrite changes its size, its footer or a sampled byte: a part rewritten with other users
+    changes them all, even one written without compression, dictionary or statistics, whose footer and size
+    stay the same (the sample lands in its data pages); copying it changes none. Bounded: at most 64 KiB and
+    the footer read per part, so planning a 100 GB input stays fast; a rewrite that changes only bytes
+    between the samples, size and footer unchanged, is not seen."""
     size = os.path.getsize(path)
     with open(path, "rb") as handle:
-        handle.seek(max(size - 8, 0))
-        tail = handle.read(8)  # footer length (little-endian uint32) and the magic "PAR1"
-        footer_length = int.from_bytes(tail[:4], "little") if len(tail) == 8 else 0
-        handle.seek(max(size - 8 - footer_length, 0))
-        footer = handle.read(footer_length)
-    return f"{size}:{hashlib.sha256(footer).hexdigest()[:16]}"
+        footer = _footer(handle, size)
+        sample = b"".join(_block(handle, offset) for offset in _sample_offsets(size))
+    return f"{FINGERPRINT_VERSION}:{size}:{_digest(footer)}:{_digest(sample)}"
+
+
+def same_part(recorded: str, current: str) -> bool:
+    """Whether the fingerprint ``recorded`` in a ledger and the ``current`` one say the part is unchanged. A v1
+    fingerprint (size and footer digest, from a ledger written before v2) is compared by its own definition,
+    with the same fields of ``current``: upgrading does not make every part of a running job look rewritten."""
+    if recorded.startswith(f"{FINGERPRINT_VERSION}:") or not current.startswith(f"{FINGERPRINT_VERSION}:"):
+        return recorded == current
+    return recorded == ":".join(current.split(":")[1:3])
+
+
+def _footer(handle, size: int) -> bytes:
+    handle.seek(max(size - 8, 0))
+    tail = handle.read(8)  # footer length (little-endian uint32) and the magic "PAR1"
+    footer_length = int.from_bytes(tail[:4], "little") if len(tail) == 8 else 0
+    handle.seek(max(size - 8 - footer_length, 0))
+    return handle.read(footer_length)
+
+
+def _sample_offsets(size: int) -> list[int]:
+    """Where the sampled blocks begin: the first at 0, the last ending at the end of the file."""
+    if size <= SAMPLE_BLOCKS * SAMPLE_BLOCK:
+        return list(range(0, size, SAMPLE_BLOCK))
+    return [(size - SAMPLE_BLOCK) * block // (SAMPLE_BLOCKS - 1) for block in range(SAMPLE_BLOCKS)]
+
+
+def _block(handle, offset: int) -> bytes:
+    handle.seek(offset)
+    return handle.read(SAMPLE_BLOCK)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def read_part(part: InputPart, plan: InputPlan, batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -193,7 +232,8 @@ def readable(batches: Iterator[pa.RecordBatch], path: str, row_group: int | None
     """``batches`` of the Parquet file ``path``; a damaged page is a DataError naming the file, not an
     OSError from deep inside the job (planning read only the files' footers)."""
     try:
-        yield from batches
+        for batch in batches:
+            yield _plain_batch(batch)
     except (OSError, pa.ArrowException) as err:
         where = f", row group {row_group}" if row_group is not None else ""
         cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -202,7 +242,46 @@ def readable(batches: Iterator[pa.RecordBatch], path: str, row_group: int | None
 
 
 def _columns_schema(reader: pq.ParquetFile, plan: InputPlan) -> pa.Schema:
-    return pa.schema([reader.schema_arrow.field(name) for name in plan.columns()])
+    return plain_schema(pa.schema([reader.schema_arrow.field(name) for name in plan.columns()]))
+
+
+def plain_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` as ``readable`` gives its batches: view types as their plain forms (``plain_type``)."""
+    return pa.schema([field.with_type(plain_type(field.type)) for field in schema])
+
+
+def plain_type(kind: pa.DataType) -> pa.DataType:
+    """The plain form of a view type, which recent pyarrow writes and reads back (``string_view`` -> string,
+    ``list_view`` -> list, at any depth): read as those, the job's ids, lists and outputs stay in the types it
+    knows; any other type as it is."""
+    if pa.types.is_string_view(kind):
+        return pa.string()
+    if pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind):
+        return (pa.list_ if pa.types.is_list_view(kind) else pa.large_list)(plain_type(kind.value_type))
+    if (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and plain_type(kind.value_type) != kind.value_type:
+        return (pa.list_ if pa.types.is_list(kind) else pa.large_list)(plain_type(kind.value_type))
+    return kind
+
+
+def _plain_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    if all(plain_type(field.type) == field.type for field in batch.schema):
+        return batch
+    return pa.RecordBatch.from_arrays([_plain_array(column) for column in batch.columns],
+                                      schema=plain_schema(batch.schema))
+
+
+def _plain_array(values: pa.Array) -> pa.Array:
+    """``values`` in ``plain_type``. A list view is rebuilt from its flattened values: pyarrow 26 casts
+    ``list_view`` to ``list`` into an invalid array (an offsets buffer one entry short)."""
+    if plain_type(values.type) == values.type:
+        return values
+    if pa.types.is_list_view(values.type) or pa.types.is_large_list_view(values.type):
+        lengths = pc.fill_null(pc.list_value_length(values), 0).to_numpy()  # (N,)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])  # (N + 1,)
+        kind = pa.ListArray if pa.types.is_list_view(values.type) else pa.LargeListArray
+        width = pa.int32() if kind is pa.ListArray else pa.int64()
+        return kind.from_arrays(pa.array(offsets, width), _plain_array(pc.list_flatten(values)), mask=values.is_null())
+    return values.cast(plain_type(values.type))
 
 
 def _sorted_by_user(batches: Iterator[pa.RecordBatch], schema: pa.Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -273,6 +352,13 @@ def grouped_schema(part: InputPart, plan: InputPlan) -> pa.Schema:
     return pa.schema(fields + times + [("row", pa.int64())])
 
 
+def item_id_type(plan: InputPlan) -> pa.DataType:
+    """The item ids' type as the input's first part stores them (``history``'s values or ``item_id``), for a
+    message comparing it with the vocabulary's."""
+    field = pq.read_schema(plan.parts[0].path).field("history" if plan.form == LIST_FORM else "item_id")
+    return field.type.value_type if plan.form == LIST_FORM else field.type
+
+
 def _as_lists(table: pa.Table, starts: np.ndarray, first_row: int, timestamps: bool, by_time: bool) -> pa.RecordBatch:
     """Rows [starts[g], starts[g + 1]) of ``table`` -> list-form row g, ordered by timestamp if ``by_time``,
     with the times as a list if ``timestamps``."""
@@ -310,12 +396,58 @@ def _resolve(pattern: str) -> list[tuple[str, str]]:
     elif path.is_file():
         found = [(str(path), path.name)]
     else:
-        found = [(p, Path(p).name) for p in glob.glob(pattern) if os.path.isfile(p)]
+        found = _glob_parts(pattern)
     if not found:
         where = " at any depth (files and folders starting with _ or . are skipped)" if path.is_dir() else ""
         raise DataError(received_expected(f"input '{pattern}'", f"no Parquet file{where}",
                                           "a Parquet file, a directory of *.parquet parts or a glob matching some"))
+    _refuse_files_reached_twice(found, pattern)
     return sorted((os.path.abspath(p), name) for p, name in found)
+
+
+def _refuse_files_reached_twice(found: list[tuple[str, str]], pattern: str) -> None:
+    """A file reached under two names (``b.parquet``, a link to ``a.parquet`` beside it) is a DataError naming
+    both: its users would be scored twice, into two output parts. Compared by device and inode, as folders are
+    (``_visible_folders``)."""
+    seen: dict[tuple[int, int], str] = {}
+    for path, name in sorted(found):
+        status = os.stat(path)
+        identity = (status.st_dev, status.st_ino)
+        if identity in seen:
+            raise _reached_twice(pattern, "file", seen[identity], name, "a symbolic or hard link",
+                                 "its users would be scored twice")
+        seen[identity] = name
+
+
+def _reached_twice(pattern: str, kind: str, first: str, again: str, how: str, harm: str) -> DataError:
+    return DataError(received_expected(f"input '{pattern}'", f"the {kind} '{first}' a second time, as '{again}' "
+                                       f"({how})", f"each {kind} once: {harm} (remove the link)"))
+
+
+def _glob_parts(pattern: str) -> list[tuple[str, str]]:
+    """(path, file name) of every match of the glob ``pattern``. A match that is a folder (a Spark-written
+    ``events.parquet/`` of part files, a Hive ``dt=...`` partition) is refused by name rather than skipped,
+    which would drop its users without a word; so is a match that is no file at all (a broken link)."""
+    matches = sorted(glob.glob(pattern))
+    folders = [match for match in matches if os.path.isdir(match)]
+    if folders:
+        parents = sorted({str(Path(folder).parent) for folder in folders})
+        parent = f" '{parents[0]}'" if len(parents) == 1 else "s"
+        raise DataError(received_expected(
+            f"input '{pattern}'", f"matches that are folders ({_first_few(folders)})",
+            f"files: pass their parent directory{parent} (a directory is read at any depth, each part named by its "
+            f"path under it) or a glob that reaches the files (such as '{os.path.join(pattern, '*.parquet')}')"))
+    strays = [match for match in matches if not os.path.isfile(match)]
+    if strays:
+        raise DataError(received_expected(f"input '{pattern}'", f"matches that are not files ({_first_few(strays)})",
+                                          "Parquet files (a broken link? remove it or fix its target)"))
+    return [(match, Path(match).name) for match in matches]
+
+
+def _first_few(paths: list[str], shown: int = 3) -> str:
+    """``'a', 'b', 'c' and 2 more``: enough paths to find them, however many there are."""
+    named = ", ".join(f"'{path}'" for path in paths[:shown])
+    return named + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
 
 
 def _directory_parts(root: Path, pattern: str) -> list[tuple[str, str]]:
@@ -343,10 +475,8 @@ def _visible_folders(root: Path, pattern: str) -> list[Path]:
         status = folder.stat()
         identity = (status.st_dev, status.st_ino)
         if identity in seen:
-            raise DataError(received_expected(
-                f"input '{pattern}'", f"the folder '{_under(root, seen[identity])}' a second time, as "
-                f"'{_under(root, folder)}' (a symbolic link)", "each folder once: its parts would be read twice, "
-                "or without end (remove the link)"))
+            raise _reached_twice(pattern, "folder", _under(root, seen[identity]), _under(root, folder),
+                                 "a symbolic link", "its parts would be read twice, or without end")
         seen[identity] = folder
         folders.append(folder)
         pending += sorted((child for child in folder.iterdir() if not child.name.startswith(("_", "."))
@@ -404,8 +534,8 @@ def _id_type(kind: pa.DataType) -> pa.DataType | None:
         return kind
     if pa.types.is_integer(kind):
         return pa.int64()
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return pa.string()
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        return pa.string()  # a string_view column is read as string (``plain_type``)
     return None
 
 
@@ -416,9 +546,13 @@ def _item_type(kind: pa.DataType) -> pa.DataType | None:
 
 
 def _id_list_type(kind: pa.DataType) -> pa.DataType | None:
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        return _item_type(kind.value_type)
-    return None
+    return _item_type(kind.value_type) if _is_any_list(kind) else None
+
+
+def _is_any_list(kind: pa.DataType) -> bool:
+    """A list, large list or either's view (read as a list: ``plain_type``)."""
+    return (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_list_view(kind)
+            or pa.types.is_large_list_view(kind))
 
 
 def _time_type(kind: pa.DataType) -> pa.DataType | None:
@@ -430,6 +564,4 @@ def _time_type(kind: pa.DataType) -> pa.DataType | None:
 
 
 def _time_list_type(kind: pa.DataType) -> pa.DataType | None:
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        return _time_type(kind.value_type)
-    return None
+    return _time_type(kind.value_type) if _is_any_list(kind) else None

@@ -15,12 +15,12 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from seqrec.batchinfer.core import BatchScorer
-from seqrec.batchinfer.inputs import LIST_FORM, InputPlan, plan_input
+from seqrec.batchinfer.inputs import LIST_FORM, InputPlan, item_id_type, plan_input
 from seqrec.batchinfer.ledger import Ledger
 from seqrec.batchinfer.model import DEFAULT_SCORE_BATCH, ScoringModel, open_model
-from seqrec.batchinfer.outputs import REJECTS_DIR, merge_rejects
+from seqrec.batchinfer.outputs import REJECTS_DIR, REJECTS_FILE, merge_rejects
 from seqrec.batchinfer.summary import SUMMARY_FILE, build_summary, summary_line, write_summary
-from seqrec.batchinfer.writer import PartWriter
+from seqrec.batchinfer.writer import PartWriter, output_writes
 from seqrec.config import ScoreConfig
 
 
@@ -98,17 +98,43 @@ def _run(cfg: ScoreConfig, model: ScoringModel, plan: InputPlan, ledger: Ledger,
             from seqrec.batchinfer.ray_engine import run_ray
 
             run_ray(cfg, plan, todo, writer)
+    except BaseException:
+        writer.abort()  # a part the Ray engine left open (the local engine aborts its own): no .inprogress stays
+        raise
     finally:
         bar.close()
-    merge_rejects(out, [part.name for part in plan.parts], plan.user_type)
+    with output_writes(out / REJECTS_FILE, writer.kept):
+        merge_rejects(out, [part.name for part in plan.parts], plan.user_type)
     run = {**model.describe(), "engine": cfg.engine, "layout": cfg.layout, "form": plan.form, "input": cfg.input,
            "output": str(out), "resumed_parts": len(done)}
     summary = build_summary(ledger.entries, run, writer.users, time.perf_counter() - started)
-    write_summary(out, summary)
-    ledger.finish()
+    summary["warnings"] = _warnings(summary, plan, model)
+    with output_writes(out / SUMMARY_FILE, writer.kept):
+        write_summary(out, summary)
+        ledger.finish()
     shutil.rmtree(out / REJECTS_DIR, ignore_errors=True)
     echo(summary_line(summary))
     return summary
+
+
+def _warnings(summary: dict, plan: InputPlan, model: ScoringModel) -> list[str]:
+    """What a monitor should look at in a job that ran to its end (``_summary.json``'s ``warnings``):
+    ``empty_input`` (no rows, said on stderr before the job began) and ``no_user_scored`` (users met, every one
+    rejected; said here on stderr, naming the input's item id type against the vocabulary's, the usual cause:
+    a model trained on other ids). The exit status stays 0 for both: the job did what it was asked and its
+    output is complete and final (a rerun gives the same rejects, so a scheduler retrying a failed job gains
+    nothing), and a part of only new items, all unknown to the model, is a day's data, not a fault."""
+    if summary["input_rows"] == 0:
+        return ["empty_input"]
+    if summary["users_scored"] or not summary["input_users"]:
+        return []
+    vocab = model.vocab.items
+    reasons = ", ".join(f"{reason} {count:,}" for reason, count in summary["rejected_by_reason"].items())
+    _stderr_line(f"warning: no user of the input '{summary['input']}' was scored: all {summary['input_users']:,} "
+                 f"rejected ({reasons}); its item ids are {item_id_type(plan)}, the model's vocabulary holds "
+                 f"{vocab.type} ids (such as {', '.join(repr(item) for item in vocab.slice(0, 3).to_pylist())}): "
+                 "is the input meant for this model?")
+    return ["no_user_scored"]
 
 
 def _stderr_line(line: str) -> None:

@@ -3,8 +3,9 @@
 ``DIR/_ledger.jsonl``, appended and fsynced, one JSON object per line:
 
 - first line ``{"job": {...}}``: what the output depends on (model, backend, top-K, exclude-seen,
-  layout, input parts with their rows, size and footer digest); ``--resume`` refuses a ledger of a
-  different job, naming what differs (for parts: which were added, removed or rewritten), except
+  layout, input parts with their rows and fingerprint: size, footer and content sample digests, or size and
+  footer in a ledger written before the sample, compared as such: ``same_part``); ``--resume`` refuses a
+  ledger of a different job, naming what differs (for parts: which were added, removed or rewritten), except
   for parts rewritten before they were scored (a damaged part written again): the resume appends
   the job line with their new digests, and the last job line is the one later resumes must match;
 - ``{"part": name, "input": path, "rows": .., "users_scored": .., "rejected": {reason: n},
@@ -29,6 +30,7 @@ import os
 import shutil
 from pathlib import Path
 
+from seqrec.batchinfer.inputs import same_part
 from seqrec.batchinfer.outputs import REJECTS_DIR, TEMP_SUFFIX, fsync_directory
 from seqrec.directories import unusable_path
 from seqrec.errors import ConfigError, DataError, received_expected
@@ -189,14 +191,15 @@ def _rewritten_unscored(before: list, now: list, done: set[str]) -> list[str] | 
     rewritten after it was scored."""
     if [entry[0] for entry in before] != [entry[0] for entry in now]:
         return None  # a part added, removed or renamed
-    rewritten = [new[0] for old, new in zip(before, now) if _content(old) != _content(new)]
+    rewritten = [new[0] for old, new in zip(before, now) if not _same_content(old, new)]
     return None if done & set(rewritten) else rewritten
 
 
-def _content(entry: list) -> list:
-    """A part's entry in a job line ([name, path, rows, fingerprint]) without its path: an input moved to
-    another folder, its parts unchanged, is the same input."""
-    return [entry[0], *entry[2:]]
+def _same_content(recorded: list, current: list) -> bool:
+    """Two entries of a job line ([name, path, rows, fingerprint]) are the same part whatever their paths (an
+    input moved to another folder, its parts unchanged, is the same input); fingerprints compared by
+    ``same_part``, so a ledger written before the content sample still resumes."""
+    return recorded[0] == current[0] and recorded[2] == current[2] and same_part(recorded[3], current[3])
 
 
 def _differences(recorded: dict, job: dict, done: set[str]) -> str:
@@ -228,6 +231,8 @@ def recorded_parts(directory: Path) -> tuple[int, int] | None:
 
 
 def _changed_parts(recorded: list, current: list) -> list[str]:
-    """Names of the input parts added, removed or rewritten (size or footer) since the ledger was begun."""
-    before, now = ({entry[0]: _content(entry) for entry in parts} for parts in (recorded, current))
-    return sorted(name for name in set(before) | set(now) if before.get(name) != now.get(name))[:5]
+    """Names of the input parts added, removed or rewritten (size, footer or sampled content) since the ledger
+    was begun."""
+    before, now = ({entry[0]: entry for entry in parts} for parts in (recorded, current))
+    return sorted(name for name in set(before) | set(now)
+                  if name not in before or name not in now or not _same_content(before[name], now[name]))[:5]

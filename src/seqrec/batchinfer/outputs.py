@@ -137,10 +137,14 @@ class PartSink:
         return self.counts
 
     def abort(self) -> None:
-        """Close and remove the half-written files (the part stays unfinished: a resume scores it again)."""
-        self.writer.close()
-        if self.rejects_writer is not None:
-            self.rejects_writer.close()
+        """Close and remove the half-written files (the part stays unfinished: a resume scores it again). A
+        close that fails (the disk that stopped the part is still full) does not keep them from going."""
+        for writer in (self.writer, self.rejects_writer):
+            try:
+                if writer is not None:
+                    writer.close()
+            except OSError:
+                pass  # the file is removed next; the error that stopped the part is the one raised
         temp_path(self.final).unlink(missing_ok=True)
         temp_path(self.rejects_final).unlink(missing_ok=True)
 

@@ -61,11 +61,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from seqrec.batchinfer.core import BatchScorer, result_schema
-from seqrec.batchinfer.inputs import LONG_FORM, InputPart, InputPlan, grouped_schema, read_part, readable
+from seqrec.batchinfer.inputs import (LONG_FORM, InputPart, InputPlan, grouped_schema, plain_schema, read_part,
+                                      readable)
 from seqrec.batchinfer.ledger import STAGING_DIR
 from seqrec.batchinfer.local import READ_BATCHES
 from seqrec.batchinfer.model import open_model
-from seqrec.batchinfer.writer import PartWriter
+from seqrec.batchinfer.writer import PartWriter, output_writes
 from seqrec import errors
 from seqrec.config import ScoreConfig
 from seqrec.errors import ConfigError, DataError, ScoringFailedError, SeqrecError, received_expected
@@ -147,7 +148,7 @@ class RayScorer:
 
     def _result_schema(self, reader: pq.ParquetFile) -> pa.Schema:
         """What ``score_unit`` returns, also when its row group could not be read at all."""
-        scored = result_schema(pa.schema([reader.schema_arrow.field(name) for name in self.columns]),
+        scored = result_schema(plain_schema(pa.schema([reader.schema_arrow.field(name) for name in self.columns])),
                                self.scorer.item_type)
         return scored.append(pa.field(SEQUENCE, pa.int64())).append(pa.field(ACTOR_SECONDS, pa.float64()))
 
@@ -264,7 +265,9 @@ def run_ray(cfg: ScoreConfig, plan: InputPlan, todo: list[InputPart], writer: Pa
             commit(index)
         try:
             for table in _scored(ray, cfg, plan, units):
-                for index in staged.add(table):
+                with output_writes(staging, writer.kept):  # Ray's results are staged in the output directory
+                    completed = staged.add(table)
+                for index in completed:
                     commit(index)
         except ray.exceptions.RayError as err:
             raise _stopped(ray, err, staged, paths, todo) from None

@@ -19,16 +19,25 @@ def peak_rss_mb() -> float:
 
 
 def build_summary(entries: list[dict], run: dict, users_this_run: int, wall_seconds: float) -> dict:
-    """Totals over the ledger ``entries`` (this run's parts and earlier runs'), plus ``run`` facts."""
+    """Totals over the ledger ``entries`` (this run's parts and earlier runs'), plus ``run`` facts.
+
+    ``input_rows`` counts the parts' rows: users in the list form, interactions in the long form.
+    ``input_users`` counts the users met in the input, before duplicate handling: one per list-form row, one
+    per run of a user's rows in a grouped log (a part's rows sorted by user first where its users interleave),
+    each row with a null user id one. A user met twice in a part counts twice, the second time among the
+    rejects (``duplicate_user``), so ``input_users`` = ``users_scored`` + ``users_rejected`` always, and
+    distinct users are ``input_users`` less the ``duplicate_user`` rejects."""
     rejected: dict[str, int] = {}
     for entry in entries:
         for reason, count in entry["rejected"].items():
             rejected[reason] = rejected.get(reason, 0) + count
+    scored = sum(entry["users_scored"] for entry in entries)
     return {
         **run,
         "parts": len(entries),
         "input_rows": sum(entry["rows"] for entry in entries),
-        "users_scored": sum(entry["users_scored"] for entry in entries),
+        "input_users": scored + sum(rejected.values()),
+        "users_scored": scored,
         "users_rejected": sum(rejected.values()),
         "rejected_by_reason": dict(sorted(rejected.items())),
         "unknown_items_dropped": sum(entry["unknown_items_dropped"] for entry in entries),
@@ -53,6 +62,14 @@ def summary_line(summary: dict) -> str:
     return (f"scored {summary['users_scored']:,} users"
             f"{f' ({empty:,} with no item left to recommend)' if empty else ''}, rejected {summary['users_rejected']:,}"
             f"{f' ({reasons})' if reasons else ''}, dropped {summary['unknown_items_dropped']:,} unknown items; "
-            f"{summary['parts']} part{'s' if summary['parts'] != 1 else ''}; this run {summary['users_this_run']:,} users in {summary['wall_seconds']:.1f} s "
+            f"{summary['parts']} part{'s' if summary['parts'] != 1 else ''}{_users_of_a_log(summary)}; this run {summary['users_this_run']:,} users in {summary['wall_seconds']:.1f} s "
             f"({summary['users_per_second']:,.0f} users/s), peak RSS {summary['peak_rss_mb']:,.0f} MB "
             f"-> {summary['output']}")
+
+
+def _users_of_a_log(summary: dict) -> str:
+    """`` (1,200 users from 25,000 interactions)`` for an interaction log, whose rows are no users; nothing for
+    the list form (or a summary written before ``input_users``)."""
+    if summary.get("form") != "long" or "input_users" not in summary:
+        return ""
+    return f" ({summary['input_users']:,} users from {summary['input_rows']:,} interactions)"

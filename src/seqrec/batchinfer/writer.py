@@ -2,15 +2,44 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pyarrow as pa
 
 from seqrec.batchinfer.inputs import InputPart, InputPlan
 from seqrec.batchinfer.ledger import Ledger
-from seqrec.batchinfer.outputs import PartSink
+from seqrec.batchinfer.outputs import PartSink, temp_path
+from seqrec.errors import OutputWriteError, received_expected
+
+
+@contextmanager
+def output_writes(target: Path | str, kept: Callable[[], str]) -> Iterator[None]:
+    """An OSError while writing ``target`` (disk full, a file-size limit, permission lost) as one
+    OutputWriteError naming the file, what the system said and what to do, instead of a traceback from
+    inside Arrow. The job's state is consistent at that point (committed parts stay, the part in progress is
+    removed by the engine's abort, ``target``'s temporary here), so a rerun with ``--resume`` goes on; ``kept()``
+    says what it keeps."""
+    try:
+        yield
+    except OSError as err:
+        temp_path(Path(target)).unlink(missing_ok=True)
+        raise OutputWriteError(received_expected(
+            f"writing '{target}'", system_said(err),
+            f"room and permission to write the output: free disk space (or raise the file-size limit, ulimit -f) "
+            f"or fix the permissions, then run the same command with --resume ({kept()})")) from err
+
+
+def system_said(err: OSError) -> str:
+    """``File too large (EFBIG)``: the system's own words for ``err``, without Arrow's wrapping; its first
+    line where it carries no errno."""
+    if err.errno:
+        return f"{os.strerror(err.errno)} ({errno.errorcode.get(err.errno, err.errno)})"
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 class PartWriter:
@@ -36,7 +65,17 @@ class PartWriter:
         when the previous part was committed if that is later: the engines read and score ahead while the
         writer finishes a part, so this keeps each part's seconds its own and they add up to the job's.
         ``actor_seconds`` (with the commit, Ray only): the seconds Ray's actors spent reading and scoring the
-        part, side by side with other parts; recorded beside ``seconds``, and the part's line shows it."""
+        part, side by side with other parts; recorded beside ``seconds``, and the part's line shows it.
+        A write that fails is one OutputWriteError naming the output part (``output_writes``)."""
+        with output_writes(self.directory / part.name, self.kept):
+            self._handle(part, result, started, actor_seconds)
+
+    def kept(self) -> str:
+        """What a failed job leaves for ``--resume``, for its error message."""
+        return f"the {len(self.ledger.entries)} of {len(self.plan.parts)} parts committed are kept"
+
+    def _handle(self, part: InputPart, result: pa.RecordBatch | None, started: float | None,
+                actor_seconds: float | None) -> None:
         if self.part != part:
             self.abort()
             began = time.perf_counter() if started is None else started
