@@ -125,7 +125,7 @@ def test_a_file_reached_twice_is_refused_naming_both_paths(tmp_path):
     for pattern, first, again in ((tmp_path / "in", "dt=1/a.parquet", "dt=2/b.parquet"),
                                   (tmp_path / "in" / "*" / "*.parquet", "a.parquet", "b.parquet")):
         with pytest.raises(DataError, match=rf"received the file '{first}' a second time, as '{again}' \(a symbolic "
-                                            r"or hard link\), expected each file once: its users would be scored twice"):
+                                            r"or hard link\), expected each file once: its rows would be read twice"):
             plan_input(str(pattern), tmp_path / "out", False)
 
 

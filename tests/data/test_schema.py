@@ -193,6 +193,24 @@ def test_a_parquet_part_without_the_extension_is_named_not_skipped(tmp_path) -> 
         read_interactions(tmp_path / "parts")
 
 
+def test_a_linked_partition_is_read_and_a_part_reached_twice_refused_as_seqrec_score_finds_them(tmp_path) -> None:
+    """The import read a directory with Path.rglob, which on Python 3.11 skips a symlinked folder's parts without
+    a word (seqrec score follows it): the same directory gave the two commands different users. Both now find
+    parts with one walk (data.parts): a linked partition is read, and a link that would read a part twice is
+    refused by name."""
+    table = pa.table({"user_id": [1, 1, 2], "item_id": ["a", "b", "c"], "timestamp": [3, 1, 2]})
+    (tmp_path / "log" / "dt=1").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    pq.write_table(table.slice(0, 2), tmp_path / "log" / "dt=1" / "part-0.parquet")
+    pq.write_table(table.slice(2), tmp_path / "elsewhere" / "part-0.parquet")
+    (tmp_path / "log" / "dt=2").symlink_to(tmp_path / "elsewhere")
+    assert read_interactions(tmp_path / "log").to_pydict() == table.to_pydict()
+    (tmp_path / "log" / "dt=1" / "again.parquet").symlink_to(tmp_path / "log" / "dt=1" / "part-0.parquet")
+    with pytest.raises(DataError, match=r"parquet input '.*log' \| received the file 'dt=1/again.parquet' a second "
+                                        r"time, as 'dt=1/part-0.parquet' \(a symbolic or hard link\)"):
+        read_interactions(tmp_path / "log")
+
+
 def test_read_not_a_parquet_file(tmp_path) -> None:
     path = tmp_path / "log.parquet"
     path.write_text("user_id,item_id\n1,2\n")

@@ -5,9 +5,9 @@ Hive and ``pyarrow.dataset`` write a nightly history (``DIR/dt=2026-12-01/part-0
 ``*.parquet`` file below it, files and folders whose names start with ``_`` or ``.`` skipped at every level
 (``_temporary/``, ``_SUCCESS``, ``.spark-staging``), each part named by its path under ``DIR``, so part files
 of one name in two folders are two parts, and its output part lies at that path under the output (a part at
-the top keeps its file name). Symlinked folders are followed, a folder reached twice refused
-(``_visible_folders``). Partition values in folder names (``dt=2026-12-01``) are not read as columns: the
-output keeps the folders, so they stay recoverable. A file or a glob's parts are named by their file names,
+the top keeps its file name). Symlinked folders are followed, a folder or file reached twice refused
+(``data.parts``: ``seqrec data import`` finds a directory's parts the same way). Partition values in folder
+names (``dt=2026-12-01``) are not read as columns: the output keeps the folders, so they stay recoverable. A file or a glob's parts are named by their file names,
 which must then differ. Every part's schema is read from its footer and checked before any work, so a
 wrong schema fails in one message naming the part and the column. Two forms (DESIGN.md):
 
@@ -47,7 +47,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from seqrec.data.schema import floor_seconds, refuse_strays, unnamed_parts, whole_numbers
+from seqrec.data.parts import directory_parts, refuse_files_reached_twice
+from seqrec.data.schema import floor_seconds, whole_numbers
 from seqrec.errors import DataError, SchemaError, received_expected
 
 LIST_FORM, LONG_FORM = "list", "long"
@@ -392,7 +393,8 @@ def _resolve(pattern: str) -> list[tuple[str, str]]:
                                           "a glob"))
     path = Path(pattern)
     if path.is_dir():
-        found = _directory_parts(path, pattern)
+        found = directory_parts(path, f"input '{pattern}'", "every part named *.parquet (files and folders starting "
+                                "with _ or . are skipped), or a glob that picks the parts")
     elif path.is_file():
         found = [(str(path), path.name)]
     else:
@@ -401,27 +403,8 @@ def _resolve(pattern: str) -> list[tuple[str, str]]:
         where = " at any depth (files and folders starting with _ or . are skipped)" if path.is_dir() else ""
         raise DataError(received_expected(f"input '{pattern}'", f"no Parquet file{where}",
                                           "a Parquet file, a directory of *.parquet parts or a glob matching some"))
-    _refuse_files_reached_twice(found, pattern)
+    refuse_files_reached_twice(found, f"input '{pattern}'")
     return sorted((os.path.abspath(p), name) for p, name in found)
-
-
-def _refuse_files_reached_twice(found: list[tuple[str, str]], pattern: str) -> None:
-    """A file reached under two names (``b.parquet``, a link to ``a.parquet`` beside it) is a DataError naming
-    both: its users would be scored twice, into two output parts. Compared by device and inode, as folders are
-    (``_visible_folders``)."""
-    seen: dict[tuple[int, int], str] = {}
-    for path, name in sorted(found):
-        status = os.stat(path)
-        identity = (status.st_dev, status.st_ino)
-        if identity in seen:
-            raise _reached_twice(pattern, "file", seen[identity], name, "a symbolic or hard link",
-                                 "its users would be scored twice")
-        seen[identity] = name
-
-
-def _reached_twice(pattern: str, kind: str, first: str, again: str, how: str, harm: str) -> DataError:
-    return DataError(received_expected(f"input '{pattern}'", f"the {kind} '{first}' a second time, as '{again}' "
-                                       f"({how})", f"each {kind} once: {harm} (remove the link)"))
 
 
 def _glob_parts(pattern: str) -> list[tuple[str, str]]:
@@ -448,44 +431,6 @@ def _first_few(paths: list[str], shown: int = 3) -> str:
     """``'a', 'b', 'c' and 2 more``: enough paths to find them, however many there are."""
     named = ", ".join(f"'{path}'" for path in paths[:shown])
     return named + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
-
-
-def _directory_parts(root: Path, pattern: str) -> list[tuple[str, str]]:
-    """(path, name) of the ``*.parquet`` files of ``root``'s visible folders, each named by its path under
-    ``root`` (``dt=2026-12-01/part-00000.parquet``); a Parquet file there without the extension is refused
-    by name, since skipping it would drop its users without a word."""
-    folders = _visible_folders(root, pattern)
-    refuse_strays(root, [stray for folder in folders for stray in unnamed_parts(folder, False)], f"input '{pattern}'",
-                  "every part named *.parquet (files and folders starting with _ or . are skipped), or a glob "
-                  "that picks the parts")
-    return [(str(path), path.relative_to(root).as_posix()) for folder in folders for path in folder.iterdir()
-            if path.suffix == ".parquet" and not path.name.startswith(("_", ".")) and path.is_file()]
-
-
-def _visible_folders(root: Path, pattern: str) -> list[Path]:
-    """``root`` and every folder below it, in path order, but those whose names start with ``_`` or ``.`` and
-    what lies below them (Spark's ``_temporary/``, ``.spark-staging``). A symlinked folder is
-    followed, read as any other under the link's name (a partition linked in from elsewhere), where
-    ``Path.rglob`` on Python 3.11 skips its contents without a word. A folder reached a second time (a link
-    to a folder above it, which would never end, or two links to one folder, whose users would be scored
-    twice) is a DataError naming both paths."""
-    folders, seen, pending = [], {}, [root]
-    while pending:
-        folder = pending.pop()
-        status = folder.stat()
-        identity = (status.st_dev, status.st_ino)
-        if identity in seen:
-            raise _reached_twice(pattern, "folder", _under(root, seen[identity]), _under(root, folder),
-                                 "a symbolic link", "its parts would be read twice, or without end")
-        seen[identity] = folder
-        folders.append(folder)
-        pending += sorted((child for child in folder.iterdir() if not child.name.startswith(("_", "."))
-                           and child.is_dir()), reverse=True)  # popped in path order
-    return folders
-
-
-def _under(root: Path, folder: Path) -> str:
-    return folder.relative_to(root).as_posix()
 
 
 def _check_part(path: str, needs_timestamps: bool) -> tuple[str, pa.DataType, bool, int]:

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from seqrec.config import IMPORT_FORMATS
+from seqrec.data.parts import directory_parts
 from seqrec.errors import DataError, SchemaError, received_expected
 
 ID_COLUMNS = ("user_id", "item_id")
@@ -78,50 +79,11 @@ def _read_parquet(path: Path) -> pa.Table:
         ) from err
 
 
-PARQUET_MAGIC = b"PAR1"  # the first (and last) four bytes of a Parquet file
-
-
-def unnamed_parts(directory: Path, recursive: bool) -> list[Path]:
-    """The Parquet files of ``directory`` (at any depth when ``recursive``) that a reader of its ``*.parquet``
-    parts would skip without a word: visible (no part of the path starts with ``_`` or ``.``, which Spark
-    and Hive use for markers and checksums), not named ``*.parquet``, and starting with Parquet's magic
-    bytes (a Hive part such as ``000000_0``). Other files (notes, a README) are not parts and stay skipped."""
-    files = directory.rglob("*") if recursive else directory.glob("*")
-    return sorted(path for path in files if path.is_file() and path.suffix != ".parquet" and _is_parquet(path)
-                  and not any(name.startswith(("_", ".")) for name in path.relative_to(directory).parts))
-
-
-def _is_parquet(path: Path) -> bool:
-    try:
-        with path.open("rb") as file:
-            return file.read(4) == PARQUET_MAGIC
-    except OSError:
-        return False
-
-
-def refuse_unnamed_parts(directory: Path, recursive: bool, what: str, expected: str) -> None:
-    """DataError naming the Parquet files of ``directory`` not named ``*.parquet``: skipping them would drop
-    their rows silently."""
-    refuse_strays(directory, unnamed_parts(directory, recursive), what, expected)
-
-
-def refuse_strays(directory: Path, strays: list[Path], what: str, expected: str) -> None:
-    """DataError naming ``strays`` (``unnamed_parts`` of ``directory`` or of folders below it) by their paths
-    under ``directory``; nothing when there are none."""
-    if strays:
-        named = ", ".join(f"'{path.relative_to(directory)}'" for path in strays[:3])
-        more = f" and {len(strays) - 3} more" if len(strays) > 3 else ""
-        raise DataError(received_expected(what, f"Parquet files not named *.parquet ({named}{more}), which would "
-                                          "be skipped", expected))
-
-
 def _read_parts(directory: Path) -> pa.Table:
     """The parts of ``directory`` in one table, each column in one type; SchemaError naming a part that
     differs from the first in its columns' kinds."""
-    refuse_unnamed_parts(directory, True, f"parquet input '{directory}'", "every part named *.parquet (files and "
-                         "folders starting with _ or . are skipped)")
-    paths = sorted(part for part in directory.rglob("*.parquet")
-                   if not any(name.startswith(("_", ".")) for name in part.relative_to(directory).parts))
+    paths = [Path(path) for path, _ in directory_parts(directory, f"parquet input '{directory}'", "every part named "
+                                                       "*.parquet (files and folders starting with _ or . are skipped)")]
     if not paths:
         raise DataError(received_expected(f"parquet input '{directory}'", "a directory without *.parquet parts",
                                           "a Parquet file or a directory of Parquet parts"))
