@@ -1,5 +1,6 @@
 """The local job end to end: outputs, rejects, summary, layouts, input forms, resume, refusals, CLI."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -253,6 +254,28 @@ def test_resume_skips_finished_parts_and_cleans_what_a_kill_left(bundle, parts_d
     assert read_dir(out) == expected and not list(out.glob(".*"))
     assert score(run_config(bundle, parts_dir, output=cfg.output, resume=True), echo=lines_seen.append) == summary
     assert "already complete" in lines_seen[-1]
+
+
+def test_a_finished_job_or_a_rerun_without_resume_is_answered_before_any_session_opens(
+        bundle, parts_dir, run_config, monkeypatch):
+    """The engine was opened before the ledger was read: a rerun of a finished job opened an ONNX Runtime session
+    (under Ray, a cluster and its actors) to say there was nothing to do, and a rerun without --resume did the
+    same before being refused."""
+    from seqrec.batchinfer import job
+    from seqrec.errors import ConfigError
+
+    cfg = run_config(bundle, parts_dir)
+    summary = score(cfg, echo=lambda line: None)
+
+    def no_session(*args, **kwargs):
+        raise AssertionError("a session was opened")
+
+    monkeypatch.setattr(job, "BatchScorer", no_session)
+    lines = []
+    assert score(dataclasses.replace(cfg, resume=True), echo=lines.append) == summary
+    assert lines == [f"{cfg.output}: the job is already complete (its ledger says finished); nothing to do"]
+    with pytest.raises(ConfigError, match="a previous job's ledger"):
+        score(cfg, echo=lambda line: None)
 
 
 def test_an_output_directory_in_use_is_refused(bundle, checkpoint, parts_dir, run_config):

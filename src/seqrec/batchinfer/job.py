@@ -8,7 +8,7 @@ import json
 import shutil
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import Callable
 
@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from seqrec.batchinfer.core import BatchScorer
 from seqrec.batchinfer.inputs import LIST_FORM, InputPlan, item_id_type, plan_input
-from seqrec.batchinfer.ledger import Ledger
+from seqrec.batchinfer.ledger import LEDGER_FILE, Ledger
 from seqrec.batchinfer.model import DEFAULT_SCORE_BATCH, ScoringModel, open_model
 from seqrec.batchinfer.outputs import REJECTS_DIR, REJECTS_FILE, merge_rejects
 from seqrec.batchinfer.summary import SUMMARY_FILE, build_summary, summary_line, write_summary
@@ -40,21 +40,32 @@ def score(cfg: ScoreConfig, echo: Callable[[str], None] = print) -> dict:
         _stderr_line(f"warning: the input '{cfg.input}' has no rows (in {len(plan.parts)} "
                      f"part{'s' if len(plan.parts) != 1 else ''}): nothing to score")
     out = Path(cfg.output)
-    with ExitStack() as engine:  # entered before the ledger is written: a wrong --address, or a model that does
-        # not load, leaves nothing behind, so the rerun that follows its fix needs neither --resume nor a cleanup
-        if cfg.engine == "ray":
-            from seqrec.batchinfer.ray_engine import check_actors_open, ray_cluster
+    identity = job_identity(model, plan, cfg.layout)
+    with ExitStack() as stack:
+        ledger = None
+        if (out / LEDGER_FILE).is_file():  # a job's own output: its ledger decides first (a finished job, or one
+            # without --resume, needs no session, no Ray cluster); nothing is created that was not there
+            ledger = stack.enter_context(closing(Ledger.open(out, identity, cfg.resume)))
+            if ledger.finished:
+                echo(f"{out}: the job is already complete (its ledger says finished); nothing to do")
+                return json.loads((out / SUMMARY_FILE).read_text())
+        scorer = _open_engine(stack, cfg, model)
+        if ledger is None:  # a new job's ledger is written once the engine is open: a wrong --address, or a model
+            # that does not load, leaves nothing behind, so the rerun after its fix needs no --resume, no cleanup
+            ledger = stack.enter_context(closing(Ledger.open(out, identity, cfg.resume)))
+        return _run(cfg, model, plan, ledger, scorer, started, echo)
 
-            engine.enter_context(ray_cluster(cfg))
-            check_actors_open(cfg)  # Ray's actors open their own sessions: tried in as many actors first
-            scorer = None
-        else:  # the session the job scores with, opened here once (the actors of the Ray engine open their own)
-            scorer = engine.enter_context(BatchScorer(model, cfg.batch_size))
-        ledger = Ledger.open(out, job_identity(model, plan, cfg.layout), cfg.resume)
-        try:
-            return _run(cfg, model, plan, ledger, scorer, started, echo)
-        finally:
-            ledger.close()
+
+def _open_engine(stack: ExitStack, cfg: ScoreConfig, model: ScoringModel) -> BatchScorer | None:
+    """The local engine's session, opened once (None under Ray, whose actors open their own: tried first in as
+    many actors as the pool has), held open by ``stack``."""
+    if cfg.engine == "ray":
+        from seqrec.batchinfer.ray_engine import check_actors_open, ray_cluster
+
+        stack.enter_context(ray_cluster(cfg))
+        check_actors_open(cfg)
+        return None
+    return stack.enter_context(BatchScorer(model, cfg.batch_size))
 
 
 def _with_batch_size(cfg: ScoreConfig, model: ScoringModel) -> ScoreConfig:
@@ -75,9 +86,6 @@ def _run(cfg: ScoreConfig, model: ScoringModel, plan: InputPlan, ledger: Ledger,
     """The parts the ledger lacks, scored by the engine (``scorer``: the local one's, None under Ray); then
     rejects, summary and the ledger's end."""
     out = Path(cfg.output)
-    if ledger.finished:
-        echo(f"{out}: the job is already complete (its ledger says finished); nothing to do")
-        return json.loads((out / SUMMARY_FILE).read_text())
     done = ledger.done
     todo = [part for part in plan.parts if part.name not in done]
     if done:
