@@ -30,8 +30,8 @@
   cause; the parts committed before stay for ``--resume``. Actors are not restarted (Ray would retry the
   same unit on a new actor without end), and the actor's traceback goes to its Ray log, not the terminal
   (``SEQREC_DEBUG=1`` prints it and Ray's own log lines whole).
-- Before the job writes anything, as many actors as the pool has open the model (``check_actors_open``)
-  and are let go: a bundle the workers cannot load is its one ExportError, with nothing in ``DIR``.
+- Before the job writes anything, one actor placed as the pool's are opens the model (``check_actors_open``)
+  and is let go: a bundle the workers cannot load is its one ExportError, with nothing in ``DIR``.
 
 ``--address`` joins an existing cluster (the model and the input must be readable by its
 workers, and ``DIR`` shared with them); without it a local Ray is started and shut down after.
@@ -81,6 +81,7 @@ SEQUENCE = "_seq"  # global input order of a result row
 ACTOR_SECONDS = "_actor_seconds"  # a result row's share of the seconds its actor spent reading and scoring its batch
 UNIT_SCHEMA = pa.schema([("path", pa.string()), ("row_group", pa.int64()), ("first", pa.int64())])
 UNIT_FAILURE_LOGGER = "ray.data._internal.execution.streaming_executor_state"  # logs the failed task that stops it
+TRACE_LOGGER = "ray.data.exceptions"  # logs a dead actor's error as Ray's own bug, with ~40 lines of stack trace
 _ACTOR_ERROR = re.compile(r"^seqrec\.errors\.(\w+): (.+)$", re.MULTILINE)  # in a Ray task's traceback text
 _UNIT_IN_ERROR = re.compile(r" \(scoring '(.+)', row group (\d+)\)$")  # where an actor's ScoringFailedError arose
 _OTHER_ERROR = re.compile(r"^([\w.]+(?:Error|Exception|Exit)\w*): (.+)$", re.MULTILINE)  # the last one is the raised one
@@ -179,22 +180,27 @@ class _ModelProbe:
 
 
 def check_actors_open(cfg: ScoreConfig) -> None:
-    """As many actors as the pool will have, placed as its actors are, open the model and are let go: called
-    before the job writes anything, so a bundle the workers cannot load is its one error (the ExportError
-    naming the file) and the command can be run again as it was. Costs one more model load per actor."""
+    """An actor placed as the pool's are (its resources) opens the model and is let go: called before the job
+    writes anything, so a bundle the workers cannot load is its one error (the ExportError naming the file) and
+    the command can be run again as it was. Costs one more model load. A pool actor that still fails to load
+    (another node) raises at its first unit (``RayScorer``)."""
     ray = require_module("ray", "the ray engine", "pip install 'seqrec[ray]'")
     actor_cfg, resources = _actor_settings(ray, cfg)
     probe = ray.remote(_ModelProbe).options(**resources, max_restarts=0, scheduling_strategy="SPREAD")
-    actors = [probe.remote() for _ in range(cfg.actors or DEFAULT_ACTORS)]
+    actors = [probe.remote()]  # one: the pool runs with the actors the cluster can place (one GPU each: a
+    # single-GPU node runs --actors 2 as one), so waiting for all of them here hung where the job itself would run
     try:
         answers = ray.get([actor.ready.remote(actor_cfg) for actor in actors])
     except ray.exceptions.RayError as err:  # an actor died opening it (out of memory, a crash in the runtime)
         raise SeqrecError(received_expected(f"model '{cfg.model}' in a Ray actor", _ray_cause(ray, err),
-                                            f"every actor to open it{_where_logs(ray)}")) from None
+                                            f"the actor to open it{_where_logs(ray)}")) from None
     finally:
         for actor in actors:
             ray.kill(actor)
-    failure = next((answer for answer in answers if answer is not None), None)
+    failure = answers[0]
+    if isinstance(failure, ScoringFailedError):  # not the model's own error (an ExportError names the file)
+        raise ScoringFailedError(received_expected(f"model '{cfg.model}' opened in a Ray actor", str(failure),
+                                                   f"it to open there{_where_logs(ray)}"))
     if failure is not None:
         raise failure
 
@@ -407,11 +413,19 @@ def _failures_in_one_line() -> Iterator[None]:
         yield
         return
     logger, one_line = logging.getLogger(UNIT_FAILURE_LOGGER), _OneLineTaskFailure()
+    traces, silenced = logging.getLogger(TRACE_LOGGER), _Silenced()
     logger.addFilter(one_line)
+    traces.addFilter(silenced)  # the job's own error says what stopped it, and where Ray's logs are
     try:
         yield
     finally:
         logger.removeFilter(one_line)
+        traces.removeFilter(silenced)
+
+
+class _Silenced(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
 
 
 def _stopped(ray, err: Exception, staged: StagedParts, paths: list[str], parts: list[InputPart]) -> ScoringFailedError:
