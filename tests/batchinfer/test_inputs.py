@@ -1,5 +1,7 @@
 """Input parts: found, checked before any work (one clear message), streamed, long logs grouped."""
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -96,6 +98,42 @@ def test_symlinked_folders_are_followed_and_a_folder_reached_twice_is_refused(tm
     (tmp_path / "in" / "latest").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(DataError, match=r"the folder 'dt=2' a second time, as 'latest'"):
         plan_input(str(tmp_path / "in"), tmp_path / "out", False)
+
+
+def test_a_dangling_link_or_an_unlistable_folder_is_refused_not_skipped(tmp_path, monkeypatch):
+    """A partition linked in from a store that is not mounted dropped its users with rc 0 (a glob already refused
+    such a match); a folder that cannot be listed was a PermissionError traceback."""
+    write(tmp_path / "in" / "dt=1" / "part-0.parquet", user_id=[1], history=[[1000]])
+    (tmp_path / "in" / "dt=4").symlink_to(tmp_path / "unmounted" / "dt=4")
+    with pytest.raises(DataError, match=r"input '.*in' \| received links whose targets are missing \('dt=4' -> "
+                                        r"'.*unmounted/dt=4'\), expected links to folders or parts that exist"):
+        plan_input(str(tmp_path / "in"), tmp_path / "out", False)
+    (tmp_path / "in" / "dt=4").unlink()
+    (tmp_path / "in" / "dt=1" / "part-9.parquet").symlink_to(tmp_path / "gone.parquet")
+    with pytest.raises(DataError, match=r"links whose targets are missing \('dt=1/part-9.parquet' -> "):
+        plan_input(str(tmp_path / "in"), tmp_path / "out", False)
+    (tmp_path / "in" / "dt=1" / "part-9.parquet").unlink()
+    listing = Path.iterdir
+
+    def unlistable(folder):
+        if folder.name == "dt=1":
+            raise PermissionError(13, "Permission denied", str(folder))
+        return listing(folder)
+
+    monkeypatch.setattr(Path, "iterdir", unlistable)  # the tests run as root, whom file modes do not stop
+    with pytest.raises(DataError, match=r"received the folder 'dt=1', which cannot be listed \(Permission denied\)"):
+        plan_input(str(tmp_path / "in"), tmp_path / "out", False)
+
+
+def test_an_output_inside_a_linked_partitions_target_is_refused(tmp_path):
+    """The walk follows a linked folder outside the input: an output inside its target was accepted, and the next
+    run read the scored parts as input parts."""
+    write(tmp_path / "in" / "dt=1" / "part-0.parquet", user_id=[1], history=[[1000]])
+    write(tmp_path / "ext" / "dt=3" / "part-0.parquet", user_id=[2], history=[[1000]])
+    (tmp_path / "in" / "dt=3").symlink_to(tmp_path / "ext" / "dt=3")
+    with pytest.raises(DataError, match=rf"--output \| received '{tmp_path}/ext/dt=3/scored', inside the input "
+                                        rf"directory '{tmp_path}/ext/dt=3'"):
+        plan_input(str(tmp_path / "in"), tmp_path / "ext" / "dt=3" / "scored", False)
 
 
 def test_a_glob_matching_folders_is_refused_naming_them_not_skipped(tmp_path):

@@ -128,8 +128,11 @@ def _refuse_output_among_inputs(pattern: str, paths: list[str], output: Path) ->
         raise DataError(received_expected("--output", f"'{output}', the directory of the input parts",
                                           "another directory (output parts take the input parts' names)"))
     root = Path(pattern).resolve() if Path(pattern).is_dir() else None
-    if root is not None and output.is_relative_to(root):
-        raise DataError(received_expected("--output", f"'{output}', inside the input directory '{root}'",
+    read = [root, *{Path(path).resolve().parent for path in paths}] if root is not None else []  # with the
+    # targets of its symlinked folders, which lie outside the root
+    inside = next((folder for folder in read if output.is_relative_to(folder)), None)
+    if inside is not None:
+        raise DataError(received_expected("--output", f"'{output}', inside the input directory '{inside}'",
                                           "a directory outside the input (it is read at any depth: a later run "
                                           "would read the output parts as input parts)"))
     held = [Path(path).resolve() for path in paths] + ([root] if root is not None else [])

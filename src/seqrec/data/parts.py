@@ -7,7 +7,8 @@ at every level (``_temporary/``, ``_SUCCESS``, ``.spark-staging``, checksums). A
 and read under the link's name (a partition linked in from elsewhere), where ``Path.rglob`` on Python 3.11
 skips its contents without a word. What would read rows twice or drop them is a DataError naming it: a
 folder reached a second time (a link to a folder above, which would never end, or two links to one folder),
-a file reached a second time (a link beside its target), a Parquet file there not named ``*.parquet``.
+a file reached a second time (a link beside its target), a Parquet file there not named ``*.parquet``, a link
+whose target is missing, a folder that cannot be listed.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def directory_parts(root: Path, what: str, expected: str) -> list[tuple[str, str
     (``input 'DIR'``), ``expected`` says what a stray Parquet file should have been."""
     folders = visible_folders(root, what)
     refuse_strays(root, [stray for folder in folders for stray in unnamed_parts(folder)], what, expected)
-    found = [(str(path), path.relative_to(root).as_posix()) for folder in folders for path in sorted(folder.iterdir())
-             if path.suffix == ".parquet" and not path.name.startswith(HIDDEN) and path.is_file()]
+    found = [(str(path), path.relative_to(root).as_posix()) for folder in folders
+             for path in sorted(_children(root, folder, what)) if path.suffix == ".parquet" and path.is_file()]
     refuse_files_reached_twice(found, what)
     return sorted(found)
 
@@ -45,9 +46,25 @@ def visible_folders(root: Path, what: str) -> list[Path]:
                                 "a symbolic link", "its parts would be read twice, or without end")
         seen[identity] = folder
         folders.append(folder)
-        pending += sorted((child for child in folder.iterdir() if not child.name.startswith(HIDDEN)
-                           and child.is_dir()), reverse=True)  # popped in path order
+        pending += sorted((child for child in _children(root, folder, what) if child.is_dir()),
+                          reverse=True)  # popped in path order
     return folders
+
+
+def _children(root: Path, folder: Path, what: str) -> list[Path]:
+    """The visible entries of ``folder``; DataError for a folder that cannot be listed or a link whose target is
+    missing (a partition on an unmounted store): skipping either would drop its rows without a word."""
+    try:
+        children = [child for child in folder.iterdir() if not child.name.startswith(HIDDEN)]
+    except OSError as err:
+        raise DataError(received_expected(what, f"the folder '{_under(root, folder)}', which cannot be listed "
+                                          f"({err.strerror or err})", "every folder readable")) from err
+    dangling = [child for child in children if child.is_symlink() and not child.exists()]
+    if dangling:
+        named = ", ".join(f"'{_under(root, child)}' -> '{os.readlink(child)}'" for child in dangling[:3])
+        raise DataError(received_expected(what, f"links whose targets are missing ({named})",
+                                          "links to folders or parts that exist (remove the link, or mount its target)"))
+    return children
 
 
 def refuse_files_reached_twice(found: list[tuple[str, str]], what: str) -> None:
