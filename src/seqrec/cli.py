@@ -119,8 +119,9 @@ def data_import(fmt: str, src: str, dst: str, overwrite: bool) -> None:
 
     \b
     Formats (--format):
-      parquet  a Parquet file or directory of parts with columns user_id, item_id
-               (integers or strings) and optionally timestamp
+      parquet  a Parquet file or directory of parts (read at any depth, linked
+               folders followed; _ and . names skipped) with columns user_id,
+               item_id (integers or strings) and optionally timestamp
       recbole  a RecBole .inter file: a tab-separated header of 'name:type' fields
                (user_id:token, item_id:token, optional timestamp:float), then one
                row per interaction; quotes are read as pandas reads them, and an

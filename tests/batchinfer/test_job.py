@@ -276,6 +276,10 @@ def test_a_finished_job_or_a_rerun_without_resume_is_answered_before_any_session
     assert lines == [f"{cfg.output}: the job is already complete (its ledger says finished); nothing to do"]
     with pytest.raises(ConfigError, match="a previous job's ledger"):
         score(cfg, echo=lambda line: None)
+    (Path(cfg.output) / "_summary.json").unlink()  # a copy that skipped _* files: one line, not a traceback
+    with pytest.raises(DataError, match=r"_summary.json' \| received an unreadable file .*, expected the summary of the "
+                                        r"finished job in --output"):
+        score(dataclasses.replace(cfg, resume=True), echo=lambda line: None)
 
 
 def test_an_output_directory_in_use_is_refused(bundle, checkpoint, parts_dir, run_config):

@@ -131,3 +131,18 @@ def test_a_write_failure_is_one_error_line_and_resume_finishes_the_job(bundle, r
     score(reference, echo=lambda line: None)
     score(run_config(bundle, inputs, batch_size=16, output=str(out), resume=True), echo=lambda line: None)
     assert read_dir(out) == read_dir(reference.output)
+
+
+def test_a_ledger_that_cannot_grow_is_named_as_such(bundle, run_config, tmp_path):
+    """The ledger's line was written inside the part's error context, so a ledger that hit the limit was
+    reported as the part that had just been committed (and the summary's as the ledger's end)."""
+    inputs = write_parts(tmp_path / "in", parts=30, users=2, seed=7)
+    out = tmp_path / "out"
+    job = start(bundle, inputs, out, resume=False, file_size_limit=8192)  # parts of ~2 KB and the job line fit, 30 part lines do not
+    lines = job.communicate(timeout=180)[0].decode().strip().splitlines()
+    assert job.returncode == 1 and len(lines) == 1 and lines[0].startswith(
+        f"Error: writing '{out / LEDGER_FILE}' | received File too large (EFBIG)"), lines
+    score(run_config(bundle, inputs, output=str(out), resume=True), echo=lambda line: None)  # a torn line is dropped
+    reference = run_config(bundle, inputs)
+    score(reference, echo=lambda line: None)
+    assert read_dir(out) == read_dir(reference.output)

@@ -22,6 +22,7 @@ from seqrec.batchinfer.outputs import REJECTS_DIR, REJECTS_FILE, merge_rejects
 from seqrec.batchinfer.summary import SUMMARY_FILE, build_summary, summary_line, write_summary
 from seqrec.batchinfer.writer import PartWriter, output_writes
 from seqrec.config import ScoreConfig
+from seqrec.errors import DataError, received_expected
 
 
 def score(cfg: ScoreConfig, echo: Callable[[str], None] = print) -> dict:
@@ -29,7 +30,7 @@ def score(cfg: ScoreConfig, echo: Callable[[str], None] = print) -> dict:
 
     Everything that can be checked before scoring is checked first: the model against the
     backend and options, every input part's schema, the model opened (the local engine's session;
-    under Ray, in as many actors as the pool has), the output directory (or its ledger with ``--resume``). Parts
+    under Ray, in one actor placed as the pool's are), the output directory (or its ledger with ``--resume``). Parts
     already in the ledger are skipped; the others are scored by the engine.
     """
     started = time.perf_counter()
@@ -48,7 +49,7 @@ def score(cfg: ScoreConfig, echo: Callable[[str], None] = print) -> dict:
             ledger = stack.enter_context(closing(Ledger.open(out, identity, cfg.resume)))
             if ledger.finished:
                 echo(f"{out}: the job is already complete (its ledger says finished); nothing to do")
-                return json.loads((out / SUMMARY_FILE).read_text())
+                return _finished_summary(out)
         scorer = _open_engine(stack, cfg, model)
         if ledger is None:  # a new job's ledger is written once the engine is open: a wrong --address, or a model
             # that does not load, leaves nothing behind, so the rerun after its fix needs no --resume, no cleanup
@@ -56,9 +57,20 @@ def score(cfg: ScoreConfig, echo: Callable[[str], None] = print) -> dict:
         return _run(cfg, model, plan, ledger, scorer, started, echo)
 
 
+def _finished_summary(out: Path) -> dict:
+    """A finished job's ``_summary.json``; DataError where it is gone (a copy that skipped ``_*`` files, a
+    monitor that took it), rather than a traceback: its figures are not in the ledger alone."""
+    try:
+        return json.loads((out / SUMMARY_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(received_expected(f"'{out / SUMMARY_FILE}'", f"an unreadable file ({err})",
+                                          "the summary of the finished job in --output (restore it, or score into "
+                                          "a new --output)")) from err
+
+
 def _open_engine(stack: ExitStack, cfg: ScoreConfig, model: ScoringModel) -> BatchScorer | None:
-    """The local engine's session, opened once (None under Ray, whose actors open their own: tried first in as
-    many actors as the pool has), held open by ``stack``."""
+    """The local engine's session, opened once (None under Ray, whose actors open their own: tried first in one
+    actor placed as theirs are), held open by ``stack``."""
     if cfg.engine == "ray":
         from seqrec.batchinfer.ray_engine import check_actors_open, ray_cluster
 
@@ -119,6 +131,7 @@ def _run(cfg: ScoreConfig, model: ScoringModel, plan: InputPlan, ledger: Ledger,
     summary["warnings"] = _warnings(summary, plan, model)
     with output_writes(out / SUMMARY_FILE, writer.kept):
         write_summary(out, summary)
+    with output_writes(ledger.path, writer.kept):
         ledger.finish()
     shutil.rmtree(out / REJECTS_DIR, ignore_errors=True)
     echo(summary_line(summary))
@@ -137,12 +150,20 @@ def _warnings(summary: dict, plan: InputPlan, model: ScoringModel) -> list[str]:
     if summary["users_scored"] or not summary["input_users"]:
         return []
     vocab = model.vocab.items
-    reasons = ", ".join(f"{reason} {count:,}" for reason, count in summary["rejected_by_reason"].items())
+    if not {"all_unknown", "wrong_type"} & set(summary["rejected_by_reason"]):  # null ids, empty histories: the
+        # rows, not the item ids, are at fault
+        _stderr_line(f"warning: no user of the input '{summary['input']}' was scored: all "
+                     f"{summary['input_users']:,} rejected ({_reasons(summary)})")
+        return ["no_user_scored"]
     _stderr_line(f"warning: no user of the input '{summary['input']}' was scored: all {summary['input_users']:,} "
-                 f"rejected ({reasons}); its item ids are {item_id_type(plan)}, the model's vocabulary holds "
+                 f"rejected ({_reasons(summary)}); its item ids are {item_id_type(plan)}, the model's vocabulary holds "
                  f"{vocab.type} ids (such as {', '.join(repr(item) for item in vocab.slice(0, 3).to_pylist())}): "
                  "is the input meant for this model?")
     return ["no_user_scored"]
+
+
+def _reasons(summary: dict) -> str:
+    return ", ".join(f"{reason} {count:,}" for reason, count in summary["rejected_by_reason"].items())
 
 
 def _stderr_line(line: str) -> None:

@@ -86,8 +86,9 @@ class PartWriter:
             self.ended = time.perf_counter()
             seconds = self.ended - self.started
             actors = {} if actor_seconds is None else {"actor_seconds": round(actor_seconds, 3)}
-            self.ledger.record({"part": part.name, "input": part.path, "rows": part.rows, **counts,
-                                "seconds": round(seconds, 3), **actors})
+            with output_writes(self.ledger.path, self.kept):  # the ledger's own line, named as such
+                self.ledger.record({"part": part.name, "input": part.path, "rows": part.rows, **counts,
+                                    "seconds": round(seconds, 3), **actors})
             if self.log is not None:
                 self.log(part_line(len(self.ledger.entries), len(self.plan.parts), part.name, counts, seconds,
                                    actor_seconds))
