@@ -25,18 +25,18 @@ PARQUET_MAGIC = b"PAR1"  # the first (and last) four bytes of a Parquet file
 def directory_parts(root: Path, what: str, expected: str) -> list[tuple[str, str]]:
     """(path, name under ``root``) of every part of ``root``, in path order. ``what`` names the input in errors
     (``input 'DIR'``), ``expected`` says what a stray Parquet file should have been."""
-    folders = visible_folders(root, what)
-    refuse_strays(root, [stray for folder in folders for stray in unnamed_parts(folder)], what, expected)
-    found = [(str(path), path.relative_to(root).as_posix()) for folder in folders
-             for path in sorted(_children(root, folder, what)) if path.suffix == ".parquet" and path.is_file()]
+    files = visible_files(root, what)
+    refuse_strays(root, unnamed_parts(files), what, expected)
+    found = [(str(path), path.relative_to(root).as_posix()) for path in files if path.suffix == ".parquet"]
     refuse_files_reached_twice(found, what)
     return sorted(found)
 
 
-def visible_folders(root: Path, what: str) -> list[Path]:
-    """``root`` and every folder below it, in path order, but hidden ones and what lies below them; symlinked
-    folders followed, a folder reached twice refused (compared by device and inode)."""
-    folders, seen, pending = [], {}, [root]
+def visible_files(root: Path, what: str) -> list[Path]:
+    """The files of ``root`` and of every folder below it, in path order, but hidden ones and what lies below
+    them; symlinked folders followed, each folder listed once, a folder reached twice refused (compared by
+    device and inode)."""
+    files, seen, pending = [], {}, [root]
     while pending:
         folder = pending.pop()
         status = folder.stat()
@@ -45,10 +45,10 @@ def visible_folders(root: Path, what: str) -> list[Path]:
             raise reached_twice(what, "folder", _under(root, seen[identity]), _under(root, folder),
                                 "a symbolic link", "its parts would be read twice, or without end")
         seen[identity] = folder
-        folders.append(folder)
-        pending += sorted((child for child in _children(root, folder, what) if child.is_dir()),
-                          reverse=True)  # popped in path order
-    return folders
+        children = sorted(_children(root, folder, what))
+        files += [child for child in children if child.is_file()]
+        pending += reversed([child for child in children if child.is_dir()])  # popped in path order
+    return files
 
 
 def _children(root: Path, folder: Path, what: str) -> list[Path]:
@@ -89,12 +89,11 @@ def _under(root: Path, folder: Path) -> str:
     return folder.relative_to(root).as_posix()
 
 
-def unnamed_parts(folder: Path) -> list[Path]:
-    """The Parquet files of ``folder`` (its own, not its subfolders') that a reader of its ``*.parquet`` parts
-    would skip without a word: visible, not named ``*.parquet``, and starting with Parquet's magic bytes (a Hive
-    part such as ``000000_0``). Other files (notes, a README) are not parts and stay skipped."""
-    return sorted(path for path in folder.iterdir() if path.is_file() and path.suffix != ".parquet"
-                  and not path.name.startswith(HIDDEN) and _is_parquet(path))
+def unnamed_parts(files: list[Path]) -> list[Path]:
+    """Those of ``files`` (visible) that a reader of ``*.parquet`` parts would skip without a word: not named
+    ``*.parquet`` but starting with Parquet's magic bytes (a Hive part such as ``000000_0``). Other files (notes,
+    a README) are not parts and stay skipped."""
+    return [path for path in files if path.suffix != ".parquet" and _is_parquet(path)]
 
 
 def _is_parquet(path: Path) -> bool:
@@ -106,7 +105,7 @@ def _is_parquet(path: Path) -> bool:
 
 
 def refuse_strays(directory: Path, strays: list[Path], what: str, expected: str) -> None:
-    """DataError naming ``strays`` (``unnamed_parts`` of ``directory``'s folders) by their paths under
+    """DataError naming ``strays`` (``unnamed_parts`` of ``directory``'s files) by their paths under
     ``directory``; nothing when there are none."""
     if strays:
         named = ", ".join(f"'{path.relative_to(directory)}'" for path in strays[:3])
