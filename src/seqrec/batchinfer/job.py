@@ -149,21 +149,20 @@ def _warnings(summary: dict, plan: InputPlan, model: ScoringModel) -> list[str]:
         return ["empty_input"]
     if summary["users_scored"] or not summary["input_users"]:
         return []
-    vocab = model.vocab.items
-    if not {"all_unknown", "wrong_type"} & set(summary["rejected_by_reason"]):  # null ids, empty histories: the
-        # rows, not the item ids, are at fault
-        _stderr_line(f"warning: no user of the input '{summary['input']}' was scored: all "
-                     f"{summary['input_users']:,} rejected ({_reasons(summary)})")
-        return ["no_user_scored"]
+    reasons = ", ".join(f"{reason} {count:,}" for reason, count in summary["rejected_by_reason"].items())
     _stderr_line(f"warning: no user of the input '{summary['input']}' was scored: all {summary['input_users']:,} "
-                 f"rejected ({_reasons(summary)}); its item ids are {item_id_type(plan)}, the model's vocabulary holds "
-                 f"{vocab.type} ids (such as {', '.join(repr(item) for item in vocab.slice(0, 3).to_pylist())}): "
-                 "is the input meant for this model?")
+                 f"rejected ({reasons}){_id_types(summary, plan, model)}")
     return ["no_user_scored"]
 
 
-def _reasons(summary: dict) -> str:
-    return ", ".join(f"{reason} {count:,}" for reason, count in summary["rejected_by_reason"].items())
+def _id_types(summary: dict, plan: InputPlan, model: ScoringModel) -> str:
+    """The input's item id type against the vocabulary's, where the rejects are unknown or mistyped ids (null
+    ids or empty histories are the rows' fault, not the ids')."""
+    if not {"all_unknown", "wrong_type"} & set(summary["rejected_by_reason"]):
+        return ""
+    vocab = model.vocab.items
+    return (f"; its item ids are {item_id_type(plan)}, the model's vocabulary holds {vocab.type} ids (such as "
+            f"{', '.join(repr(item) for item in vocab.slice(0, 3).to_pylist())}): is the input meant for this model?")
 
 
 def _stderr_line(line: str) -> None:
